@@ -1,0 +1,93 @@
+"""Command line: ``python -m presence serve``. Parses arguments, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from aiohttp import web
+
+from .app import create_app
+from .errors import PresenceError
+from .settings import Settings
+
+log = logging.getLogger("presence")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="presence", description="Presence server: who is online, live.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    serve = commands.add_parser(
+        "serve",
+        help="run the presence server",
+        description="Run the presence server. Every option can also be set as "
+        "PRESENCE_<OPTION> in the environment (e.g. PRESENCE_REDIS_URL); flags win.",
+    )
+    opt = serve.add_argument
+    opt("--host", help="interface to listen on (default 127.0.0.1)")
+    opt("--port", type=int, help="port to listen on (default 8080)")
+    opt("--redis-url", help="redis://, rediss://, unix:// or memory:// (default: in-process)")
+    opt("--server-id", help="id of this server in Redis (default <host name>:<port>)")
+    opt("--heartbeat-interval", type=float, metavar="SECONDS", help="default 5")
+    opt("--ttl-factor", type=float, help="key TTL = factor x interval (default 1.5)")
+    opt("--namespace", help="prefix of every Redis key (default none)")
+    opt("--heartbeat-maxlen", type=int, metavar="N", help="heartbeat stream cap (default 100000)")
+    opt("--presence-maxlen", type=int, metavar="N", help="presence stream cap (default 100000)")
+    opt("--keepalive-interval", type=float, metavar="SECONDS", help="SSE keep-alive (default 15)")
+    opt("--queue-size", type=int, metavar="N", help="events buffered per connection (default 1024)")
+    opt("--connect-retries", type=int, metavar="N", help="attempts to reach Redis (default 5)")
+    opt("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    args.pop("command")
+    try:
+        settings = Settings.from_env(**args)
+    except PresenceError as exc:
+        print(f"presence: error: {exc}", file=sys.stderr)
+        return 2
+    return serve(settings)
+
+
+def serve(settings: Settings) -> int:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    log.info("starting with %r", settings)
+    if settings.in_memory:
+        log.info(
+            "using an in-process Redis (memory://): state lives in this process only; "
+            "pass --redis-url to share it with other servers"
+        )
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            print=lambda _: log.info("listening on http://%s:%d", settings.host, settings.port),
+            access_log=log if settings.log_level == "DEBUG" else None,
+            shutdown_timeout=5,
+        )
+    except PresenceError as exc:
+        print(f"presence: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(
+            f"presence: error: cannot listen on {settings.host}:{settings.port}: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -1,0 +1,115 @@
+"""Heartbeats in: the consumer group applies each entry once, across all servers.
+
+Entries come from outside (other platforms), so each is validated; a bad one is
+acknowledged, counted and logged, and never stops the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from redis.exceptions import ResponseError
+
+from .connection import BLOCK_MS, Redis, StreamEntry, stream_entries
+from .contract import CONSUMER_GROUP, is_valid_id
+from .settings import Settings
+from .supervise import Worker
+from .transitions import Transitions
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+
+
+class HeartbeatConsumer:
+    def __init__(self, redis: Redis, settings: Settings, transitions: Transitions) -> None:
+        self._redis = redis
+        self._transitions = transitions
+        self._stream = settings.keys.heartbeat
+        self._consumer = settings.server_id
+        self.applied = 0
+        self.online = 0
+        self.stale = 0
+        self.malformed = 0
+
+    async def run(self, worker: Worker) -> None:
+        await self._ensure_group()
+        # Entries this consumer read but did not acknowledge before a restart.
+        while entries := await self._read("0", block=None):
+            await self._apply(entries)
+        worker.ok()
+        while True:
+            try:
+                entries = await self._read(">", block=BLOCK_MS)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self._ensure_group()  # Redis lost its data
+                continue
+            if entries:
+                await self._apply(entries)
+            worker.ok()
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(self._stream, CONSUMER_GROUP, id="$", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _read(self, start: str, block: int | None) -> list[StreamEntry]:
+        reply = await self._redis.xreadgroup(
+            CONSUMER_GROUP, self._consumer, {self._stream: start}, count=BATCH, block=block
+        )
+        return stream_entries(reply)
+
+    async def _apply(self, entries: Sequence[StreamEntry]) -> None:
+        pipe = self._transitions.pipeline()
+        bad: list[tuple[bytes, str]] = []
+        applied = 0
+        for entry_id, fields in entries:
+            parsed = parse_heartbeat(fields or {})
+            if isinstance(parsed, str):
+                bad.append((entry_id, parsed))
+                continue
+            client, server = parsed
+            self._transitions.heartbeat(pipe, client, server, sent_ms=_entry_ms(entry_id))
+            applied += 1
+        pipe.xack(self._stream, CONSUMER_GROUP, *(entry_id for entry_id, _ in entries))
+        results = await pipe.execute()
+        outcomes = results[:applied]
+        self.applied += applied
+        self.online += outcomes.count(1)
+        self.stale += outcomes.count(-1)
+        if bad:
+            self.malformed += len(bad)
+            entry_id, why = bad[0]
+            log.warning(
+                "skipped %d malformed heartbeat entr%s (%s: %s)",
+                len(bad),
+                "y" if len(bad) == 1 else "ies",
+                entry_id.decode(),
+                why,
+            )
+
+
+def parse_heartbeat(fields: dict[bytes, bytes]) -> tuple[str, str] | str:
+    """``(client, server)`` of a heartbeat entry, or why it is malformed."""
+    values = []
+    for name in (b"client", b"server"):
+        raw = fields.get(name)
+        if raw is None:
+            return f"missing {name.decode()}"
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            return f"{name.decode()} is not UTF-8"
+        if not is_valid_id(text):
+            return f"invalid {name.decode()} {text[:40]!r}"
+        values.append(text)
+    return values[0], values[1]
+
+
+def _entry_ms(entry_id: bytes) -> int:
+    return int(entry_id.split(b"-", 1)[0])

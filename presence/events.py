@@ -1,0 +1,39 @@
+"""The values presence hands out: transitions and online clients."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .contract import Status
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEvent:
+    """One entry of the presence stream."""
+
+    #: The stream entry id, e.g. ``"1700000000000-0"``.
+    id: str
+    client: str
+    status: Status
+    server: str
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"client": self.client, "status": self.status, "server": self.server},
+            separators=(",", ":"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineClient:
+    """A client that is online, and the server holding its connection."""
+
+    client: str
+    server: str
+
+
+def stream_position(entry_id: str) -> tuple[int, int]:
+    """Order of a stream entry id (``"<ms>-<seq>"``) as a comparable tuple."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

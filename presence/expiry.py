@@ -1,0 +1,102 @@
+"""Transitions to OFFLINE: the deadline sweeper and the keyspace listener.
+
+Redis expires keys lazily and its ``expired`` events can come tens of seconds
+late, or never while the listener is disconnected. So the sweeper, polling the
+deadline index, is what makes OFFLINE timely; the listener only adds prompt
+OFFLINEs for keys deleted outright. Both run the same idempotent script, so
+any number of them, on any number of servers, publish each OFFLINE once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from .connection import Redis, database
+from .contract import is_valid_id
+from .settings import Settings
+from .supervise import Worker
+from .transitions import Transitions
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 0.1
+SWEEP_BATCH = 500
+_EVENTS = (b"expired", b"del")
+
+
+class Sweeper:
+    """Publishes OFFLINE for every client whose deadline has passed."""
+
+    def __init__(self, transitions: Transitions, interval: float = SWEEP_INTERVAL) -> None:
+        self._transitions = transitions
+        self._interval = interval
+        self.published = 0
+
+    async def run(self, worker: Worker) -> None:
+        while True:
+            due = await self.sweep_once()
+            worker.ok()
+            if due < SWEEP_BATCH:
+                await asyncio.sleep(self._interval)
+
+    async def sweep_once(self) -> int:
+        """One pass; returns how many clients were due."""
+        due = await self._transitions.due(SWEEP_BATCH)
+        if due:
+            self.published += await offline(self._transitions, due)
+        return len(due)
+
+
+class KeyspaceListener:
+    """Turns ``expired`` and ``del`` events of online keys into OFFLINE."""
+
+    def __init__(self, redis: Redis, settings: Settings, transitions: Transitions) -> None:
+        self._redis = redis
+        self._transitions = transitions
+        prefix = settings.keys.online_prefix
+        self._channel_prefix = f"__keyspace@{database(redis)}__:{prefix}".encode()
+        self._pattern = self._channel_prefix + b"*"
+        self.published = 0
+
+    async def run(self, worker: Worker) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.psubscribe(self._pattern)
+            worker.ok()
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                clients: list[str] = []
+                while message is not None:
+                    if client := self._client_of(message):
+                        clients.append(client)
+                    if len(clients) >= SWEEP_BATCH:
+                        break
+                    message = await pubsub.get_message(timeout=0)
+                if clients:
+                    self.published += await offline(self._transitions, clients)
+                worker.ok()
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _client_of(self, message: dict[str, Any]) -> str | None:
+        if message.get("type") != "pmessage" or message.get("data") not in _EVENTS:
+            return None
+        channel = message["channel"]
+        if not channel.startswith(self._channel_prefix):
+            return None
+        try:
+            client = channel[len(self._channel_prefix) :].decode()
+        except UnicodeDecodeError:
+            return None
+        return client if is_valid_id(client) else None
+
+
+async def offline(transitions: Transitions, clients: list[str]) -> int:
+    """Run the OFFLINE script for each client; returns how many were published."""
+    pipe = transitions.pipeline()
+    for client in clients:
+        transitions.offline(pipe, client)
+    results: list[int] = await pipe.execute()
+    return sum(results)

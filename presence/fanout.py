@@ -1,0 +1,70 @@
+"""Presence out: one reader of the presence stream per process, fanned out in memory.
+
+The reader starts at the stream's end (never its beginning) and keeps its
+position across reconnects. Each event is JSON- and SSE-encoded once, then
+offered to every subscriber except those of the client it is about.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+from .connection import BLOCK_MS, Redis, stream_entries, text
+from .contract import OFFLINE, ONLINE, Status
+from .events import PresenceEvent
+from .local import Delivery, LocalState
+from .settings import Settings
+from .supervise import Worker
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+
+
+class PresenceReader:
+    def __init__(self, redis: Redis, settings: Settings, local: LocalState) -> None:
+        self._redis = redis
+        self._stream = settings.keys.presence
+        self._local = local
+        self.position: str | None = None
+        self.delivered = 0
+
+    async def start(self) -> None:
+        """Take the current end of the stream as the first position to read after."""
+        last: Any = await self._redis.xrevrange(self._stream, count=1)
+        self.position = text(last[0][0]) if last else "0-0"
+
+    async def run(self, worker: Worker) -> None:
+        position = self.position
+        if position is None:
+            await self.start()
+            position = self.position or "0-0"
+        worker.ok()
+        while True:
+            reply = await self._redis.xread({self._stream: position}, count=BATCH, block=BLOCK_MS)
+            worker.ok()
+            for entry_id, fields in stream_entries(reply):
+                position = self.position = entry_id.decode()
+                event = parse_event(position, fields or {})
+                if event is None:
+                    log.warning("ignored malformed presence entry %s", position)
+                    continue
+                self._local.deliver(Delivery(event, sse_frame(event)))
+                self.delivered += 1
+
+
+def parse_event(entry_id: str, fields: dict[bytes, bytes]) -> PresenceEvent | None:
+    try:
+        client = fields[b"client"].decode()
+        status = fields[b"status"].decode()
+        server = fields[b"server"].decode()
+    except (KeyError, UnicodeDecodeError):
+        return None
+    if status not in (ONLINE, OFFLINE):
+        return None
+    return PresenceEvent(entry_id, client, cast(Status, status), server)
+
+
+def sse_frame(event: PresenceEvent) -> bytes:
+    return f"id: {event.id}\nevent: presence\ndata: {event.to_json()}\n\n".encode()

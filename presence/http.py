@@ -1,0 +1,137 @@
+"""HTTP: the SSE stream per client, the read endpoints and ``/healthz``.
+
+Every error leaves as JSON ``{"error": ...}``; no traceback reaches a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, NoReturn
+
+from aiohttp import web
+from aiohttp_sse import sse_response
+from redis.exceptions import RedisError
+
+from .contract import ID_RULE, OFFLINE, ONLINE, is_valid_id
+from .events import stream_position
+from .service import Presence
+
+log = logging.getLogger(__name__)
+
+PRESENCE = web.AppKey("presence", Presence)
+#: How long a new SSE connection waits for its snapshot before a 503.
+SNAPSHOT_TIMEOUT = 10.0
+_ID_PATH = "{client_id:[^/]*}"
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/clients", list_clients)
+    app.router.add_get(f"/clients/{_ID_PATH}", get_client)
+    app.router.add_get(f"/clients/{_ID_PATH}/events", client_events, allow_head=False)
+    app.router.add_get("/healthz", healthz)
+    app.middlewares.append(json_errors)
+    app.on_shutdown.append(_close_streams)
+
+
+async def list_clients(request: web.Request) -> web.Response:
+    online = await _presence(request).online()
+    clients = [{"client": c.client, "server": c.server} for c in online]
+    return web.json_response({"clients": clients, "count": len(clients)})
+
+
+async def get_client(request: web.Request) -> web.Response:
+    client_id = _client_id(request)
+    found = await _presence(request).status(client_id)
+    if found is None:
+        return web.json_response({"client": client_id, "status": OFFLINE, "server": None})
+    return web.json_response({"client": client_id, "status": ONLINE, "server": found.server})
+
+
+async def client_events(request: web.Request) -> web.StreamResponse:
+    """SSE: a ``snapshot`` event, then every ``presence`` event about others."""
+    client_id = _client_id(request)
+    presence = _presence(request)
+    transport = request.transport
+
+    def alive() -> bool:
+        return request.transport is not None and not request.transport.is_closing()
+
+    async with presence.connect(
+        client_id, alive=alive, abort=transport.abort if transport else None
+    ) as subscriber:
+        try:
+            async with asyncio.timeout(SNAPSHOT_TIMEOUT):
+                snapshot = await presence.snapshot()
+        except (TimeoutError, RedisError, OSError) as exc:
+            log.warning("no snapshot for %s: %s", client_id, exc)
+            _fail(web.HTTPServiceUnavailable, "presence is unavailable: cannot read Redis")
+        settings = presence.settings
+        async with sse_response(request, ping_interval=settings.keepalive_interval) as sse:
+            try:
+                await sse.write(snapshot.sse_frame(exclude=client_id))
+                # Events up to the snapshot's position are already in it.
+                after: tuple[int, int] | None = stream_position(snapshot.position)
+                while (delivery := await subscriber.get()) is not None:
+                    if after is not None:
+                        if stream_position(delivery.event.id) <= after:
+                            continue
+                        after = None
+                    await sse.write(delivery.frame)
+            except ConnectionError:
+                pass  # the client left
+        return sse
+
+
+async def healthz(request: web.Request) -> web.Response:
+    presence = _presence(request)
+    problems = await presence.problems()
+    body: dict[str, Any] = {"server": presence.settings.server_id}
+    if problems:
+        body.update(status="unavailable", problems=problems)
+        return web.json_response(body, status=503)
+    body.update(status="ok", connections=len(presence.local.subscribers))
+    return web.json_response(body)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return web.json_response({"error": exc.reason.lower()}, status=exc.status, headers=headers)
+    except asyncio.CancelledError:
+        raise
+    except (RedisError, OSError) as exc:
+        log.warning("%s %s: Redis failed: %s", request.method, request.path, exc)
+        return web.json_response(
+            {"error": "presence is unavailable: cannot read Redis"}, status=503
+        )
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return web.json_response({"error": "internal server error"}, status=500)
+
+
+async def _close_streams(app: web.Application) -> None:
+    # Open SSE responses would otherwise hold shutdown for its whole timeout.
+    app[PRESENCE].local.close_all("shutdown")
+
+
+def _presence(request: web.Request) -> Presence:
+    return request.config_dict[PRESENCE]
+
+
+def _client_id(request: web.Request) -> str:
+    client_id = request.match_info["client_id"]
+    if not is_valid_id(client_id):
+        _fail(web.HTTPBadRequest, f"client id {ID_RULE}")
+    return client_id
+
+
+def _fail(kind: type[web.HTTPException], message: str) -> NoReturn:
+    raise kind(text=json.dumps({"error": message}), content_type="application/json")

@@ -1,0 +1,208 @@
+"""The presence service of one process: Redis, the background workers, local state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from types import TracebackType
+
+from .connection import Redis, enable_keyspace_events, open_redis, text, wait_for_redis
+from .consumer import HeartbeatConsumer
+from .contract import ID_RULE, is_valid_id
+from .errors import InvalidClientId
+from .events import OnlineClient, PresenceEvent
+from .expiry import KeyspaceListener, Sweeper
+from .fanout import PresenceReader
+from .local import CloseReason, LocalState, Subscriber
+from .publisher import HeartbeatPublisher
+from .settings import Settings
+from .snapshot import Snapshot, SnapshotReader
+from .supervise import Worker
+from .transitions import Transitions
+
+log = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT = 2.0
+
+
+class Presence:
+    """Presence for one process: start it, then mark clients online and watch changes.
+
+    >>> async with Presence(Settings()) as presence:
+    ...     async with presence.track("alice"):
+    ...         ...  # alice is online while this block runs
+
+    Closing stops heartbeating this process's clients without publishing
+    OFFLINE for them: they may reconnect to another server, and their keys
+    expire otherwise.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.local = LocalState()
+        self._redis: Redis | None = None
+        self._workers: list[Worker] = []
+        self._snapshots: SnapshotReader | None = None
+
+    @property
+    def redis(self) -> Redis:
+        if self._redis is None:
+            raise RuntimeError("presence is not started")
+        return self._redis
+
+    async def start(self) -> None:
+        """Connect to Redis and start the workers; raises ``PresenceError`` subclasses."""
+        settings = self.settings
+        redis = open_redis(settings)
+        try:
+            await wait_for_redis(redis, settings)
+            await enable_keyspace_events(redis, settings)
+            transitions = Transitions(redis, settings)
+            reader = PresenceReader(redis, settings, self.local)
+            await reader.start()
+        except BaseException:
+            await redis.aclose()
+            raise
+        self._redis = redis
+        self._snapshots = SnapshotReader(transitions)
+        self.consumer = HeartbeatConsumer(redis, settings, transitions)
+        self.sweeper = Sweeper(transitions)
+        self.listener = KeyspaceListener(redis, settings, transitions)
+        self.publisher = HeartbeatPublisher(redis, settings, self.local)
+        self.reader = reader
+        loops: dict[str, Callable[[Worker], object]] = {
+            "heartbeat consumer": self.consumer.run,
+            "deadline sweeper": self.sweeper.run,
+            "keyspace listener": self.listener.run,
+            "presence reader": reader.run,
+            "snapshot reader": self._snapshots.run,
+            "heartbeat publisher": self.publisher.run,
+        }
+        for name, loop in loops.items():
+            worker = Worker(name)
+            worker.start(loop)  # type: ignore[arg-type]
+            self._workers.append(worker)
+
+    async def close(self) -> None:
+        """Close every subscriber, stop the workers (publisher first), close Redis."""
+        self.local.close_all("shutdown")
+        for worker in reversed(self._workers):
+            await worker.stop()
+        self._workers.clear()
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    async def __aenter__(self) -> Presence:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @asynccontextmanager
+    async def track(self, client_id: str) -> AsyncIterator[None]:
+        """Keep ``client_id`` online, heartbeated by this server, while the block runs."""
+        _check_id(client_id)
+        self.local.hold(client_id)
+        try:
+            yield
+        finally:
+            self.local.release(client_id)
+
+    @asynccontextmanager
+    async def changes(self) -> AsyncIterator[AsyncIterator[PresenceEvent]]:
+        """Presence events from now on, in stream order.
+
+        >>> async with presence.changes() as events:
+        ...     async for event in events:
+        ...         print(event.client, event.status)
+
+        A listener that falls ``queue_size`` events behind is stopped.
+        """
+        subscriber = Subscriber(None, self.settings.queue_size)
+        self.local.subscribers.add(subscriber)
+
+        async def events() -> AsyncIterator[PresenceEvent]:
+            while (delivery := await subscriber.get()) is not None:
+                yield delivery.event
+
+        try:
+            yield events()
+        finally:
+            subscriber.close()
+            self.local.subscribers.discard(subscriber)
+
+    @asynccontextmanager
+    async def connect(
+        self,
+        client_id: str,
+        *,
+        alive: Callable[[], bool] | None = None,
+        abort: Callable[[], None] | None = None,
+    ) -> AsyncIterator[Subscriber]:
+        """Hold ``client_id`` online and subscribe it to everyone else's events.
+
+        ``alive`` tells whether the underlying connection is still open (checked
+        every heartbeat tick); ``abort`` drops it when its reader falls behind.
+        """
+        _check_id(client_id)
+        self.local.hold(client_id)
+
+        def closed(reason: CloseReason) -> None:
+            self.local.release(client_id)
+            if reason == "overflow" and abort is not None:
+                abort()
+
+        subscriber = Subscriber(client_id, self.settings.queue_size, alive=alive, on_close=closed)
+        self.local.subscribers.add(subscriber)
+        try:
+            yield subscriber
+        finally:
+            subscriber.close()
+            self.local.subscribers.discard(subscriber)
+
+    async def snapshot(self) -> Snapshot:
+        """Who is online, with the presence stream position it is exact at."""
+        if self._snapshots is None:
+            raise RuntimeError("presence is not started")
+        return await self._snapshots.get()
+
+    async def online(self) -> list[OnlineClient]:
+        """Every online client, on any server."""
+        flat = await self.redis.hgetall(self.settings.keys.servers)
+        return sorted(
+            (OnlineClient(text(c), text(s)) for c, s in flat.items()),
+            key=lambda o: o.client,
+        )
+
+    async def status(self, client_id: str) -> OnlineClient | None:
+        """The client and its server when it is online, else None."""
+        _check_id(client_id)
+        server = await self.redis.hget(self.settings.keys.servers, client_id)
+        return None if server is None else OnlineClient(client_id, text(server))
+
+    async def problems(self) -> list[str]:
+        """Why this process is unhealthy; empty when Redis answers and every worker runs."""
+        found = [p for w in self._workers if (p := w.problem) is not None]
+        if not self._workers:
+            found.append("presence is not started")
+            return found
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT):
+                await self.redis.ping()
+        except Exception as exc:
+            found.insert(0, f"redis: {type(exc).__name__}: {exc}".rstrip(": "))
+        return found
+
+
+def _check_id(client_id: str) -> None:
+    if not is_valid_id(client_id):
+        raise InvalidClientId(ID_RULE)

@@ -1,0 +1,177 @@
+"""Settings: one frozen dataclass, validated when it is built."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .contract import ID_RULE, Keys, is_valid_id
+from .errors import ConfigError
+
+ENV_PREFIX = "PRESENCE_"
+MEMORY_URL = "memory://"
+_SCHEMES = ("redis", "rediss", "unix", "memory")
+_NAMESPACE = re.compile(r"[A-Za-z0-9._:@{}-]{0,64}")
+_TYPES: dict[str, type] = {"int": int, "float": float, "str": str}
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a presence server can be told; invalid values raise ``ConfigError``.
+
+    ``Settings.from_env()`` reads ``PRESENCE_<FIELD>`` variables, for example
+    ``PRESENCE_REDIS_URL`` or ``PRESENCE_HEARTBEAT_INTERVAL``.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: ``redis://``, ``rediss://``, ``unix://`` or ``memory://`` (in-process Redis).
+    redis_url: str = MEMORY_URL
+    #: Defaults to ``<host name>:<port>``.
+    server_id: str = ""
+    #: Seconds between two heartbeats of a connected client.
+    heartbeat_interval: float = 5.0
+    #: Key TTL = ttl_factor x heartbeat_interval.
+    ttl_factor: float = 1.5
+    #: Prefix of every Redis key; empty gives exactly the documented names.
+    namespace: str = ""
+    #: Approximate cap (``XADD MAXLEN ~``) of the heartbeat stream.
+    heartbeat_maxlen: int = 100_000
+    #: Approximate cap (``XADD MAXLEN ~``) of the presence stream.
+    presence_maxlen: int = 100_000
+    #: Seconds between SSE keep-alive comments.
+    keepalive_interval: float = 15.0
+    #: Events buffered per SSE connection before a slow reader is disconnected.
+    queue_size: int = 1024
+    #: Attempts to reach Redis at start before giving up.
+    connect_retries: int = 5
+    log_level: str = "INFO"
+    keys: Keys = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65535, "port must be between 0 and 65535")
+        _check(
+            math.isfinite(self.heartbeat_interval) and self.heartbeat_interval > 0,
+            "heartbeat interval must be a positive number of seconds",
+        )
+        _check(
+            math.isfinite(self.ttl_factor) and self.ttl_factor >= 1,
+            "ttl factor must be at least 1",
+        )
+        _check(
+            math.isfinite(self.keepalive_interval) and self.keepalive_interval > 0,
+            "keep-alive interval must be a positive number of seconds",
+        )
+        _check(self.heartbeat_maxlen >= 1, "heartbeat stream cap must be at least 1")
+        _check(self.presence_maxlen >= 1, "presence stream cap must be at least 1")
+        _check(self.queue_size >= 1, "queue size must be at least 1")
+        _check(self.connect_retries >= 1, "connect retries must be at least 1")
+        _check(
+            _NAMESPACE.fullmatch(self.namespace) is not None,
+            "namespace must be up to 64 letters, digits or ._:@{}-",
+        )
+        level = self.log_level.upper()
+        _check(level in _LOG_LEVELS, f"log level must be one of {', '.join(_LOG_LEVELS)}")
+        _check_redis_url(self.redis_url)
+        server_id = self.server_id or f"{socket.gethostname()}:{self.port}"
+        _check(
+            is_valid_id(server_id),
+            f"server id {ID_RULE}",
+        )
+        object.__setattr__(self, "server_id", server_id)
+        object.__setattr__(self, "log_level", level)
+        object.__setattr__(self, "keys", Keys(self.namespace))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``PRESENCE_*`` variables; keyword overrides win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if not f.init:
+                continue
+            name = ENV_PREFIX + f.name.upper()
+            if name in env:
+                values[f.name] = _parse(name, env[name], _TYPES[str(f.type)])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @property
+    def ttl_ms(self) -> int:
+        """TTL of ``online.clients.<id>`` in milliseconds."""
+        return max(1, round(self.heartbeat_interval * self.ttl_factor * 1000))
+
+    @property
+    def in_memory(self) -> bool:
+        return self.redis_url == MEMORY_URL
+
+    @property
+    def masked_redis_url(self) -> str:
+        """The Redis URL with any password replaced by ``***``."""
+        return mask_url(self.redis_url)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f.name}={mask_url(v) if f.name == 'redis_url' else v!r}"
+            for f in fields(self)
+            if f.repr
+            for v in [getattr(self, f.name)]
+        )
+        return f"Settings({shown})"
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a URL; leave anything unparsable alone."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_redis_url(url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(f"redis url is not a valid URL: {mask_url(url)!r}") from None
+    if parts.scheme not in _SCHEMES:
+        raise ConfigError(
+            f"redis url must start with redis://, rediss://, unix:// or memory://, "
+            f"got {mask_url(url)!r}"
+        )
+    if parts.scheme == "unix" and not parts.path:
+        raise ConfigError("a unix:// redis url needs a socket path, e.g. unix:///run/redis.sock")
+    if parts.scheme == "memory" and url != MEMORY_URL:
+        raise ConfigError("the in-process redis url is exactly memory://")
+    db = parts.path.lstrip("/")
+    if parts.scheme in ("redis", "rediss") and db and not db.isdigit():
+        raise ConfigError(f"redis url database must be a number, got {db!r}")
+
+
+def _parse(name: str, raw: str, kind: type) -> Any:
+    try:
+        return kind(raw)
+    except ValueError:
+        noun = {int: "an integer", float: "a number"}.get(kind, "a value")
+        raise ConfigError(f"{name} must be {noun}, got {raw!r}") from None

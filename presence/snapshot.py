@@ -1,0 +1,67 @@
+"""Snapshots of who is online, read once for any number of waiting connections.
+
+A thousand clients connecting at once cost one Redis round trip, not a thousand
+(and never exhaust the connection pool).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+
+from .events import OnlineClient
+from .supervise import Worker
+from .transitions import Transitions
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Online clients, exact as of the presence stream entry ``position``."""
+
+    position: str
+    clients: list[OnlineClient]
+    _encoded: list[tuple[str, str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        encoded = [
+            (c.client, json.dumps({"client": c.client, "server": c.server}, separators=(",", ":")))
+            for c in self.clients
+        ]
+        object.__setattr__(self, "_encoded", encoded)
+
+    def sse_frame(self, exclude: str | None = None) -> bytes:
+        """The ``snapshot`` SSE event, leaving out ``exclude``."""
+        body = ",".join(text for client, text in self._encoded if client != exclude)
+        return f'id: {self.position}\nevent: snapshot\ndata: {{"clients":[{body}]}}\n\n'.encode()
+
+
+class SnapshotReader:
+    def __init__(self, transitions: Transitions) -> None:
+        self._transitions = transitions
+        self._waiting: list[asyncio.Future[Snapshot]] = []
+        self._wake = asyncio.Event()
+
+    async def get(self) -> Snapshot:
+        future: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        self._wake.set()
+        return await future
+
+    async def run(self, worker: Worker) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            waiting, self._waiting = self._waiting, []
+            try:
+                position, clients = await self._transitions.snapshot()
+            except Exception as exc:
+                for future in waiting:
+                    if not future.done():
+                        future.set_exception(exc)
+                raise
+            worker.ok()
+            snapshot = Snapshot(position, clients)
+            for future in waiting:
+                if not future.done():
+                    future.set_result(snapshot)
