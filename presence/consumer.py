@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from .connection import BLOCK_MS, Redis, StreamEntry, stream_entries
@@ -65,21 +66,22 @@ class HeartbeatConsumer:
         return stream_entries(reply)
 
     async def _apply(self, entries: Sequence[StreamEntry]) -> None:
-        pipe = self._transitions.pipeline()
+        good: list[tuple[str, str, int]] = []
         bad: list[tuple[bytes, str]] = []
-        applied = 0
         for entry_id, fields in entries:
             parsed = parse_heartbeat(fields or {})
             if isinstance(parsed, str):
                 bad.append((entry_id, parsed))
-                continue
-            client, server = parsed
-            self._transitions.heartbeat(pipe, client, server, sent_ms=_entry_ms(entry_id))
-            applied += 1
-        pipe.xack(self._stream, CONSUMER_GROUP, *(entry_id for entry_id, _ in entries))
-        results = await pipe.execute()
-        outcomes = results[:applied]
-        self.applied += applied
+            else:
+                good.append((*parsed, _entry_ms(entry_id)))
+
+        def fill(pipe: Pipeline) -> None:
+            for client, server, sent_ms in good:
+                self._transitions.heartbeat(pipe, client, server, sent_ms)
+            pipe.xack(self._stream, CONSUMER_GROUP, *(entry_id for entry_id, _ in entries))
+
+        outcomes = (await self._transitions.execute(fill))[: len(good)]
+        self.applied += len(good)
         self.online += outcomes.count(1)
         self.stale += outcomes.count(-1)
         if bad:

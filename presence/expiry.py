@@ -13,6 +13,8 @@ import asyncio
 import logging
 from typing import Any
 
+from redis.asyncio.client import Pipeline
+
 from .connection import Redis, database
 from .contract import is_valid_id
 from .settings import Settings
@@ -95,8 +97,9 @@ class KeyspaceListener:
 
 async def offline(transitions: Transitions, clients: list[str]) -> int:
     """Run the OFFLINE script for each client; returns how many were published."""
-    pipe = transitions.pipeline()
-    for client in clients:
-        transitions.offline(pipe, client)
-    results: list[int] = await pipe.execute()
-    return sum(results)
+
+    def fill(pipe: Pipeline) -> None:
+        for client in clients:
+            transitions.offline(pipe, client)
+
+    return sum(await transitions.execute(fill))

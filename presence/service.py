@@ -60,6 +60,7 @@ class Presence:
             await wait_for_redis(redis, settings)
             await enable_keyspace_events(redis, settings)
             transitions = Transitions(redis, settings)
+            await transitions.load()
             reader = PresenceReader(redis, settings, self.local)
             await reader.start()
         except BaseException:

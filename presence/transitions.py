@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 
 from . import scripts
 from .connection import Redis, text
@@ -31,17 +33,34 @@ class Transitions:
 
     def heartbeat(self, pipe: Pipeline, client: str, server: str, sent_ms: int = 0) -> None:
         """Queue one heartbeat: 1 = came online, 0 = refreshed, -1 = too old."""
-        self._heartbeat(  # type: ignore[unused-coroutine]  # queued on the pipeline
-            keys=self._client_keys(client),
-            args=[client, server, self._ttl_ms, self._maxlen, sent_ms],
-            client=pipe,
-        )
+        args: list[str | int] = [client, server, self._ttl_ms, self._maxlen, sent_ms]
+        pipe.evalsha(self._heartbeat.sha, 4, *self._client_keys(client), *args)
 
     def offline(self, pipe: Pipeline, client: str) -> None:
         """Queue an OFFLINE check: 1 = published, 0 = still online or already out."""
-        self._offline(  # type: ignore[unused-coroutine]  # queued on the pipeline
-            keys=self._client_keys(client), args=[client, self._maxlen], client=pipe
-        )
+        pipe.evalsha(self._offline.sha, 4, *self._client_keys(client), client, self._maxlen)
+
+    async def execute(self, fill: Callable[[Pipeline], None]) -> list[Any]:
+        """Run the commands ``fill`` queues, in one round trip.
+
+        Queued scripts are called by SHA alone. When Redis has lost them (a
+        restart), nothing ran, so they are loaded and the batch sent again.
+        """
+        for attempt in (1, 2):
+            pipe = self._redis.pipeline(transaction=False)
+            fill(pipe)
+            try:
+                return await pipe.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                await self.load()
+        raise AssertionError("unreachable")
+
+    async def load(self) -> None:
+        """Load every script into Redis's script cache."""
+        for script in (self._heartbeat, self._offline, self._due, self._snapshot):
+            await self._redis.script_load(script.script)
 
     async def due(self, limit: int) -> list[str]:
         """Announced clients whose deadline has passed, earliest first."""
@@ -56,6 +75,3 @@ class Transitions:
             OnlineClient(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)
         ]
         return text(position), clients
-
-    def pipeline(self) -> Pipeline:
-        return self._redis.pipeline(transaction=False)

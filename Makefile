@@ -1,0 +1,38 @@
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: help install serve test lint format clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create .venv and install presence with its test and lint tools
+
+$(STAMP): setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "presence needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+serve: install ## Run the server (in-process Redis unless --redis-url); pass flags as ARGS="..."
+	$(BIN)/python -m presence serve $(ARGS)
+
+test: install ## Run the whole test suite (starts its own redis-server)
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: install ## ruff and mypy --strict
+	$(BIN)/ruff check presence tests examples
+	$(BIN)/ruff format --check presence tests examples
+	$(BIN)/mypy
+
+format: install ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix presence tests examples
+	$(BIN)/ruff format presence tests examples
+
+clean: ## Remove .venv and caches
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

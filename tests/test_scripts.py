@@ -1,0 +1,153 @@
+"""The Lua transitions against a real Redis: every publish decision, exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from presence import Settings
+from presence.expiry import offline
+from presence.transitions import Transitions
+
+from .support import entry_ms, poll
+
+
+async def statuses(redis: aioredis.Redis, stream: str = "presence") -> list[tuple[str, str, str]]:
+    entries = await redis.xrange(stream)
+    return [
+        (f[b"client"].decode(), f[b"status"].decode(), f[b"server"].decode()) for _, f in entries
+    ]
+
+
+async def heartbeat(t: Transitions, client: str, server: str, sent_ms: int = 0) -> int:
+    [result] = await t.execute(lambda pipe: t.heartbeat(pipe, client, server, sent_ms))
+    return int(result)
+
+
+async def test_first_heartbeat_creates_key_and_one_online(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings)
+    assert await heartbeat(t, "alice", "s1") == 1
+    assert await redis.get("online.clients.alice") == b"s1"
+    ttl = await redis.pttl("online.clients.alice")
+    assert settings.ttl_ms - 50 <= ttl <= settings.ttl_ms
+    assert await statuses(redis) == [("alice", "ONLINE", "s1")]
+
+
+async def test_refresh_publishes_nothing_and_moves_value_and_ttl(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings.replace(heartbeat_interval=10))
+    await heartbeat(t, "alice", "s1")
+    await redis.pexpire("online.clients.alice", 1000)
+    assert await heartbeat(t, "alice", "s2") == 0
+    assert await redis.get("online.clients.alice") == b"s2"
+    assert await redis.pttl("online.clients.alice") > 10_000
+    assert await statuses(redis) == [("alice", "ONLINE", "s1")]
+    assert (await t.snapshot())[1][0].server == "s2"
+
+
+async def test_heartbeat_older_than_ttl_is_ignored(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings)
+    now_ms = entry_ms(await redis.xadd("clock", {"x": "1"}))
+    assert await heartbeat(t, "alice", "s1", sent_ms=now_ms - settings.ttl_ms - 10) == -1
+    assert await redis.exists("online.clients.alice") == 0
+    assert await statuses(redis) == []
+
+
+async def test_ttl_counts_from_when_the_heartbeat_was_sent(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings.replace(heartbeat_interval=10))  # ttl 15 s
+    now_ms = entry_ms(await redis.xadd("clock", {"x": "1"}))
+    await heartbeat(t, "alice", "s1", sent_ms=now_ms - 5000)
+    assert 9_000 < await redis.pttl("online.clients.alice") <= 10_000
+
+
+async def test_offline_is_published_once_and_only_when_key_is_gone(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings)
+    await heartbeat(t, "alice", "s1")
+    assert await offline(t, ["alice"]) == 0  # key still there
+    await redis.delete("online.clients.alice")
+    assert await offline(t, ["alice", "alice"]) == 1
+    assert await offline(t, ["alice"]) == 0
+    assert await statuses(redis) == [("alice", "ONLINE", "s1"), ("alice", "OFFLINE", "s1")]
+    assert await redis.zscore("online.deadlines", "alice") is None
+    assert await redis.hget("online.servers", "alice") is None
+
+
+async def test_offline_for_a_client_never_online_publishes_nothing(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    assert await offline(Transitions(redis, settings), ["ghost"]) == 0
+    assert await redis.exists("presence") == 0
+
+
+async def test_heartbeat_after_unswept_expiry_closes_the_old_appearance(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings)
+    await heartbeat(t, "alice", "s1")
+    await redis.pexpire("online.clients.alice", 1)
+    await poll(lambda: _gone(redis, "online.clients.alice"), what="key expiry")
+    assert await heartbeat(t, "alice", "s2") == 1
+    assert await statuses(redis) == [
+        ("alice", "ONLINE", "s1"),
+        ("alice", "OFFLINE", "s1"),
+        ("alice", "ONLINE", "s2"),
+    ]
+
+
+async def test_due_lists_clients_past_their_deadline(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings)
+    await heartbeat(t, "alice", "s1")
+    assert await t.due(10) == []
+    await poll(lambda: t.due(10), timeout=settings.ttl_ms / 1000 + 1, what="deadline")
+    assert await t.due(10) == ["alice"]
+
+
+async def test_namespace_prefixes_every_key(redis: aioredis.Redis, settings: Settings) -> None:
+    t = Transitions(redis, settings.replace(namespace="app1:"))
+    await heartbeat(t, "alice", "s1")
+    keys = sorted(k.decode() for k in await redis.keys("*"))
+    assert keys == [
+        "app1:online.clients.alice",
+        "app1:online.deadlines",
+        "app1:online.servers",
+        "app1:presence",
+    ]
+
+
+async def test_scripts_are_reloaded_after_a_script_flush(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings)
+    await heartbeat(t, "alice", "s1")
+    await redis.script_flush()
+    assert await heartbeat(t, "bob", "s1") == 1
+
+
+async def test_concurrent_offline_from_many_callers_publishes_once(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings)
+    for n in range(50):
+        await heartbeat(t, f"c{n}", "s1")
+    await redis.delete(*[f"online.clients.c{n}" for n in range(50)])
+    clients = [f"c{n}" for n in range(50)]
+    published = await asyncio.gather(*(offline(t, clients) for _ in range(5)))
+    assert sum(published) == 50
+    offline_entries = [s for s in await statuses(redis) if s[1] == "OFFLINE"]
+    assert sorted(c for c, _, _ in offline_entries) == sorted(clients)
+
+
+async def _gone(redis: aioredis.Redis, key: str) -> bool:
+    return await redis.exists(key) == 0
