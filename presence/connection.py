@@ -65,15 +65,20 @@ async def wait_for_redis(redis: Redis, settings: Settings) -> None:
 async def enable_keyspace_events(redis: Redis, settings: Settings) -> None:
     """Make Redis publish ``del`` and ``expired`` keyspace events.
 
-    Raises ``RedisMisconfigured`` when they are off and CONFIG SET is refused.
+    Raises ``RedisMisconfigured`` when they are off and cannot be turned on.
     """
     if settings.in_memory:
         return  # fakeredis publishes del (never expired) without configuration
     try:
         reply = await redis.config_get("notify-keyspace-events")
-    except ResponseError as exc:
-        log.warning("cannot read notify-keyspace-events (%s); assuming it includes Kgx", exc)
-        return
+    except ResponseError:
+        # CONFIG is disabled (managed Redis): see whether the events come anyway.
+        if await _keyspace_events_arrive(redis, settings):
+            return
+        raise RedisMisconfigured(
+            f"Redis does not publish keyspace events and refuses CONFIG; set "
+            f"notify-keyspace-events to include {_KEYSPACE_FLAGS!r} on the server"
+        ) from None
     flags = text(next(iter(reply.values()), None) or b"")
     if _has_keyspace_flags(flags):
         return
@@ -86,6 +91,32 @@ async def enable_keyspace_events(redis: Redis, settings: Settings) -> None:
             f"include {_KEYSPACE_FLAGS!r} on the server (currently {flags!r})"
         ) from None
     log.info("set notify-keyspace-events to %r", wanted)
+
+
+async def _keyspace_events_arrive(redis: Redis, settings: Settings, wait: float = 2.0) -> bool:
+    # "_" is not allowed in client ids, so no listener mistakes the probe for one.
+    key = f"{settings.keys.online_prefix}_probe_{settings.server_id}"
+    channel = f"__keyspace@{database(redis)}__:{key}"
+    seen: set[bytes] = set()
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    try:
+        await pubsub.subscribe(channel)
+        await redis.set(key, 1, px=1)
+        await asyncio.sleep(0.005)
+        await redis.exists(key)  # an access expires it at once: "expired"
+        await redis.set(key, 1, px=1000)
+        await redis.delete(key)  # "del"
+        async with asyncio.timeout(wait):
+            while not {b"expired", b"del"} <= seen:
+                message = await pubsub.get_message(timeout=wait)
+                if message is not None:
+                    seen.add(message["data"])
+    except TimeoutError:
+        pass
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    log.info("keyspace events seen without CONFIG: %s", sorted(s.decode() for s in seen))
+    return {b"expired", b"del"} <= seen
 
 
 def _has_keyspace_flags(flags: str) -> bool:

@@ -34,8 +34,11 @@ class HeartbeatConsumer:
         self.stale = 0
         self.malformed = 0
 
-    async def run(self, worker: Worker) -> None:
+    async def start(self) -> None:
+        """Create the consumer group (once for all servers) before reading."""
         await self._ensure_group()
+
+    async def run(self, worker: Worker) -> None:
         # Entries this consumer read but did not acknowledge before a restart.
         while entries := await self._read("0", block=None):
             await self._apply(entries)

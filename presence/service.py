@@ -61,6 +61,8 @@ class Presence:
             await enable_keyspace_events(redis, settings)
             transitions = Transitions(redis, settings)
             await transitions.load()
+            consumer = HeartbeatConsumer(redis, settings, transitions)
+            await consumer.start()
             reader = PresenceReader(redis, settings, self.local)
             await reader.start()
         except BaseException:
@@ -68,7 +70,7 @@ class Presence:
             raise
         self._redis = redis
         self._snapshots = SnapshotReader(transitions)
-        self.consumer = HeartbeatConsumer(redis, settings, transitions)
+        self.consumer = consumer
         self.sweeper = Sweeper(transitions)
         self.listener = KeyspaceListener(redis, settings, transitions)
         self.publisher = HeartbeatPublisher(redis, settings, self.local)

@@ -50,15 +50,16 @@ class Worker:
         self.task = asyncio.create_task(self._supervise(loop), name=self.name)
 
     async def stop(self) -> None:
-        if self.task is None:
+        task = self.task
+        if task is None:
             return
-        self.task.cancel()
-        try:
-            await self.task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
+        # redis-py can swallow a cancellation that lands while it connects,
+        # so cancel again until the task is really done.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%s ended with %r", self.name, task.exception())
 
     async def _supervise(self, loop: Callable[[Worker], Awaitable[None]]) -> None:
         while True:

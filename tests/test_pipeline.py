@@ -1,0 +1,221 @@
+"""The in-process pipeline against a real redis-server: heartbeats in, transitions out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+import redis.asyncio as aioredis
+
+from presence import Presence, PresenceEvent, RedisMisconfigured, Settings
+from presence.contract import CONSUMER_GROUP
+
+from .support import RedisServer, StartPresence, entry_ms, poll
+
+
+async def presence_entries(redis: aioredis.Redis) -> list[tuple[str, str, str, int]]:
+    return [
+        (f[b"client"].decode(), f[b"status"].decode(), f[b"server"].decode(), entry_ms(i))
+        for i, f in await redis.xrange("presence")
+    ]
+
+
+async def next_event(events: object, timeout: float = 5) -> PresenceEvent:
+    async with asyncio.timeout(timeout):
+        return await anext(events)  # type: ignore[call-overload, no-any-return]
+
+
+async def test_tracked_client_comes_online_at_once_and_is_heartbeated(
+    redis: aioredis.Redis, settings: Settings, start_presence: StartPresence
+) -> None:
+    presence = await start_presence(settings.replace(heartbeat_interval=30))
+    async with presence.changes() as events, presence.track("alice"):
+        event = await next_event(events, timeout=2)  # long before the 30 s tick
+        assert (event.client, event.status, event.server) == ("alice", "ONLINE", "test-1")
+        assert await redis.get("online.clients.alice") == b"test-1"
+        assert [c.client for c in await presence.online()] == ["alice"]
+    entries = await redis.xrange("heartbeat")
+    assert [(f[b"client"], f[b"server"]) for _, f in entries] == [(b"alice", b"test-1")]
+
+
+async def test_stopped_heartbeats_give_offline_within_ttl_plus_250ms_without_expired_events(
+    redis: aioredis.Redis,
+    redis_server: RedisServer,
+    settings: Settings,
+    start_presence: StartPresence,
+) -> None:
+    """Expired events never come here: active expiry is off and the listener is cut off."""
+    if redis_server.version < (7,):
+        pytest.skip("DEBUG SET-ACTIVE-EXPIRE needs enable-debug-command (Redis 7)")
+    await redis.execute_command("DEBUG", "SET-ACTIVE-EXPIRE", 0)
+    presence = await start_presence(settings)
+    async with presence.track("alice"):
+        await poll(lambda: presence_entries(redis), what="ONLINE")
+        # Outlive a few ticks so refreshes happen too.
+        await poll(lambda: _count(redis, "heartbeat", 3), timeout=5, what="heartbeats")
+    await redis.client_kill_filter(_type="pubsub")
+    await poll(lambda: _has_status(redis, "OFFLINE"), timeout=5, what="OFFLINE")
+    last_heartbeat = entry_ms((await redis.xrevrange("heartbeat", count=1))[0][0])
+    entries = await presence_entries(redis)
+    assert [(c, s) for c, s, _, _ in entries] == [("alice", "ONLINE"), ("alice", "OFFLINE")]
+    offline_ms = entries[1][3]
+    assert offline_ms - last_heartbeat <= settings.ttl_ms + 250
+
+
+async def test_deleting_the_key_publishes_offline_through_keyspace_events(
+    redis: aioredis.Redis, settings: Settings, start_presence: StartPresence
+) -> None:
+    # A 60 s interval keeps the deadline far away: only the listener can act in time.
+    presence = await start_presence(settings.replace(heartbeat_interval=60))
+    assert "K" in (await redis.config_get("notify-keyspace-events"))["notify-keyspace-events"]
+    await redis.xadd("heartbeat", {"client": "bob", "server": "elsewhere"})
+    await poll(lambda: _has_status(redis, "ONLINE"), what="ONLINE")
+    await redis.delete("online.clients.bob")
+    await poll(lambda: _has_status(redis, "OFFLINE"), timeout=3, what="OFFLINE")
+    assert presence.listener.published == 1
+    assert [(c, s, srv) for c, s, srv, _ in await presence_entries(redis)] == [
+        ("bob", "ONLINE", "elsewhere"),
+        ("bob", "OFFLINE", "elsewhere"),
+    ]
+
+
+async def test_two_servers_apply_each_heartbeat_once(
+    redis: aioredis.Redis, settings: Settings, start_presence: StartPresence
+) -> None:
+    one = await start_presence(settings.replace(server_id="one", heartbeat_interval=30))
+    two = await start_presence(settings.replace(server_id="two", heartbeat_interval=30))
+    for n in range(200):
+        await redis.xadd("heartbeat", {"client": f"c{n}", "server": "ext"})
+
+    async def all_applied() -> bool:
+        return one.consumer.applied + two.consumer.applied == 200
+
+    await poll(all_applied, what="200 heartbeats applied")
+    assert len(await presence_entries(redis)) == 200
+    groups = await redis.xinfo_groups("heartbeat")
+    assert groups[0]["name"] == CONSUMER_GROUP.encode()
+    assert groups[0]["pending"] == 0
+
+
+async def test_malformed_heartbeats_are_skipped_counted_and_logged(
+    redis: aioredis.Redis,
+    settings: Settings,
+    start_presence: StartPresence,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    presence = await start_presence(settings.replace(heartbeat_interval=30))
+    bad: list[dict[str, str | bytes]] = [
+        {"server": "s"},
+        {"client": "", "server": "s"},
+        {"client": "x" * 129, "server": "s"},
+        {"client": "has space", "server": "s"},
+        {"client": b"\xff\xfe", "server": "s"},
+        {"client": "ok", "server": ""},
+        {"other": "field"},
+    ]
+    with caplog.at_level(logging.WARNING, logger="presence.consumer"):
+        for fields in bad:
+            await redis.xadd("heartbeat", fields)
+        await redis.xadd("heartbeat", {"client": "good", "server": "s", "extra": "ignored"})
+        await poll(lambda: _has_status(redis, "ONLINE"), what="valid heartbeat applied")
+        await poll(lambda: _true(presence.consumer.malformed == len(bad)), what="count")
+    assert [c for c, _, _, _ in await presence_entries(redis)] == ["good"]
+    assert "malformed heartbeat" in caplog.text
+    assert presence.listener.published == 0
+    assert (await redis.xinfo_groups("heartbeat"))[0]["pending"] == 0
+    assert (await presence.problems()) == []
+
+
+async def test_enables_keyspace_events_when_they_are_off(
+    redis: aioredis.Redis, settings: Settings, start_presence: StartPresence
+) -> None:
+    await redis.config_set("notify-keyspace-events", "E$")
+    await start_presence(settings)
+    flags = (await redis.config_get("notify-keyspace-events"))["notify-keyspace-events"]
+    assert set(flags) >= set("KEgx$")
+
+
+async def test_fails_at_start_when_keyspace_events_are_off_and_config_is_refused(
+    tmp_path_factory: pytest.TempPathFactory, settings: Settings
+) -> None:
+    locked = RedisServer(tmp_path_factory.mktemp("locked"), "--rename-command", "CONFIG", "")
+    locked.start()
+    try:
+        presence = Presence(settings.replace(redis_url=locked.url))
+        with pytest.raises(RedisMisconfigured, match="notify-keyspace-events"):
+            await presence.start()
+    finally:
+        locked.stop()
+
+
+async def test_slow_listener_is_dropped_instead_of_growing_memory(
+    redis: aioredis.Redis, settings: Settings, start_presence: StartPresence
+) -> None:
+    presence = await start_presence(settings.replace(queue_size=5, heartbeat_interval=30))
+    async with presence.changes() as events:
+        for n in range(20):
+            await redis.xadd("heartbeat", {"client": f"c{n}", "server": "ext"})
+        await poll(lambda: _true(presence.reader.delivered == 20), what="deliveries")
+        received = [event async for event in events]
+    assert received == []  # dropped on overflow, its backlog freed
+    assert not presence.local.subscribers
+
+
+async def test_close_publishes_no_offline_for_local_clients(
+    redis: aioredis.Redis, settings: Settings, start_presence: StartPresence
+) -> None:
+    presence = await start_presence(settings.replace(heartbeat_interval=30))
+    async with presence.track("alice"):
+        await poll(lambda: _has_status(redis, "ONLINE"), what="ONLINE")
+        await presence.close()
+    assert [s for _, s, _, _ in await presence_entries(redis)] == ["ONLINE"]
+    assert await redis.get("online.clients.alice") == b"test-1"
+
+
+async def test_workers_recover_when_redis_drops_their_connections(
+    redis: aioredis.Redis, settings: Settings, start_presence: StartPresence
+) -> None:
+    presence = await start_presence(settings)
+    await redis.client_kill_filter(_type="normal", skipme=True)
+    await redis.client_kill_filter(_type="pubsub")
+    async with presence.changes() as events, presence.track("alice"):
+        await redis.xadd("heartbeat", {"client": "bob", "server": "ext"})
+        seen = {(await next_event(events)).client, (await next_event(events)).client}
+    assert seen == {"alice", "bob"}
+    await poll(lambda: _no_problems(presence), what="healthy")
+
+
+async def _count(redis: aioredis.Redis, stream: str, n: int) -> bool:
+    return await redis.xlen(stream) >= n
+
+
+async def _has_status(redis: aioredis.Redis, status: str) -> bool:
+    return any(s == status for _, s, _, _ in await presence_entries(redis))
+
+
+async def _no_problems(presence: Presence) -> bool:
+    return not await presence.problems()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_starts_without_config_when_the_operator_enabled_keyspace_events(
+    tmp_path_factory: pytest.TempPathFactory, settings: Settings
+) -> None:
+    managed = RedisServer(
+        tmp_path_factory.mktemp("managed"),
+        "--notify-keyspace-events",
+        "Kgx",
+        "--rename-command",
+        "CONFIG",
+        "",
+    )
+    managed.start()
+    try:
+        async with Presence(settings.replace(redis_url=managed.url)) as presence:
+            assert await presence.problems() == []
+    finally:
+        managed.stop()
