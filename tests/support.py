@@ -130,9 +130,11 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.output()}")
             try:
-                async with aiohttp.ClientSession() as session:
-                    async with session.get(f"{self.url}/healthz") as response:
-                        return response.status == 200
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.get(f"{self.url}/healthz") as response,
+                ):
+                    return response.status == 200
             except aiohttp.ClientError:
                 return False
 
@@ -150,7 +152,8 @@ class ServerProcess:
             raise
 
     def output(self) -> str:
-        assert self.process is not None and self.process.stdout is not None
+        assert self.process is not None
+        assert self.process.stdout is not None
         if self.process.poll() is None:
             return "(still running)"
         return self.process.stdout.read()
