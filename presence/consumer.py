@@ -6,6 +6,7 @@ acknowledged, counted and logged, and never stops the loop.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -21,6 +22,7 @@ from .transitions import Transitions
 log = logging.getLogger(__name__)
 
 BATCH = 500
+MEMORY_POLL = 0.02
 
 
 class HeartbeatConsumer:
@@ -29,6 +31,8 @@ class HeartbeatConsumer:
         self._transitions = transitions
         self._stream = settings.keys.heartbeat
         self._consumer = settings.server_id
+        # fakeredis answers XREADGROUP BLOCK at once, so the in-process Redis is polled.
+        self._block: int | None = None if settings.in_memory else BLOCK_MS
         self.applied = 0
         self.online = 0
         self.stale = 0
@@ -43,9 +47,9 @@ class HeartbeatConsumer:
         while entries := await self._read("0", block=None):
             await self._apply(entries)
         worker.ok()
-        while True:
+        while not worker.stopping:
             try:
-                entries = await self._read(">", block=BLOCK_MS)
+                entries = await self._read(">", block=self._block)
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -53,6 +57,8 @@ class HeartbeatConsumer:
                 continue
             if entries:
                 await self._apply(entries)
+            elif self._block is None:
+                await asyncio.sleep(MEMORY_POLL)
             worker.ok()
 
     async def _ensure_group(self) -> None:

@@ -67,7 +67,7 @@ class KeyspaceListener:
         try:
             await pubsub.psubscribe(self._pattern)
             worker.ok()
-            while True:
+            while not worker.stopping:
                 message = await pubsub.get_message(timeout=1.0)
                 clients: list[str] = []
                 while message is not None:

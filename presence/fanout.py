@@ -41,7 +41,7 @@ class PresenceReader:
             await self.start()
             position = self.position or "0-0"
         worker.ok()
-        while True:
+        while not worker.stopping:
             reply = await self._redis.xread({self._stream: position}, count=BATCH, block=BLOCK_MS)
             worker.ok()
             for entry_id, fields in stream_entries(reply):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
 
-from .connection import Redis, enable_keyspace_events, open_redis, text, wait_for_redis
+from .connection import BLOCK_MS, Redis, enable_keyspace_events, open_redis, text, wait_for_redis
 from .consumer import HeartbeatConsumer
 from .contract import ID_RULE, is_valid_id
 from .errors import InvalidClientId
@@ -25,6 +25,7 @@ from .transitions import Transitions
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 2.0
+PUBLISHER = "heartbeat publisher"
 
 
 class Presence:
@@ -75,25 +76,30 @@ class Presence:
         self.listener = KeyspaceListener(redis, settings, transitions)
         self.publisher = HeartbeatPublisher(redis, settings, self.local)
         self.reader = reader
-        loops: dict[str, Callable[[Worker], object]] = {
-            "heartbeat consumer": self.consumer.run,
-            "deadline sweeper": self.sweeper.run,
-            "keyspace listener": self.listener.run,
-            "presence reader": reader.run,
-            "snapshot reader": self._snapshots.run,
-            "heartbeat publisher": self.publisher.run,
-        }
-        for name, loop in loops.items():
-            worker = Worker(name)
-            worker.start(loop)  # type: ignore[arg-type]
+        # Loops blocked in a Redis read get one block's time to end by themselves.
+        grace = BLOCK_MS / 1000 + 0.5
+        loops: list[tuple[str, Callable[[Worker], Awaitable[None]], float]] = [
+            ("heartbeat consumer", self.consumer.run, grace),
+            ("deadline sweeper", self.sweeper.run, 0),
+            ("keyspace listener", self.listener.run, grace),
+            ("presence reader", reader.run, grace),
+            ("snapshot reader", self._snapshots.run, 0),
+            (PUBLISHER, self.publisher.run, 0),
+        ]
+        for name, loop, stop_grace in loops:
+            worker = Worker(name, stop_grace)
+            worker.start(loop)
             self._workers.append(worker)
 
     async def close(self) -> None:
         """Close every subscriber, stop the workers (publisher first), close Redis."""
         self.local.close_all("shutdown")
-        for worker in reversed(self._workers):
-            await worker.stop()
-        self._workers.clear()
+        workers, self._workers = self._workers, []
+        # The publisher (started last) goes first: no heartbeat after close.
+        for worker in reversed(workers):
+            if worker.name == PUBLISHER:
+                await worker.stop()
+        await asyncio.gather(*(w.stop() for w in workers))
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None

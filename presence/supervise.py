@@ -3,6 +3,10 @@
 Each loop reports progress with ``ok()``. When it raises, the supervisor logs
 the failure once (not once per attempt), backs off exponentially up to a cap,
 and runs the loop again, which resumes from the state it kept on its object.
+
+Stopping asks first and cancels second: loops blocked in a Redis read check
+``stopping`` after each read, because a cancellation that lands inside
+redis-py (while it connects) or fakeredis (a blocking read) can be swallowed.
 """
 
 from __future__ import annotations
@@ -19,15 +23,19 @@ MAX_BACKOFF = 5.0
 class Worker:
     """Health of one supervised loop, as ``/healthz`` reports it."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, grace: float = 0.0) -> None:
         self.name = name
+        #: Seconds ``stop()`` lets the loop end by itself before cancelling it.
+        self.grace = grace
         self.error: str | None = None
         self.task: asyncio.Task[None] | None = None
         self._backoff = 0.1
+        self.stopping = False
 
     def ok(self) -> None:
         """Called by the loop after each successful round trip."""
         self._backoff = 0.1
+        self.stopping = False
         if self.error is not None:
             log.info("%s recovered", self.name)
             self.error = None
@@ -50,11 +58,13 @@ class Worker:
         self.task = asyncio.create_task(self._supervise(loop), name=self.name)
 
     async def stop(self) -> None:
+        """Ask the loop to end, wait up to ``grace`` seconds, then cancel it."""
         task = self.task
         if task is None:
             return
-        # redis-py can swallow a cancellation that lands while it connects,
-        # so cancel again until the task is really done.
+        self.stopping = True
+        if self.grace > 0:
+            await asyncio.wait({task}, timeout=self.grace)
         while not task.done():
             task.cancel()
             await asyncio.wait({task}, timeout=0.5)
@@ -65,6 +75,8 @@ class Worker:
         while True:
             try:
                 await loop(self)
+                if self.stopping:
+                    return
                 raise RuntimeError("loop returned")
             except asyncio.CancelledError:
                 raise

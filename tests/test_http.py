@@ -199,7 +199,8 @@ async def test_healthz_reports_redis_loss(
 async def test_shutdown_closes_streams_promptly(
     serve: Serve, settings: Settings, session: aiohttp.ClientSession, redis: aioredis.Redis
 ) -> None:
-    server = await serve(create_app(settings.replace(keepalive_interval=60)))
+    # A 30 s interval: alice's key outlives the shutdown, which must not end her.
+    server = await serve(create_app(settings.replace(keepalive_interval=60, heartbeat_interval=30)))
     stream = await open_events(session, str(server.make_url("/clients/alice/events")))
     await stream.next()
     await poll(lambda: _exists(redis, "online.clients.alice"), what="alice online")

@@ -1,0 +1,181 @@
+"""End to end: ``python -m presence serve`` processes, a real redis-server, real SSE clients."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from .support import RedisServer, ServerProcess, entry_ms, open_events, poll
+
+Spawn = Callable[..., ServerProcess]
+INTERVAL = 0.4
+TTL_MS = 600
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def started(spawn: Spawn, *args: str) -> ServerProcess:
+    server = spawn(*args)
+    await server.wait_healthy()
+    return server
+
+
+def real_redis_args(redis_server: RedisServer, server_id: str) -> list[str]:
+    return [
+        "--redis-url", redis_server.url,
+        "--server-id", server_id,
+        "--heartbeat-interval", str(INTERVAL),
+        "--keepalive-interval", "1",
+    ]  # fmt: skip
+
+
+async def sessions(redis: aioredis.Redis) -> list[tuple[str, str, int]]:
+    return [
+        (f[b"client"].decode(), f[b"status"].decode(), entry_ms(i))
+        for i, f in await redis.xrange("presence")
+    ]
+
+
+async def test_two_clients_see_each_other_online_then_offline(
+    spawn: Spawn, redis_server: RedisServer, redis: aioredis.Redis, session: aiohttp.ClientSession
+) -> None:
+    server = await started(spawn, *real_redis_args(redis_server, "e2e-1"))
+    alice = await open_events(session, f"{server.url}/clients/alice/events")
+    assert (await alice.next()).data == {"clients": []}
+    bob = await open_events(session, f"{server.url}/clients/bob/events")
+    assert (await bob.next()).data == {"clients": [{"client": "alice", "server": "e2e-1"}]}
+    joined = await alice.next()
+    assert (joined.event, joined.data) == (
+        "presence",
+        {"client": "bob", "status": "ONLINE", "server": "e2e-1"},
+    )
+    bob.close()
+    left = await alice.until(lambda e: e.data["status"] == "OFFLINE", timeout=5)
+    assert left.data == {"client": "bob", "status": "OFFLINE", "server": "e2e-1"}
+    alice.close()
+    await poll(lambda: _statuses_for(redis, "alice", 2), timeout=5, what="alice OFFLINE")
+    # Exactly one ONLINE and one OFFLINE per session.
+    assert [(c, s) for c, s, _ in await sessions(redis)] == [
+        ("alice", "ONLINE"),
+        ("bob", "ONLINE"),
+        ("bob", "OFFLINE"),
+        ("alice", "OFFLINE"),
+    ]
+
+
+async def test_external_heartbeats_make_a_client_online_then_offline_on_time(
+    spawn: Spawn, redis_server: RedisServer, redis: aioredis.Redis, session: aiohttp.ClientSession
+) -> None:
+    server = await started(spawn, *real_redis_args(redis_server, "e2e-1"))
+    watcher = await open_events(session, f"{server.url}/clients/watcher/events")
+    await watcher.next()
+    for _ in range(4):  # an external platform heartbeats "ext" for a while
+        last = await redis.xadd("heartbeat", {"client": "ext", "server": "node-7"})
+        await poll(lambda: _exists(redis, "online.clients.ext"), what="ext applied")
+    online = await watcher.next()
+    assert online.data == {"client": "ext", "status": "ONLINE", "server": "node-7"}
+    offline = await watcher.next(timeout=5)
+    assert offline.data == {"client": "ext", "status": "OFFLINE", "server": "node-7"}
+    assert offline.id is not None
+    # Redis's own clock on both ends: the OFFLINE entry is due TTL after the last heartbeat.
+    assert entry_ms(offline.id) - entry_ms(last) <= TTL_MS + 250
+    assert [(c, s) for c, s, _ in await sessions(redis) if c == "ext"] == [
+        ("ext", "ONLINE"),
+        ("ext", "OFFLINE"),
+    ]
+    watcher.close()
+
+
+async def test_many_sessions_give_exactly_one_online_and_one_offline_each(
+    spawn: Spawn, redis_server: RedisServer, redis: aioredis.Redis, session: aiohttp.ClientSession
+) -> None:
+    one = await started(spawn, *real_redis_args(redis_server, "e2e-1"))
+    two = await started(spawn, *real_redis_args(redis_server, "e2e-2"))
+    for round_ in range(3):
+        streams = [
+            await open_events(session, f"{server.url}/clients/u{n}/events")
+            for n, server in enumerate([one, two] * 10)
+        ]
+        for stream in streams:
+            await stream.next()
+        await poll(lambda: _online_count(redis, 20), timeout=5, what=f"round {round_} online")
+        for stream in streams:
+            stream.close()
+        await poll(lambda: _online_count(redis, 0), timeout=5, what=f"round {round_} offline")
+    entries = await sessions(redis)
+    for n in range(20):
+        mine = [s for c, s, _ in entries if c == f"u{n}"]
+        assert mine == ["ONLINE", "OFFLINE"] * 3, (f"u{n}", mine)
+
+
+async def test_invalid_ids_get_400(spawn: Spawn, session: aiohttp.ClientSession) -> None:
+    server = await started(spawn)  # embedded Redis
+    for path in ("/clients/bad%20id/events", "/clients/" + "a" * 200, "/clients/%00/events"):
+        async with session.get(f"{server.url}{path}") as response:
+            assert response.status == 400
+            assert "error" in await response.json()
+
+
+async def test_embedded_default_runs_the_whole_pipeline(
+    spawn: Spawn, session: aiohttp.ClientSession
+) -> None:
+    server = await started(spawn, "--heartbeat-interval", str(INTERVAL))
+    alice = await open_events(session, f"{server.url}/clients/alice/events")
+    await alice.next()
+    bob = await open_events(session, f"{server.url}/clients/bob/events")
+    await bob.next()
+    assert (await alice.next()).data["status"] == "ONLINE"
+    bob.close()
+    assert (await alice.next(timeout=5)).data == {
+        "client": "bob",
+        "status": "OFFLINE",
+        "server": f"{_hostname()}:{server.port}",
+    }
+    alice.close()
+    assert server.terminate() == 0
+    assert "in-process Redis" in server.output()
+
+
+async def test_sigterm_closes_open_streams_promptly_without_offline(
+    spawn: Spawn, redis_server: RedisServer, redis: aioredis.Redis, session: aiohttp.ClientSession
+) -> None:
+    args = real_redis_args(redis_server, "e2e-1")
+    args[args.index("--heartbeat-interval") + 1] = "10"  # alice's key outlives the shutdown
+    server = await started(spawn, *args)
+    stream = await open_events(session, f"{server.url}/clients/alice/events")
+    await stream.next()
+    await poll(lambda: _exists(redis, "online.clients.alice"), what="alice online")
+    began = time.monotonic()
+    assert server.terminate(timeout=10) == 0
+    assert time.monotonic() - began < 5
+    with pytest.raises((EOFError, aiohttp.ClientPayloadError)):
+        await stream.next()
+    assert [s for _, s, _ in await sessions(redis)] == ["ONLINE"]
+    assert await redis.get("online.clients.alice") == b"e2e-1"
+    stream.close()
+
+
+async def _exists(redis: aioredis.Redis, key: str) -> bool:
+    return bool(await redis.exists(key))
+
+
+async def _online_count(redis: aioredis.Redis, count: int) -> bool:
+    return int(await redis.hlen("online.servers")) == count
+
+
+async def _statuses_for(redis: aioredis.Redis, client: str, count: int) -> bool:
+    return len([c for c, _, _ in await sessions(redis) if c == client]) >= count
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
