@@ -94,8 +94,8 @@ async def enable_keyspace_events(redis: Redis, settings: Settings) -> None:
 
 
 async def _keyspace_events_arrive(redis: Redis, settings: Settings, wait: float = 2.0) -> bool:
-    # "_" is not allowed in client ids, so no listener mistakes the probe for one.
-    key = f"{settings.keys.online_prefix}_probe_{settings.server_id}"
+    # "#" is not allowed in client ids, so no listener mistakes the probe for one.
+    key = f"{settings.keys.online_prefix}#probe#{settings.server_id}"
     channel = f"__keyspace@{database(redis)}__:{key}"
     seen: set[bytes] = set()
     pubsub = redis.pubsub(ignore_subscribe_messages=True)

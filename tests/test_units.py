@@ -1,0 +1,219 @@
+"""Fast tests of the parts that need no Redis: settings, ids, CLI, queues, supervision."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from presence import ConfigError, Keys, Settings
+from presence.cli import main
+from presence.contract import is_valid_id
+from presence.events import OnlineClient, PresenceEvent
+from presence.local import Delivery, LocalState, Subscriber
+from presence.snapshot import Snapshot
+from presence.supervise import Worker
+
+from .support import free_port, poll
+
+
+def test_defaults_match_the_documented_contract() -> None:
+    s = Settings(server_id="s1")
+    assert (s.host, s.port, s.redis_url) == ("127.0.0.1", 8080, "memory://")
+    assert (s.heartbeat_interval, s.ttl_factor, s.ttl_ms) == (5.0, 1.5, 7500)
+    k = s.keys
+    assert (k.heartbeat, k.presence, k.online("a")) == ("heartbeat", "presence", "online.clients.a")
+    assert Keys("ns:").online("a") == "ns:online.clients.a"
+
+
+def test_server_id_defaults_to_host_name_and_port() -> None:
+    import socket
+
+    assert Settings(port=9001).server_id == f"{socket.gethostname()}:9001"
+
+
+def test_environment_is_read_and_overrides_win() -> None:
+    env = {
+        "PRESENCE_PORT": "9000",
+        "PRESENCE_HEARTBEAT_INTERVAL": "2.5",
+        "PRESENCE_NAMESPACE": "x:",
+        "PRESENCE_LOG_LEVEL": "debug",
+    }
+    s = Settings.from_env(env, port=9100, namespace=None)
+    assert (s.port, s.heartbeat_interval, s.namespace, s.log_level) == (9100, 2.5, "x:", "DEBUG")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"heartbeat_interval": -1}, "heartbeat interval"),
+        ({"heartbeat_interval": float("nan")}, "heartbeat interval"),
+        ({"ttl_factor": 0.9}, "ttl factor"),
+        ({"port": 70000}, "port"),
+        ({"redis_url": "http://x"}, "redis://"),
+        ({"redis_url": "redis://h:notaport"}, "not a valid URL"),
+        ({"redis_url": "redis://h/db"}, "database"),
+        ({"redis_url": "unix://"}, "socket path"),
+        ({"namespace": "has space"}, "namespace"),
+        ({"server_id": "bad id"}, "server id"),
+        ({"log_level": "LOUD"}, "log level"),
+        ({"presence_maxlen": 0}, "presence stream cap"),
+    ],
+)
+def test_bad_settings_are_refused_with_a_clear_message(
+    changes: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings(**changes)  # type: ignore[arg-type]
+
+
+def test_bad_environment_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="PRESENCE_PORT must be an integer"):
+        Settings.from_env({"PRESENCE_PORT": "eighty"})
+
+
+def test_repr_masks_the_redis_password() -> None:
+    s = Settings(redis_url="redis://user:s3cret@db:6379/0", server_id="s")
+    assert "s3cret" not in repr(s)
+    assert "redis://user:***@db:6379/0" in repr(s)
+    assert s.masked_redis_url == "redis://user:***@db:6379/0"
+
+
+@pytest.mark.parametrize("good", ["a", "A.b_c", "x" * 128, "user@example.com", "a:b-c.d"])
+def test_valid_ids(good: str) -> None:
+    assert is_valid_id(good)
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 129, "a b", "a/b", "é", "a\n", "a#b", "a\x00"])
+def test_invalid_ids(bad: str) -> None:
+    assert not is_valid_id(bad)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve", "--heartbeat-interval", "-1"], "heartbeat interval must be a positive"),
+        (["serve", "--ttl-factor", "0.5"], "ttl factor must be at least 1"),
+        (["serve", "--redis-url", "nope://"], "redis url must start with"),
+        (["serve", "--port", "x"], "invalid int value"),
+        (["bogus"], "invalid choice"),
+    ],
+)
+def test_cli_rejects_bad_values_in_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_cli_gives_up_on_unreachable_redis_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PRESENCE_REDIS_URL", raising=False)
+    port = free_port()  # nothing listens there
+    code = main(
+        ["serve", "--port", str(free_port()), "--redis-url", f"redis://127.0.0.1:{port}",
+         "--connect-retries", "2"]
+    )  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("presence: error: cannot reach Redis at redis://127.0.0.1:")
+    assert "after 2 attempts" in err[-1]
+    assert "not reachable (attempt 1 of 2)" in caplog.text
+    assert not any("Traceback" in line for line in err)
+
+
+def test_cli_reads_the_environment(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PRESENCE_TTL_FACTOR", "0.2")
+    assert run(["serve"]) == 2
+    assert "ttl factor must be at least 1" in capsys.readouterr().err
+
+
+def run(argv: list[str]) -> int | str | None:
+    """``main()``'s exit code, whether returned or raised by argparse."""
+    try:
+        return main(argv)
+    except SystemExit as exited:
+        return exited.code
+
+
+def _delivery(client: str, n: int = 1) -> Delivery:
+    event = PresenceEvent(f"{n}-0", client, "ONLINE", "s")
+    return Delivery(event, b"frame")
+
+
+async def test_subscriber_overflow_closes_and_aborts() -> None:
+    reasons: list[str] = []
+    sub = Subscriber("me", 2, on_close=reasons.append)
+    for n in range(3):
+        sub.offer(_delivery("other", n))
+    assert reasons == ["overflow"]
+    assert await sub.get() is None  # backlog freed, reader woken
+    sub.close()
+    assert reasons == ["overflow"]
+
+
+async def test_local_state_delivers_to_all_but_the_client_itself() -> None:
+    local = LocalState()
+    alice, bob, everyone = Subscriber("alice", 5), Subscriber("bob", 5), Subscriber(None, 5)
+    local.subscribers |= {alice, bob, everyone}
+    local.deliver(_delivery("alice"))
+    assert [s._queue.qsize() for s in (alice, bob, everyone)] == [0, 1, 1]
+
+
+def test_hold_counts_connections_and_marks_new_clients_fresh() -> None:
+    local = LocalState()
+    local.hold("a")
+    local.hold("a")
+    assert local.take_fresh() == ["a"]
+    local.release("a")
+    assert "a" in local
+    local.release("a")
+    assert "a" not in local
+    assert local.take_fresh() == []
+
+
+def test_snapshot_frame_leaves_out_the_connecting_client() -> None:
+    snap = Snapshot("5-1", [OnlineClient("a", "s1"), OnlineClient("b", "s2")])
+    assert snap.sse_frame(exclude="a") == (
+        b'id: 5-1\nevent: snapshot\ndata: {"clients":[{"client":"b","server":"s2"}]}\n\n'
+    )
+
+
+async def test_worker_logs_a_failure_once_reports_it_and_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    attempts = 0
+    healthy = asyncio.Event()
+
+    async def flaky(worker: Worker) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 4:
+            raise ConnectionError("down")
+        worker.ok()
+        healthy.set()
+        await asyncio.Event().wait()
+
+    worker = Worker("flaky")
+    with caplog.at_level(logging.INFO, logger="presence.supervise"):
+        worker.start(flaky)
+        await poll(lambda: _value(worker.problem is not None), what="failure reported")
+        async with asyncio.timeout(5):
+            await healthy.wait()
+        await worker.stop()
+    assert worker.problem == "flaky is not running"
+    assert caplog.text.count("flaky failed") == 1
+    assert caplog.text.count("flaky recovered") == 1
+
+
+async def _value(value: bool) -> bool:
+    return value
