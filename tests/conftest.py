@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 
 from presence import Presence, Settings
 
-from .support import RedisServer, ServerProcess, StartPresence
+from .support import Redis, RedisServer, ServerProcess, StartPresence
 
 
 @pytest.fixture(scope="session")
@@ -21,8 +21,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(redis_server.url)
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client: Redis = aioredis.from_url(redis_server.url)
     await client.flushall()
     await client.config_set("notify-keyspace-events", "")
     if redis_server.version >= (7,):
@@ -44,7 +44,7 @@ def settings(redis_server: RedisServer) -> Settings:
 
 @pytest.fixture
 async def start_presence(
-    redis: aioredis.Redis,
+    redis: Redis,
 ) -> AsyncIterator[StartPresence]:
     """Start ``Presence`` services in-process; each is closed after the test."""
     started: list[Presence] = []

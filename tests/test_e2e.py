@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 
-from .support import RedisServer, ServerProcess, entry_ms, open_events, poll
+from .support import Redis, RedisServer, ServerProcess, entry_ms, open_events, poll
 
 Spawn = Callable[..., ServerProcess]
 INTERVAL = 0.4
@@ -37,7 +36,7 @@ def real_redis_args(redis_server: RedisServer, server_id: str) -> list[str]:
     ]  # fmt: skip
 
 
-async def sessions(redis: aioredis.Redis) -> list[tuple[str, str, int]]:
+async def sessions(redis: Redis) -> list[tuple[str, str, int]]:
     return [
         (f[b"client"].decode(), f[b"status"].decode(), entry_ms(i))
         for i, f in await redis.xrange("presence")
@@ -45,7 +44,7 @@ async def sessions(redis: aioredis.Redis) -> list[tuple[str, str, int]]:
 
 
 async def test_two_clients_see_each_other_online_then_offline(
-    spawn: Spawn, redis_server: RedisServer, redis: aioredis.Redis, session: aiohttp.ClientSession
+    spawn: Spawn, redis_server: RedisServer, redis: Redis, session: aiohttp.ClientSession
 ) -> None:
     server = await started(spawn, *real_redis_args(redis_server, "e2e-1"))
     alice = await open_events(session, f"{server.url}/clients/alice/events")
@@ -72,7 +71,7 @@ async def test_two_clients_see_each_other_online_then_offline(
 
 
 async def test_external_heartbeats_make_a_client_online_then_offline_on_time(
-    spawn: Spawn, redis_server: RedisServer, redis: aioredis.Redis, session: aiohttp.ClientSession
+    spawn: Spawn, redis_server: RedisServer, redis: Redis, session: aiohttp.ClientSession
 ) -> None:
     server = await started(spawn, *real_redis_args(redis_server, "e2e-1"))
     watcher = await open_events(session, f"{server.url}/clients/watcher/events")
@@ -95,7 +94,7 @@ async def test_external_heartbeats_make_a_client_online_then_offline_on_time(
 
 
 async def test_many_sessions_give_exactly_one_online_and_one_offline_each(
-    spawn: Spawn, redis_server: RedisServer, redis: aioredis.Redis, session: aiohttp.ClientSession
+    spawn: Spawn, redis_server: RedisServer, redis: Redis, session: aiohttp.ClientSession
 ) -> None:
     one = await started(spawn, *real_redis_args(redis_server, "e2e-1"))
     two = await started(spawn, *real_redis_args(redis_server, "e2e-2"))
@@ -145,7 +144,7 @@ async def test_embedded_default_runs_the_whole_pipeline(
 
 
 async def test_sigterm_closes_open_streams_promptly_without_offline(
-    spawn: Spawn, redis_server: RedisServer, redis: aioredis.Redis, session: aiohttp.ClientSession
+    spawn: Spawn, redis_server: RedisServer, redis: Redis, session: aiohttp.ClientSession
 ) -> None:
     args = real_redis_args(redis_server, "e2e-1")
     args[args.index("--heartbeat-interval") + 1] = "10"  # alice's key outlives the shutdown
@@ -163,15 +162,15 @@ async def test_sigterm_closes_open_streams_promptly_without_offline(
     stream.close()
 
 
-async def _exists(redis: aioredis.Redis, key: str) -> bool:
+async def _exists(redis: Redis, key: str) -> bool:
     return bool(await redis.exists(key))
 
 
-async def _online_count(redis: aioredis.Redis, count: int) -> bool:
+async def _online_count(redis: Redis, count: int) -> bool:
     return int(await redis.hlen("online.servers")) == count
 
 
-async def _statuses_for(redis: aioredis.Redis, client: str, count: int) -> bool:
+async def _statuses_for(redis: Redis, client: str, count: int) -> bool:
     return len([c for c, _, _ in await sessions(redis) if c == client]) >= count
 
 

@@ -7,19 +7,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from presence import PRESENCE, Presence, Settings, create_app, setup
 
-from .support import RedisServer, open_events, poll
+from .support import Redis, RedisServer, open_events, poll
 
 Serve = Callable[[web.Application], Awaitable[TestServer]]
 
 
 @pytest.fixture
-async def serve(redis: aioredis.Redis) -> AsyncIterator[Serve]:
+async def serve(redis: Redis) -> AsyncIterator[Serve]:
     servers: list[TestServer] = []
 
     async def serve(app: web.Application) -> TestServer:
@@ -63,7 +62,7 @@ async def test_clients_see_each_other_come_and_go(
 
 
 async def test_snapshot_lists_clients_of_every_server(
-    serve: Serve, settings: Settings, session: aiohttp.ClientSession, redis: aioredis.Redis
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession, redis: Redis
 ) -> None:
     server = await serve(create_app(settings.replace(heartbeat_interval=30)))
     for client in ("x1", "x2"):
@@ -71,7 +70,7 @@ async def test_snapshot_lists_clients_of_every_server(
 
     async def both_online() -> bool:
         async with session.get(server.make_url("/clients")) as response:
-            return (await response.json())["count"] == 2
+            return bool((await response.json())["count"] == 2)
 
     await poll(both_online, what="two clients online")
     stream = await open_events(session, str(server.make_url("/clients/x1/events")))
@@ -81,7 +80,7 @@ async def test_snapshot_lists_clients_of_every_server(
 
 
 async def test_snapshot_and_events_are_gapless_under_churn(
-    serve: Serve, settings: Settings, session: aiohttp.ClientSession, redis: aioredis.Redis
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession, redis: Redis
 ) -> None:
     """Connections opened while clients arrive see each exactly once: snapshot + events."""
     server = await serve(create_app(settings.replace(heartbeat_interval=30)))
@@ -108,7 +107,7 @@ async def test_snapshot_and_events_are_gapless_under_churn(
 
 
 async def test_client_status(
-    serve: Serve, settings: Settings, session: aiohttp.ClientSession, redis: aioredis.Redis
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession, redis: Redis
 ) -> None:
     server = await serve(create_app(settings.replace(heartbeat_interval=30)))
     async with session.get(server.make_url("/clients/carol")) as response:
@@ -144,7 +143,7 @@ async def test_invalid_client_ids_get_400_and_touch_nothing(
     serve: Serve,
     settings: Settings,
     session: aiohttp.ClientSession,
-    redis: aioredis.Redis,
+    redis: Redis,
     path: str,
 ) -> None:
     server = await serve(create_app(settings))
@@ -197,7 +196,7 @@ async def test_healthz_reports_redis_loss(
 
 
 async def test_shutdown_closes_streams_promptly(
-    serve: Serve, settings: Settings, session: aiohttp.ClientSession, redis: aioredis.Redis
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession, redis: Redis
 ) -> None:
     # A 30 s interval: alice's key outlives the shutdown, which must not end her.
     server = await serve(create_app(settings.replace(keepalive_interval=60, heartbeat_interval=30)))
@@ -256,5 +255,5 @@ async def test_presence_key_gives_the_service(settings: Settings) -> None:
     assert isinstance(app[PRESENCE], Presence)
 
 
-async def _exists(redis: aioredis.Redis, key: str) -> bool:
+async def _exists(redis: Redis, key: str) -> bool:
     return bool(await redis.exists(key))

@@ -6,15 +6,14 @@ import asyncio
 import logging
 
 import pytest
-import redis.asyncio as aioredis
 
 from presence import Presence, PresenceEvent, RedisMisconfigured, Settings
 from presence.contract import CONSUMER_GROUP
 
-from .support import RedisServer, StartPresence, entry_ms, poll
+from .support import Redis, RedisServer, StartPresence, entry_ms, poll
 
 
-async def presence_entries(redis: aioredis.Redis) -> list[tuple[str, str, str, int]]:
+async def presence_entries(redis: Redis) -> list[tuple[str, str, str, int]]:
     return [
         (f[b"client"].decode(), f[b"status"].decode(), f[b"server"].decode(), entry_ms(i))
         for i, f in await redis.xrange("presence")
@@ -27,7 +26,7 @@ async def next_event(events: object, timeout: float = 5) -> PresenceEvent:
 
 
 async def test_tracked_client_comes_online_at_once_and_is_heartbeated(
-    redis: aioredis.Redis, settings: Settings, start_presence: StartPresence
+    redis: Redis, settings: Settings, start_presence: StartPresence
 ) -> None:
     presence = await start_presence(settings.replace(heartbeat_interval=30))
     async with presence.changes() as events, presence.track("alice"):
@@ -40,7 +39,7 @@ async def test_tracked_client_comes_online_at_once_and_is_heartbeated(
 
 
 async def test_stopped_heartbeats_give_offline_within_ttl_plus_250ms_without_expired_events(
-    redis: aioredis.Redis,
+    redis: Redis,
     redis_server: RedisServer,
     settings: Settings,
     start_presence: StartPresence,
@@ -64,7 +63,7 @@ async def test_stopped_heartbeats_give_offline_within_ttl_plus_250ms_without_exp
 
 
 async def test_deleting_the_key_publishes_offline_through_keyspace_events(
-    redis: aioredis.Redis, settings: Settings, start_presence: StartPresence
+    redis: Redis, settings: Settings, start_presence: StartPresence
 ) -> None:
     # A 60 s interval keeps the deadline far away: only the listener can act in time.
     presence = await start_presence(settings.replace(heartbeat_interval=60))
@@ -81,7 +80,7 @@ async def test_deleting_the_key_publishes_offline_through_keyspace_events(
 
 
 async def test_two_servers_apply_each_heartbeat_once(
-    redis: aioredis.Redis, settings: Settings, start_presence: StartPresence
+    redis: Redis, settings: Settings, start_presence: StartPresence
 ) -> None:
     one = await start_presence(settings.replace(server_id="one", heartbeat_interval=30))
     two = await start_presence(settings.replace(server_id="two", heartbeat_interval=30))
@@ -99,7 +98,7 @@ async def test_two_servers_apply_each_heartbeat_once(
 
 
 async def test_malformed_heartbeats_are_skipped_counted_and_logged(
-    redis: aioredis.Redis,
+    redis: Redis,
     settings: Settings,
     start_presence: StartPresence,
     caplog: pytest.LogCaptureFixture,
@@ -128,7 +127,7 @@ async def test_malformed_heartbeats_are_skipped_counted_and_logged(
 
 
 async def test_enables_keyspace_events_when_they_are_off(
-    redis: aioredis.Redis, settings: Settings, start_presence: StartPresence
+    redis: Redis, settings: Settings, start_presence: StartPresence
 ) -> None:
     await redis.config_set("notify-keyspace-events", "E$")
     await start_presence(settings)
@@ -150,7 +149,7 @@ async def test_fails_at_start_when_keyspace_events_are_off_and_config_is_refused
 
 
 async def test_slow_listener_is_dropped_instead_of_growing_memory(
-    redis: aioredis.Redis, settings: Settings, start_presence: StartPresence
+    redis: Redis, settings: Settings, start_presence: StartPresence
 ) -> None:
     presence = await start_presence(settings.replace(queue_size=5, heartbeat_interval=30))
     async with presence.changes() as events:
@@ -163,7 +162,7 @@ async def test_slow_listener_is_dropped_instead_of_growing_memory(
 
 
 async def test_close_publishes_no_offline_for_local_clients(
-    redis: aioredis.Redis, settings: Settings, start_presence: StartPresence
+    redis: Redis, settings: Settings, start_presence: StartPresence
 ) -> None:
     presence = await start_presence(settings.replace(heartbeat_interval=30))
     async with presence.track("alice"):
@@ -174,7 +173,7 @@ async def test_close_publishes_no_offline_for_local_clients(
 
 
 async def test_workers_recover_when_redis_drops_their_connections(
-    redis: aioredis.Redis, settings: Settings, start_presence: StartPresence
+    redis: Redis, settings: Settings, start_presence: StartPresence
 ) -> None:
     presence = await start_presence(settings)
     await redis.client_kill_filter(_type="normal", skipme=True)
@@ -186,11 +185,11 @@ async def test_workers_recover_when_redis_drops_their_connections(
     await poll(lambda: _no_problems(presence), what="healthy")
 
 
-async def _count(redis: aioredis.Redis, stream: str, n: int) -> bool:
-    return await redis.xlen(stream) >= n
+async def _count(redis: Redis, stream: str, n: int) -> bool:
+    return bool(await redis.xlen(stream) >= n)
 
 
-async def _has_status(redis: aioredis.Redis, status: str) -> bool:
+async def _has_status(redis: Redis, status: str) -> bool:
     return any(s == status for _, s, _, _ in await presence_entries(redis))
 
 
@@ -219,3 +218,36 @@ async def test_starts_without_config_when_the_operator_enabled_keyspace_events(
             assert await presence.problems() == []
     finally:
         managed.stop()
+
+
+async def test_streams_are_capped(
+    redis: Redis, settings: Settings, start_presence: StartPresence
+) -> None:
+    presence = await start_presence(
+        settings.replace(heartbeat_maxlen=10, presence_maxlen=10, heartbeat_interval=30)
+    )
+    pipe = redis.pipeline(transaction=False)
+    for n in range(1000):
+        pipe.xadd("heartbeat", {"client": f"c{n}", "server": "ext"})
+    await pipe.execute()
+    await poll(lambda: _true(presence.consumer.applied == 1000), what="applied")
+    # MAXLEN ~ trims whole nodes of up to 100 entries, so "about 10" is at most ~110.
+    assert await redis.xlen("presence") <= 110
+    await presence.publisher.publish([f"local{n}" for n in range(300)])
+    assert await redis.xlen("heartbeat") <= 110
+
+
+async def test_unix_socket_url(
+    tmp_path_factory: pytest.TempPathFactory, settings: Settings
+) -> None:
+    folder = tmp_path_factory.mktemp("sock")
+    sock = folder / "redis.sock"
+    server = RedisServer(folder, "--unixsocket", str(sock), "--unixsocketperm", "700")
+    server.start()
+    try:
+        async with Presence(settings.replace(redis_url=f"unix://{sock}")) as presence:
+            async with presence.changes() as events, presence.track("alice"):
+                assert (await next_event(events)).client == "alice"
+            assert await presence.problems() == []
+    finally:
+        server.stop()

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-import redis.asyncio as aioredis
-
 from presence import Settings
 from presence.expiry import offline
 from presence.transitions import Transitions
 
-from .support import entry_ms, poll
+from .support import Redis, entry_ms, poll
 
 
-async def statuses(redis: aioredis.Redis, stream: str = "presence") -> list[tuple[str, str, str]]:
+async def statuses(redis: Redis, stream: str = "presence") -> list[tuple[str, str, str]]:
     entries = await redis.xrange(stream)
     return [
         (f[b"client"].decode(), f[b"status"].decode(), f[b"server"].decode()) for _, f in entries
@@ -25,9 +23,7 @@ async def heartbeat(t: Transitions, client: str, server: str, sent_ms: int = 0) 
     return int(result)
 
 
-async def test_first_heartbeat_creates_key_and_one_online(
-    redis: aioredis.Redis, settings: Settings
-) -> None:
+async def test_first_heartbeat_creates_key_and_one_online(redis: Redis, settings: Settings) -> None:
     t = Transitions(redis, settings)
     assert await heartbeat(t, "alice", "s1") == 1
     assert await redis.get("online.clients.alice") == b"s1"
@@ -37,7 +33,7 @@ async def test_first_heartbeat_creates_key_and_one_online(
 
 
 async def test_refresh_publishes_nothing_and_moves_value_and_ttl(
-    redis: aioredis.Redis, settings: Settings
+    redis: Redis, settings: Settings
 ) -> None:
     t = Transitions(redis, settings.replace(heartbeat_interval=10))
     await heartbeat(t, "alice", "s1")
@@ -49,9 +45,7 @@ async def test_refresh_publishes_nothing_and_moves_value_and_ttl(
     assert (await t.snapshot())[1][0].server == "s2"
 
 
-async def test_heartbeat_older_than_ttl_is_ignored(
-    redis: aioredis.Redis, settings: Settings
-) -> None:
+async def test_heartbeat_older_than_ttl_is_ignored(redis: Redis, settings: Settings) -> None:
     t = Transitions(redis, settings)
     now_ms = entry_ms(await redis.xadd("clock", {"x": "1"}))
     assert await heartbeat(t, "alice", "s1", sent_ms=now_ms - settings.ttl_ms - 10) == -1
@@ -60,7 +54,7 @@ async def test_heartbeat_older_than_ttl_is_ignored(
 
 
 async def test_ttl_counts_from_when_the_heartbeat_was_sent(
-    redis: aioredis.Redis, settings: Settings
+    redis: Redis, settings: Settings
 ) -> None:
     t = Transitions(redis, settings.replace(heartbeat_interval=10))  # ttl 15 s
     now_ms = entry_ms(await redis.xadd("clock", {"x": "1"}))
@@ -69,7 +63,7 @@ async def test_ttl_counts_from_when_the_heartbeat_was_sent(
 
 
 async def test_offline_is_published_once_and_only_when_key_is_gone(
-    redis: aioredis.Redis, settings: Settings
+    redis: Redis, settings: Settings
 ) -> None:
     t = Transitions(redis, settings)
     await heartbeat(t, "alice", "s1")
@@ -83,14 +77,14 @@ async def test_offline_is_published_once_and_only_when_key_is_gone(
 
 
 async def test_offline_for_a_client_never_online_publishes_nothing(
-    redis: aioredis.Redis, settings: Settings
+    redis: Redis, settings: Settings
 ) -> None:
     assert await offline(Transitions(redis, settings), ["ghost"]) == 0
     assert await redis.exists("presence") == 0
 
 
 async def test_heartbeat_after_unswept_expiry_closes_the_old_appearance(
-    redis: aioredis.Redis, settings: Settings
+    redis: Redis, settings: Settings
 ) -> None:
     t = Transitions(redis, settings)
     await heartbeat(t, "alice", "s1")
@@ -104,9 +98,7 @@ async def test_heartbeat_after_unswept_expiry_closes_the_old_appearance(
     ]
 
 
-async def test_due_lists_clients_past_their_deadline(
-    redis: aioredis.Redis, settings: Settings
-) -> None:
+async def test_due_lists_clients_past_their_deadline(redis: Redis, settings: Settings) -> None:
     t = Transitions(redis, settings)
     await heartbeat(t, "alice", "s1")
     assert await t.due(10) == []
@@ -114,7 +106,7 @@ async def test_due_lists_clients_past_their_deadline(
     assert await t.due(10) == ["alice"]
 
 
-async def test_namespace_prefixes_every_key(redis: aioredis.Redis, settings: Settings) -> None:
+async def test_namespace_prefixes_every_key(redis: Redis, settings: Settings) -> None:
     t = Transitions(redis, settings.replace(namespace="app1:"))
     await heartbeat(t, "alice", "s1")
     keys = sorted(k.decode() for k in await redis.keys("*"))
@@ -126,9 +118,7 @@ async def test_namespace_prefixes_every_key(redis: aioredis.Redis, settings: Set
     ]
 
 
-async def test_scripts_are_reloaded_after_a_script_flush(
-    redis: aioredis.Redis, settings: Settings
-) -> None:
+async def test_scripts_are_reloaded_after_a_script_flush(redis: Redis, settings: Settings) -> None:
     t = Transitions(redis, settings)
     await heartbeat(t, "alice", "s1")
     await redis.script_flush()
@@ -136,7 +126,7 @@ async def test_scripts_are_reloaded_after_a_script_flush(
 
 
 async def test_concurrent_offline_from_many_callers_publishes_once(
-    redis: aioredis.Redis, settings: Settings
+    redis: Redis, settings: Settings
 ) -> None:
     t = Transitions(redis, settings)
     for n in range(50):
@@ -149,5 +139,5 @@ async def test_concurrent_offline_from_many_callers_publishes_once(
     assert sorted(c for c, _, _ in offline_entries) == sorted(clients)
 
 
-async def _gone(redis: aioredis.Redis, key: str) -> bool:
-    return await redis.exists(key) == 0
+async def _gone(redis: Redis, key: str) -> bool:
+    return bool(await redis.exists(key) == 0)
