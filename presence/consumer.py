@@ -37,6 +37,7 @@ class HeartbeatConsumer:
         self.online = 0
         self.stale = 0
         self.malformed = 0
+        self.failed = 0
 
     async def start(self) -> None:
         """Create the consumer group (once for all servers) before reading."""
@@ -90,9 +91,13 @@ class HeartbeatConsumer:
             pipe.xack(self._stream, CONSUMER_GROUP, *(entry_id for entry_id, _ in entries))
 
         outcomes = (await self._transitions.execute(fill))[: len(good)]
-        self.applied += len(good)
+        failed = [r for r in outcomes if isinstance(r, Exception)]
+        self.applied += len(good) - len(failed)
         self.online += outcomes.count(1)
         self.stale += outcomes.count(-1)
+        if failed:
+            self.failed += len(failed)
+            log.warning("%d heartbeat(s) failed in Redis: %s", len(failed), failed[0])
         if bad:
             self.malformed += len(bad)
             entry_id, why = bad[0]

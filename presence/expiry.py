@@ -13,7 +13,7 @@ import asyncio
 import logging
 from typing import Any
 
-from redis.asyncio.client import Pipeline
+from redis.asyncio.client import Pipeline, PubSub
 
 from .connection import Redis, database
 from .contract import is_valid_id
@@ -38,17 +38,18 @@ class Sweeper:
 
     async def run(self, worker: Worker) -> None:
         while True:
-            due = await self.sweep_once()
+            due, published = await self.sweep_once()
             worker.ok()
-            if due < SWEEP_BATCH:
+            # A full batch that published means more are due: go on at once.
+            if due < SWEEP_BATCH or not published:
                 await asyncio.sleep(self._interval)
 
-    async def sweep_once(self) -> int:
-        """One pass; returns how many clients were due."""
+    async def sweep_once(self) -> tuple[int, int]:
+        """One pass; returns how many clients were due and how many OFFLINEs it published."""
         due = await self._transitions.due(SWEEP_BATCH)
-        if due:
-            self.published += await offline(self._transitions, due)
-        return len(due)
+        published = await offline(self._transitions, due) if due else 0
+        self.published += published
+        return len(due), published
 
 
 class KeyspaceListener:
@@ -60,12 +61,25 @@ class KeyspaceListener:
         prefix = settings.keys.online_prefix
         self._channel_prefix = f"__keyspace@{database(redis)}__:{prefix}".encode()
         self._pattern = self._channel_prefix + b"*"
+        self._subscribed: PubSub | None = None
         self.published = 0
 
-    async def run(self, worker: Worker) -> None:
+    async def start(self) -> None:
+        """Subscribe now, so that events from the moment start returns are seen."""
+        self._subscribed = await self._subscribe()
+
+    async def _subscribe(self) -> PubSub:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.psubscribe(self._pattern)
+        except BaseException:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            raise
+        return pubsub
+
+    async def run(self, worker: Worker) -> None:
+        pubsub, self._subscribed = self._subscribed or await self._subscribe(), None
+        try:
             worker.ok()
             while not worker.stopping:
                 message = await pubsub.get_message(timeout=1.0)
@@ -102,4 +116,8 @@ async def offline(transitions: Transitions, clients: list[str]) -> int:
         for client in clients:
             transitions.offline(pipe, client)
 
-    return sum(await transitions.execute(fill))
+    results = await transitions.execute(fill)
+    failed = [r for r in results if isinstance(r, Exception)]
+    if failed:
+        log.warning("%d OFFLINE check(s) failed in Redis: %s", len(failed), failed[0])
+    return sum(r for r in results if isinstance(r, int))

@@ -66,6 +66,8 @@ class Presence:
             await consumer.start()
             reader = PresenceReader(redis, settings, self.local)
             await reader.start()
+            listener = KeyspaceListener(redis, settings, transitions)
+            await listener.start()
         except BaseException:
             await redis.aclose()
             raise
@@ -73,7 +75,7 @@ class Presence:
         self._snapshots = SnapshotReader(transitions)
         self.consumer = consumer
         self.sweeper = Sweeper(transitions)
-        self.listener = KeyspaceListener(redis, settings, transitions)
+        self.listener = listener
         self.publisher = HeartbeatPublisher(redis, settings, self.local)
         self.reader = reader
         # Loops blocked in a Redis read get one block's time to end by themselves.

@@ -43,19 +43,19 @@ class Transitions:
     async def execute(self, fill: Callable[[Pipeline], None]) -> list[Any]:
         """Run the commands ``fill`` queues, in one round trip.
 
-        Queued scripts are called by SHA alone. When Redis has lost them (a
-        restart), nothing ran, so they are loaded and the batch sent again.
+        A command's error is its result, so one bad key cannot fail a batch.
+        Scripts are called by SHA alone: when Redis has lost them (a restart),
+        they are loaded and the batch is sent again; every script is safe to rerun.
         """
-        for attempt in (1, 2):
+        results: list[Any] = []
+        for _ in range(2):
             pipe = self._redis.pipeline(transaction=False)
             fill(pipe)
-            try:
-                return await pipe.execute()
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-                await self.load()
-        raise AssertionError("unreachable")
+            results = await pipe.execute(raise_on_error=False)
+            if not any(isinstance(r, NoScriptError) for r in results):
+                return results
+            await self.load()
+        return results
 
     async def load(self) -> None:
         """Load every script into Redis's script cache."""

@@ -251,3 +251,17 @@ async def test_unix_socket_url(
             assert await presence.problems() == []
     finally:
         server.stop()
+
+
+async def test_a_key_of_the_wrong_type_fails_its_heartbeat_only(
+    redis: Redis, settings: Settings, start_presence: StartPresence
+) -> None:
+    presence = await start_presence(settings.replace(heartbeat_interval=30))
+    await redis.hset("online.clients.broken", "field", "value")
+    await redis.xadd("heartbeat", {"client": "broken", "server": "ext"})
+    await redis.xadd("heartbeat", {"client": "fine", "server": "ext"})
+    await poll(lambda: _has_status(redis, "ONLINE"), what="fine ONLINE")
+    await poll(lambda: _true(presence.consumer.failed == 1), what="failure counted")
+    assert [c for c, _, _, _ in await presence_entries(redis)] == ["fine"]
+    assert (await redis.xinfo_groups("heartbeat"))[0]["pending"] == 0
+    assert await presence.problems() == []
