@@ -73,12 +73,13 @@ async def client_events(request: web.Request) -> web.StreamResponse:
                 await sse.write(snapshot.sse_frame(exclude=client_id))
                 # Events up to the snapshot's position are already in it.
                 after: tuple[int, int] | None = stream_position(snapshot.position)
-                while (delivery := await subscriber.get()) is not None:
+                while batch := await subscriber.get_many():
                     if after is not None:
-                        if stream_position(delivery.event.id) <= after:
+                        batch = [d for d in batch if stream_position(d.event.id) > after]
+                        if not batch:
                             continue
                         after = None
-                    await sse.write(delivery.frame)
+                    await sse.write(b"".join(d.frame for d in batch))
             except ConnectionError:
                 pass  # the client left
         return sse

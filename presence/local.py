@@ -86,6 +86,23 @@ class Subscriber:
             return None
         return await self._queue.get()
 
+    async def get_many(self, limit: int = 256) -> list[Delivery]:
+        """The next deliveries: waits for one, then takes what is queued, up to ``limit``.
+
+        Empty once closed. A connection writes them in one go, which is what
+        keeps a burst (N clients joining: N x N deliveries) affordable.
+        """
+        first = await self.get()
+        if first is None:
+            return []
+        batch = [first]
+        while len(batch) < limit and not self._queue.empty():
+            delivery = self._queue.get_nowait()
+            if delivery is None:
+                break
+            batch.append(delivery)
+        return batch
+
 
 class LocalState:
     """Clients held by this process (SSE connections, ``track()``) and subscribers."""
