@@ -92,7 +92,7 @@ async def healthz(request: web.Request) -> web.Response:
     if problems:
         body.update(status="unavailable", problems=problems)
         return web.json_response(body, status=503)
-    body.update(status="ok", connections=len(presence.local.subscribers))
+    body.update(status="ok", connections=presence.local.connections)
     return web.json_response(body)
 
 

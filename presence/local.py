@@ -117,6 +117,11 @@ class LocalState:
     def clients(self) -> Iterable[str]:
         return self._holds.keys()
 
+    @property
+    def connections(self) -> int:
+        """Open client connections (in-process ``changes()`` listeners not counted)."""
+        return sum(1 for s in self.subscribers if s.client is not None)
+
     def __contains__(self, client: str) -> bool:
         return client in self._holds
 

@@ -35,7 +35,6 @@ class Worker:
     def ok(self) -> None:
         """Called by the loop after each successful round trip."""
         self._backoff = 0.1
-        self.stopping = False
         if self.error is not None:
             log.info("%s recovered", self.name)
             self.error = None

@@ -49,6 +49,7 @@ async def test_two_clients_see_each_other_online_then_offline(
     server = await started(spawn, *real_redis_args(redis_server, "e2e-1"))
     alice = await open_events(session, f"{server.url}/clients/alice/events")
     assert (await alice.next()).data == {"clients": []}
+    await poll(lambda: _exists(redis, "online.clients.alice"), what="alice ONLINE")
     bob = await open_events(session, f"{server.url}/clients/bob/events")
     assert (await bob.next()).data == {"clients": [{"client": "alice", "server": "e2e-1"}]}
     joined = await alice.next()

@@ -45,6 +45,8 @@ async def test_clients_see_each_other_come_and_go(
     alice = await open_events(session, str(server.make_url("/clients/alice/events")))
     first = await alice.next()
     assert (first.event, first.data) == ("snapshot", {"clients": []})
+    # Alice is online once her first heartbeat is applied; then bob's snapshot has her.
+    await poll(lambda: _online(session, server, "alice"), what="alice ONLINE")
     bob = await open_events(session, str(server.make_url("/clients/bob/events")))
     snapshot = await bob.next()
     assert snapshot.event == "snapshot"
@@ -253,6 +255,11 @@ async def test_mounted_into_another_app_with_track(
 async def test_presence_key_gives_the_service(settings: Settings) -> None:
     app = create_app(settings)
     assert isinstance(app[PRESENCE], Presence)
+
+
+async def _online(session: aiohttp.ClientSession, server: TestServer, client: str) -> bool:
+    async with session.get(server.make_url(f"/clients/{client}")) as response:
+        return bool((await response.json())["status"] == "ONLINE")
 
 
 async def _exists(redis: Redis, key: str) -> bool:
