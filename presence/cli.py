@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--heartbeat-maxlen", type=int, metavar="N", help="heartbeat stream cap (default 100000)")
     opt("--presence-maxlen", type=int, metavar="N", help="presence stream cap (default 100000)")
     opt("--keepalive-interval", type=float, metavar="SECONDS", help="SSE keep-alive (default 15)")
-    opt("--queue-size", type=int, metavar="N", help="events buffered per connection (default 1024)")
+    opt("--queue-size", type=int, metavar="N", help="events a connection may lag (default 1024)")
     opt("--connect-retries", type=int, metavar="N", help="attempts to reach Redis (default 5)")
     opt("--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)")
     return parser

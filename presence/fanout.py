@@ -44,14 +44,16 @@ class PresenceReader:
         while not worker.stopping:
             reply = await self._redis.xread({self._stream: position}, count=BATCH, block=BLOCK_MS)
             worker.ok()
+            batch = []
             for entry_id, fields in stream_entries(reply):
                 position = self.position = entry_id.decode()
                 event = parse_event(position, fields or {})
                 if event is None:
                     log.warning("ignored malformed presence entry %s", position)
                     continue
-                self._local.deliver(Delivery(event, sse_frame(event)))
-                self.delivered += 1
+                batch.append(Delivery(event, sse_frame(event)))
+            self._local.deliver(batch)
+            self.delivered += len(batch)
 
 
 def parse_event(entry_id: str, fields: dict[bytes, bytes]) -> PresenceEvent | None:

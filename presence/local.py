@@ -1,14 +1,24 @@
 """What this process holds: its online clients and its event subscribers.
 
-Plain synchronous state, touched only from the event loop. Redis is never
-called from here; the publisher and the fan-out read this state in one task each.
+Plain synchronous state, touched only from the event loop; Redis is never
+called from here.
+
+Deliveries go to one shared, bounded log, not to a queue per subscriber: the
+reader appends each event once and wakes each subscriber once per batch, and
+every subscriber reads the log from its own cursor. A burst of N clients
+joining costs N appends and N wake-ups per batch instead of N x N queue
+operations in the reader, and memory is one log whatever the number of
+connections. A subscriber whose cursor falls off the log's start is closed:
+a slow reader costs a reconnect, never unbounded memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,18 +38,14 @@ class Delivery:
 
 
 class Subscriber:
-    """A bounded queue of deliveries for one SSE connection or in-process listener.
+    """One SSE connection or in-process listener, reading the shared log."""
 
-    A subscriber that falls ``maxsize`` deliveries behind is closed: a slow
-    reader costs a reconnect, never unbounded memory.
-    """
-
-    __slots__ = ("_alive", "_on_close", "_queue", "client", "reason")
+    __slots__ = ("_alive", "_local", "_on_close", "_wake", "client", "cursor", "reason")
 
     def __init__(
         self,
+        local: LocalState,
         client: str | None,
-        maxsize: int,
         *,
         alive: Callable[[], bool] | None = None,
         on_close: Callable[[CloseReason], None] | None = None,
@@ -47,9 +53,12 @@ class Subscriber:
         #: Events about this client are not delivered to it; None receives all.
         self.client = client
         self.reason: CloseReason | None = None
+        #: Sequence number of the next delivery to read.
+        self.cursor = local.end
+        self._local = local
         self._alive = alive
         self._on_close = on_close
-        self._queue: asyncio.Queue[Delivery | None] = asyncio.Queue(maxsize)
+        self._wake = asyncio.Event()
 
     @property
     def closed(self) -> bool:
@@ -58,58 +67,39 @@ class Subscriber:
     def alive(self) -> bool:
         return self._alive is None or self._alive()
 
-    def offer(self, delivery: Delivery) -> None:
-        if self.reason is not None:
-            return
-        try:
-            self._queue.put_nowait(delivery)
-        except asyncio.QueueFull:
-            log.warning(
-                "closing a subscriber of %s: %d events behind", self.client, self._queue.maxsize
-            )
-            self.close("overflow")
-
     def close(self, reason: CloseReason = "closed") -> None:
         if self.reason is not None:
             return
         self.reason = reason
-        # Free the queue so the wake-up fits and the reader stops at once.
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        self._queue.put_nowait(None)
+        self._wake.set()
         if self._on_close is not None:
             self._on_close(reason)
 
-    async def get(self) -> Delivery | None:
-        """The next delivery, or None once closed."""
-        if self.reason is not None and self._queue.empty():
-            return None
-        return await self._queue.get()
-
     async def get_many(self, limit: int = 256) -> list[Delivery]:
-        """The next deliveries: waits for one, then takes what is queued, up to ``limit``.
-
-        Empty once closed. A connection writes them in one go, which is what
-        keeps a burst (N clients joining: N x N deliveries) affordable.
-        """
-        first = await self.get()
-        if first is None:
-            return []
-        batch = [first]
-        while len(batch) < limit and not self._queue.empty():
-            delivery = self._queue.get_nowait()
-            if delivery is None:
-                break
-            batch.append(delivery)
-        return batch
+        """The next deliveries not about this client, up to ``limit``; empty once closed."""
+        while True:
+            while self.reason is None and self.cursor >= self._local.end:
+                self._wake.clear()
+                await self._wake.wait()
+            if self.reason is not None:
+                return []
+            batch = self._local.read(self.cursor, limit)
+            self.cursor += len(batch)
+            if self.client is not None:
+                batch = [d for d in batch if d.event.client != self.client]
+            if batch:
+                return batch
 
 
 class LocalState:
     """Clients held by this process (SSE connections, ``track()``) and subscribers."""
 
-    def __init__(self) -> None:
+    def __init__(self, backlog: int = 1024) -> None:
         self._holds: dict[str, int] = {}
         self._fresh: set[str] = set()
+        self._log: deque[Delivery] = deque(maxlen=backlog)
+        #: Sequence number one past the newest delivery.
+        self.end = 0
         self.wake = asyncio.Event()
         self.subscribers: set[Subscriber] = set()
 
@@ -155,11 +145,27 @@ class LocalState:
             subscriber.close("gone")
         return len(gone)
 
-    def deliver(self, delivery: Delivery) -> None:
-        about = delivery.event.client
-        for subscriber in self.subscribers:
-            if subscriber.client != about:
-                subscriber.offer(delivery)
+    def deliver(self, deliveries: Sequence[Delivery]) -> None:
+        """Append to the log, then wake every subscriber once (or drop it if it fell behind)."""
+        if not deliveries:
+            return
+        self._log.extend(deliveries)
+        self.end += len(deliveries)
+        start = self.end - len(self._log)
+        for subscriber in list(self.subscribers):
+            if subscriber.cursor < start:
+                log.warning(
+                    "closing a subscriber of %s: more than %d events behind",
+                    subscriber.client,
+                    self._log.maxlen,
+                )
+                subscriber.close("overflow")
+            else:
+                subscriber._wake.set()
+
+    def read(self, cursor: int, limit: int) -> list[Delivery]:
+        offset = cursor - (self.end - len(self._log))
+        return list(itertools.islice(self._log, offset, offset + limit))
 
     def close_all(self, reason: CloseReason) -> None:
         for subscriber in list(self.subscribers):

@@ -42,7 +42,7 @@ class Presence:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
-        self.local = LocalState()
+        self.local = LocalState(backlog=self.settings.queue_size)
         self._redis: Redis | None = None
         self._workers: list[Worker] = []
         self._snapshots: SnapshotReader | None = None
@@ -138,12 +138,13 @@ class Presence:
 
         A listener that falls ``queue_size`` events behind is stopped.
         """
-        subscriber = Subscriber(None, self.settings.queue_size)
+        subscriber = Subscriber(self.local, None)
         self.local.subscribers.add(subscriber)
 
         async def events() -> AsyncIterator[PresenceEvent]:
-            while (delivery := await subscriber.get()) is not None:
-                yield delivery.event
+            while batch := await subscriber.get_many():
+                for delivery in batch:
+                    yield delivery.event
 
         try:
             yield events()
@@ -172,7 +173,7 @@ class Presence:
             if reason == "overflow" and abort is not None:
                 abort()
 
-        subscriber = Subscriber(client_id, self.settings.queue_size, alive=alive, on_close=closed)
+        subscriber = Subscriber(self.local, client_id, alive=alive, on_close=closed)
         self.local.subscribers.add(subscriber)
         try:
             yield subscriber

@@ -49,7 +49,7 @@ class Settings:
     presence_maxlen: int = 100_000
     #: Seconds between SSE keep-alive comments.
     keepalive_interval: float = 15.0
-    #: Events buffered per SSE connection before a slow reader is disconnected.
+    #: Events a connection may fall behind before it is disconnected (one shared buffer).
     queue_size: int = 1024
     #: Attempts to reach Redis at start before giving up.
     connect_retries: int = 5

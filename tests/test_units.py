@@ -150,23 +150,35 @@ def _delivery(client: str, n: int = 1) -> Delivery:
     return Delivery(event, b"frame")
 
 
-async def test_subscriber_overflow_closes_and_aborts() -> None:
+async def test_subscriber_that_falls_behind_the_log_is_closed() -> None:
+    local = LocalState(backlog=2)
     reasons: list[str] = []
-    sub = Subscriber("me", 2, on_close=reasons.append)
-    for n in range(3):
-        sub.offer(_delivery("other", n))
+    slow = Subscriber(local, "me", on_close=reasons.append)
+    local.subscribers.add(slow)
+    local.deliver([_delivery("other", 1), _delivery("other", 2)])
+    assert reasons == []
+    local.deliver([_delivery("other", 3)])
     assert reasons == ["overflow"]
-    assert await sub.get() is None  # backlog freed, reader woken
-    sub.close()
+    assert await slow.get_many() == []
+    slow.close()
     assert reasons == ["overflow"]
 
 
 async def test_local_state_delivers_to_all_but_the_client_itself() -> None:
     local = LocalState()
-    alice, bob, everyone = Subscriber("alice", 5), Subscriber("bob", 5), Subscriber(None, 5)
+    alice, bob, everyone = (Subscriber(local, c) for c in ("alice", "bob", None))
     local.subscribers |= {alice, bob, everyone}
-    local.deliver(_delivery("alice"))
-    assert [s._queue.qsize() for s in (alice, bob, everyone)] == [0, 1, 1]
+    local.deliver([_delivery("alice", 1), _delivery("bob", 2)])
+    assert [d.event.client for d in await bob.get_many()] == ["alice"]
+    assert [d.event.client for d in await everyone.get_many()] == ["alice", "bob"]
+    assert [d.event.client for d in await alice.get_many()] == ["bob"]
+    waiting = asyncio.create_task(alice.get_many())
+    await asyncio.sleep(0)
+    local.deliver([_delivery("alice", 3)])  # about alice only: she keeps waiting
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    alice.close()
+    assert await waiting == []
 
 
 def test_hold_counts_connections_and_marks_new_clients_fresh() -> None:
