@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -179,3 +180,32 @@ def _hostname() -> str:
     import socket
 
     return socket.gethostname()
+
+
+async def test_a_connect_storm_brings_everyone_online_once_without_flapping(
+    spawn: Spawn, redis_server: RedisServer, redis: Redis
+) -> None:
+    """500 clients at once: 500 x 499 join deliveries must not delay heartbeats past the TTL."""
+    n = 500
+    args = real_redis_args(redis_server, "e2e-1")
+    args[args.index("--heartbeat-interval") + 1] = "1"  # TTL 1.5 s
+    server = await started(spawn, *args)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        streams = await asyncio.gather(
+            *(open_events(session, f"{server.url}/clients/s{i}/events") for i in range(n))
+        )
+        await poll(lambda: _online_count(redis, n), timeout=20, what=f"{n} online")
+        # Several TTLs pass: a heartbeat late past its TTL would show up as an OFFLINE.
+        await poll(lambda: _count_heartbeats(redis, n * 4), timeout=20, what="4 ticks")
+        assert [s for _, s, _ in await sessions(redis)] == ["ONLINE"] * n
+        for stream in streams:
+            stream.close()
+        await poll(lambda: _online_count(redis, 0), timeout=20, what="all offline")
+    entries = await sessions(redis)
+    assert sorted(c for c, s, _ in entries if s == "OFFLINE") == sorted(f"s{i}" for i in range(n))
+    assert len(entries) == 2 * n
+
+
+async def _count_heartbeats(redis: Redis, count: int) -> bool:
+    return bool(await redis.xlen("heartbeat") >= count)
