@@ -25,7 +25,6 @@ from .transitions import Transitions
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 2.0
-PUBLISHER = "heartbeat publisher"
 
 
 class Presence:
@@ -55,6 +54,8 @@ class Presence:
 
     async def start(self) -> None:
         """Connect to Redis and start the workers; raises ``PresenceError`` subclasses."""
+        if self._redis is not None:
+            raise RuntimeError("presence is already started")
         settings = self.settings
         redis = open_redis(settings)
         try:
@@ -81,12 +82,12 @@ class Presence:
         # Loops blocked in a Redis read get one block's time to end by themselves.
         grace = BLOCK_MS / 1000 + 0.5
         loops: list[tuple[str, Callable[[Worker], Awaitable[None]], float]] = [
+            ("heartbeat publisher", self.publisher.run, 0),  # first: close() relies on it
             ("heartbeat consumer", self.consumer.run, grace),
             ("deadline sweeper", self.sweeper.run, 0),
             ("keyspace listener", self.listener.run, grace),
             ("presence reader", reader.run, grace),
             ("snapshot reader", self._snapshots.run, 0),
-            (PUBLISHER, self.publisher.run, 0),
         ]
         for name, loop, stop_grace in loops:
             worker = Worker(name, stop_grace)
@@ -97,11 +98,10 @@ class Presence:
         """Close every subscriber, stop the workers (publisher first), close Redis."""
         self.local.close_all("shutdown")
         workers, self._workers = self._workers, []
-        # The publisher (started last) goes first: no heartbeat after close.
-        for worker in reversed(workers):
-            if worker.name == PUBLISHER:
-                await worker.stop()
-        await asyncio.gather(*(w.stop() for w in workers))
+        if workers:
+            # The publisher first: no heartbeat leaves after close() begins.
+            await workers[0].stop()
+            await asyncio.gather(*(w.stop() for w in workers[1:]))
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None

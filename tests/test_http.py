@@ -195,6 +195,12 @@ async def test_healthz_reports_redis_loss(
     async with session.get(server.make_url("/clients")) as response:
         assert response.status == 503
         assert "Redis" in (await response.json())["error"]
+    async with session.get(server.make_url("/clients/zed/events")) as response:
+        assert response.status == 503
+        assert response.content_type == "application/json"
+        assert "Redis" in (await response.json())["error"]
+    assert server.app is not None
+    assert "zed" not in server.app[PRESENCE].local
 
 
 async def test_shutdown_closes_streams_promptly(
