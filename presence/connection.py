@@ -62,6 +62,20 @@ async def wait_for_redis(redis: Redis, settings: Settings) -> None:
             delay = min(delay * 2, 5.0)
 
 
+MIN_VERSION = (6, 2)
+
+
+async def check_version(redis: Redis, settings: Settings) -> None:
+    """Raise ``RedisMisconfigured`` on a Redis older than 6.2 (SET ... GET is needed)."""
+    if settings.in_memory:
+        return
+    info = await redis.info("server")
+    version = str(info.get("redis_version", "0"))
+    found = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if found < MIN_VERSION:
+        raise RedisMisconfigured(f"presence needs Redis 6.2 or newer; this server runs {version}")
+
+
 async def enable_keyspace_events(redis: Redis, settings: Settings) -> None:
     """Make Redis publish ``del`` and ``expired`` keyspace events.
 

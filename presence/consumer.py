@@ -31,6 +31,7 @@ class HeartbeatConsumer:
         self._transitions = transitions
         self._stream = settings.keys.heartbeat
         self._consumer = settings.server_id
+        self._ttl_ms = settings.ttl_ms
         # fakeredis answers XREADGROUP BLOCK at once, so the in-process Redis is polled.
         self._block: int | None = None if settings.in_memory else BLOCK_MS
         self.applied = 0
@@ -44,6 +45,7 @@ class HeartbeatConsumer:
         await self._ensure_group()
 
     async def run(self, worker: Worker) -> None:
+        await self._ensure_group()  # again: Redis may have restarted without its data
         # Entries this consumer read but did not acknowledge before a restart.
         while entries := await self._read("0", block=None):
             await self._apply(entries)
@@ -63,11 +65,20 @@ class HeartbeatConsumer:
             worker.ok()
 
     async def _ensure_group(self) -> None:
+        # Start one TTL back, not at "$": heartbeats sent while the group was
+        # missing (Redis restarted without data) still count; older ones would
+        # be ignored as stale anyway.
+        seconds, micros = await self._redis.time()
+        start_ms = max(0, seconds * 1000 + micros // 1000 - self._ttl_ms)
         try:
-            await self._redis.xgroup_create(self._stream, CONSUMER_GROUP, id="$", mkstream=True)
+            await self._redis.xgroup_create(
+                self._stream, CONSUMER_GROUP, id=f"{start_ms}-0", mkstream=True
+            )
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        else:
+            log.info("created consumer group %r on %r", CONSUMER_GROUP, self._stream)
 
     async def _read(self, start: str, block: int | None) -> list[StreamEntry]:
         reply = await self._redis.xreadgroup(

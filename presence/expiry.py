@@ -15,7 +15,7 @@ from typing import Any
 
 from redis.asyncio.client import Pipeline, PubSub
 
-from .connection import Redis, database
+from .connection import Redis, database, enable_keyspace_events
 from .contract import is_valid_id
 from .settings import Settings
 from .supervise import Worker
@@ -57,6 +57,7 @@ class KeyspaceListener:
 
     def __init__(self, redis: Redis, settings: Settings, transitions: Transitions) -> None:
         self._redis = redis
+        self._settings = settings
         self._transitions = transitions
         prefix = settings.keys.online_prefix
         self._channel_prefix = f"__keyspace@{database(redis)}__:{prefix}".encode()
@@ -69,6 +70,8 @@ class KeyspaceListener:
         self._subscribed = await self._subscribe()
 
     async def _subscribe(self) -> PubSub:
+        # Again on every resubscribe: a restarted Redis forgets a CONFIG SET.
+        await enable_keyspace_events(self._redis, self._settings)
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.psubscribe(self._pattern)

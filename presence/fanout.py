@@ -29,6 +29,8 @@ class PresenceReader:
         self._local = local
         self.position: str | None = None
         self.delivered = 0
+        # A batch larger than the log would drop subscribers that are caught up.
+        self._count = min(BATCH, settings.queue_size)
 
     async def start(self) -> None:
         """Take the current end of the stream as the first position to read after."""
@@ -42,7 +44,9 @@ class PresenceReader:
             position = self.position or "0-0"
         worker.ok()
         while not worker.stopping:
-            reply = await self._redis.xread({self._stream: position}, count=BATCH, block=BLOCK_MS)
+            reply = await self._redis.xread(
+                {self._stream: position}, count=self._count, block=BLOCK_MS
+            )
             worker.ok()
             batch = []
             for entry_id, fields in stream_entries(reply):

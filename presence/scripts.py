@@ -30,8 +30,11 @@ local sent = tonumber(ARGV[5])
 if sent == 0 or sent > now then sent = now end
 local deadline = sent + tonumber(ARGV[3])
 if deadline <= now then return -1 end
-local old = redis.call('SET', KEYS[1], ARGV[2], 'PX', deadline - now, 'GET')
 local announced = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if announced and tonumber(announced) >= deadline and redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0  -- a newer heartbeat was applied first: never move a deadline back
+end
+local old = redis.call('SET', KEYS[1], ARGV[2], 'PX', deadline - now, 'GET')
 redis.call('ZADD', KEYS[2], deadline, ARGV[1])
 if old and announced then
   if old ~= ARGV[2] then redis.call('HSET', KEYS[3], ARGV[1], ARGV[2]) end

@@ -8,10 +8,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
 
-from .connection import BLOCK_MS, Redis, enable_keyspace_events, open_redis, text, wait_for_redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .connection import BLOCK_MS, Redis, check_version, open_redis, text, wait_for_redis
 from .consumer import HeartbeatConsumer
 from .contract import ID_RULE, is_valid_id
-from .errors import InvalidClientId
+from .errors import InvalidClientId, RedisMisconfigured, RedisUnavailable
 from .events import OnlineClient, PresenceEvent
 from .expiry import KeyspaceListener, Sweeper
 from .fanout import PresenceReader
@@ -60,7 +64,7 @@ class Presence:
         redis = open_redis(settings)
         try:
             await wait_for_redis(redis, settings)
-            await enable_keyspace_events(redis, settings)
+            await check_version(redis, settings)
             transitions = Transitions(redis, settings)
             await transitions.load()
             consumer = HeartbeatConsumer(redis, settings, transitions)
@@ -69,8 +73,12 @@ class Presence:
             await reader.start()
             listener = KeyspaceListener(redis, settings, transitions)
             await listener.start()
-        except BaseException:
+        except BaseException as exc:
             await redis.aclose()
+            if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+                raise RedisUnavailable(f"lost Redis while starting: {exc}") from None
+            if isinstance(exc, RedisError):
+                raise RedisMisconfigured(f"Redis refused a start-up command: {exc}") from None
             raise
         self._redis = redis
         self._snapshots = SnapshotReader(transitions)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from redis.connection import parse_url
+
 from .contract import ID_RULE, Keys, is_valid_id
 from .errors import ConfigError
 
@@ -63,8 +65,8 @@ class Settings:
             "heartbeat interval must be a positive number of seconds",
         )
         _check(
-            math.isfinite(self.ttl_factor) and self.ttl_factor >= 1,
-            "ttl factor must be at least 1",
+            math.isfinite(self.ttl_factor) and self.ttl_factor > 1,
+            "ttl factor must be greater than 1 (a key must outlive the interval)",
         )
         _check(
             math.isfinite(self.keepalive_interval) and self.keepalive_interval > 0,
@@ -167,6 +169,14 @@ def _check_redis_url(url: str) -> None:
     db = parts.path.lstrip("/")
     if parts.scheme in ("redis", "rediss") and db and not db.isdigit():
         raise ConfigError(f"redis url database must be a number, got {db!r}")
+    if parts.scheme == "memory":
+        return
+    try:
+        options = parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise ConfigError(f"redis url: {exc}") from None
+    if options.get("protocol", 2) not in (2, "2"):
+        raise ConfigError("redis url: presence speaks RESP2; remove protocol=3")
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:

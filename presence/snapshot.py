@@ -56,11 +56,12 @@ class SnapshotReader:
             try:
                 position, clients = await self._transitions.snapshot()
             except Exception as exc:
+                # The waiting requests answer 503; the worker itself stays
+                # healthy, since it can only retry when a request comes.
                 for future in waiting:
                     if not future.done():
                         future.set_exception(exc)
-                raise
-            worker.ok()
+                continue
             snapshot = Snapshot(position, clients)
             for future in waiting:
                 if not future.done():

@@ -265,3 +265,76 @@ async def test_a_key_of_the_wrong_type_fails_its_heartbeat_only(
     assert [c for c, _, _, _ in await presence_entries(redis)] == ["fine"]
     assert (await redis.xinfo_groups("heartbeat"))[0]["pending"] == 0
     assert await presence.problems() == []
+
+
+async def test_consumer_recreates_its_group_after_redis_loses_its_data(
+    redis: Redis, settings: Settings, start_presence: StartPresence
+) -> None:
+    presence = await start_presence(settings.replace(heartbeat_interval=60))
+    await redis.flushall()
+    await redis.client_kill_filter(_type="normal", skipme=True)
+    await redis.xadd("heartbeat", {"client": "back", "server": "ext"})
+
+    async def applied() -> bool:
+        await redis.xadd("heartbeat", {"client": "back", "server": "ext"})
+        return await _has_status(redis, "ONLINE")
+
+    await poll(applied, timeout=10, what="heartbeats applied again")
+    await poll(lambda: _no_problems(presence), what="healthy")
+
+
+async def test_start_refuses_a_key_of_the_wrong_type_with_a_clear_error(
+    redis: Redis, settings: Settings
+) -> None:
+    await redis.set("heartbeat", "not a stream")
+    with pytest.raises(RedisMisconfigured, match="WRONGTYPE"):
+        await Presence(settings).start()
+
+
+async def test_a_burst_larger_than_the_buffer_reaches_a_listener_that_keeps_up(
+    redis: Redis, settings: Settings, start_presence: StartPresence
+) -> None:
+    presence = await start_presence(settings.replace(queue_size=10, heartbeat_interval=30))
+    async with presence.changes() as events:
+        pipe = redis.pipeline(transaction=False)
+        for n in range(100):
+            pipe.xadd("heartbeat", {"client": f"c{n}", "server": "ext"})
+        await pipe.execute()
+        received = {(await next_event(events)).client for _ in range(100)}
+    assert received == {f"c{n}" for n in range(100)}
+
+
+async def test_redis_restart_without_data_recovers_everything(
+    tmp_path_factory: pytest.TempPathFactory, settings: Settings
+) -> None:
+    """Same port, no data, no CONFIG: consumer group, keyspace events and health come back."""
+    own = RedisServer(tmp_path_factory.mktemp("restart"))
+    own.start()
+    presence = Presence(settings.replace(redis_url=own.url, heartbeat_interval=60))
+    await presence.start()
+    try:
+        own.stop()
+        await poll(lambda: _problems(presence), timeout=10, what="outage reported")
+        own.start()
+        await poll(lambda: _no_problems(presence), timeout=15, what="recovered")
+        client: Redis = presence.redis
+        await client.xadd("heartbeat", {"client": "bob", "server": "ext"})
+        await poll(lambda: _exists(client, "online.clients.bob"), timeout=10, what="bob back")
+        await client.delete("online.clients.bob")  # only the listener can act in time
+
+        async def offline() -> bool:
+            entries = await client.xrange("presence")
+            return any(f[b"status"] == b"OFFLINE" for _, f in entries)
+
+        await poll(offline, timeout=5, what="OFFLINE from the keyspace listener")
+    finally:
+        await presence.close()
+        own.stop()
+
+
+async def _problems(presence: Presence) -> bool:
+    return bool(await presence.problems())
+
+
+async def _exists(redis: Redis, key: str) -> bool:
+    return bool(await redis.exists(key))

@@ -158,3 +158,16 @@ async def test_concurrent_offline_from_many_callers_publishes_once(
 
 async def _gone(redis: Redis, key: str) -> bool:
     return bool(await redis.exists(key) == 0)
+
+
+async def test_an_older_heartbeat_never_moves_a_deadline_back(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings.replace(heartbeat_interval=10))  # ttl 15 s
+    now_ms = entry_ms(await redis.xadd("clock", {"x": "1"}))
+    await heartbeat(t, "alice", "s1", sent_ms=now_ms)
+    deadline = await redis.zscore("online.deadlines", "alice")
+    assert await heartbeat(t, "alice", "s2", sent_ms=now_ms - 5000) == 0
+    assert await redis.zscore("online.deadlines", "alice") == deadline
+    assert await redis.get("online.clients.alice") == b"s1"
+    assert await redis.pttl("online.clients.alice") > 14_000

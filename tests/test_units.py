@@ -50,6 +50,9 @@ def test_environment_is_read_and_overrides_win() -> None:
         ({"heartbeat_interval": -1}, "heartbeat interval"),
         ({"heartbeat_interval": float("nan")}, "heartbeat interval"),
         ({"ttl_factor": 0.9}, "ttl factor"),
+        ({"ttl_factor": 1}, "ttl factor must be greater than 1"),
+        ({"redis_url": "redis://h/0?socket_timeout=abc"}, "socket_timeout"),
+        ({"redis_url": "redis://h/0?protocol=3"}, "RESP2"),
         ({"port": 70000}, "port"),
         ({"redis_url": "http://x"}, "redis://"),
         ({"redis_url": "redis://h:notaport"}, "not a valid URL"),
@@ -94,7 +97,7 @@ def test_invalid_ids(bad: str) -> None:
     ("argv", "message"),
     [
         (["serve", "--heartbeat-interval", "-1"], "heartbeat interval must be a positive"),
-        (["serve", "--ttl-factor", "0.5"], "ttl factor must be at least 1"),
+        (["serve", "--ttl-factor", "0.5"], "ttl factor must be greater than 1"),
         (["serve", "--redis-url", "nope://"], "redis url must start with"),
         (["serve", "--port", "x"], "invalid int value"),
         (["bogus"], "invalid choice"),
@@ -134,7 +137,7 @@ def test_cli_reads_the_environment(
 ) -> None:
     monkeypatch.setenv("PRESENCE_TTL_FACTOR", "0.2")
     assert run(["serve"]) == 2
-    assert "ttl factor must be at least 1" in capsys.readouterr().err
+    assert "ttl factor must be greater than 1" in capsys.readouterr().err
 
 
 def run(argv: list[str]) -> int | str | None:
