@@ -40,12 +40,8 @@ class HeartbeatConsumer:
         self.malformed = 0
         self.failed = 0
 
-    async def start(self) -> None:
-        """Create the consumer group (once for all servers) before reading."""
-        await self._ensure_group()
-
     async def run(self, worker: Worker) -> None:
-        await self._ensure_group()  # again: Redis may have restarted without its data
+        await self.ensure_group()  # at every start: Redis may have lost it
         # Entries this consumer read but did not acknowledge before a restart.
         while entries := await self._read("0", block=None):
             await self._apply(entries)
@@ -56,7 +52,7 @@ class HeartbeatConsumer:
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
-                await self._ensure_group()  # Redis lost its data
+                await self.ensure_group()  # Redis lost its data
                 continue
             if entries:
                 await self._apply(entries)
@@ -64,7 +60,8 @@ class HeartbeatConsumer:
                 await asyncio.sleep(MEMORY_POLL)
             worker.ok()
 
-    async def _ensure_group(self) -> None:
+    async def ensure_group(self) -> None:
+        """Create the consumer group unless it exists."""
         # Start one TTL back, not at "$": heartbeats sent while the group was
         # missing (Redis restarted without data) still count; older ones would
         # be ignored as stale anyway.

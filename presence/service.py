@@ -68,7 +68,7 @@ class Presence:
             transitions = Transitions(redis, settings)
             await transitions.load()
             consumer = HeartbeatConsumer(redis, settings, transitions)
-            await consumer.start()
+            await consumer.ensure_group()  # fails fast on a key of the wrong type
             reader = PresenceReader(redis, settings, self.local)
             await reader.start()
             listener = KeyspaceListener(redis, settings, transitions)
