@@ -31,7 +31,7 @@ if sent == 0 or sent > now then sent = now end
 local deadline = sent + tonumber(ARGV[3])
 if deadline <= now then return -1 end
 local announced = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if announced and tonumber(announced) >= deadline and redis.call('EXISTS', KEYS[1]) == 1 then
+if announced and tonumber(announced) > deadline and redis.call('EXISTS', KEYS[1]) == 1 then
   return 0  -- a newer heartbeat was applied first: never move a deadline back
 end
 local old = redis.call('SET', KEYS[1], ARGV[2], 'PX', deadline - now, 'GET')

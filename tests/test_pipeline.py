@@ -320,6 +320,8 @@ async def test_redis_restart_without_data_recovers_everything(
         client: Redis = presence.redis
         await client.xadd("heartbeat", {"client": "bob", "server": "ext"})
         await poll(lambda: _exists(client, "online.clients.bob"), timeout=10, what="bob back")
+        # The listener notices the lost connection at its own pace: wait for its resubscribe.
+        await poll(lambda: _numpat(client), timeout=10, what="listener resubscribed")
         await client.delete("online.clients.bob")  # only the listener can act in time
 
         async def offline() -> bool:
@@ -330,6 +332,10 @@ async def test_redis_restart_without_data_recovers_everything(
     finally:
         await presence.close()
         own.stop()
+
+
+async def _numpat(redis: Redis) -> bool:
+    return bool(await redis.pubsub_numpat() == 1)
 
 
 async def _problems(presence: Presence) -> bool:
