@@ -43,6 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--presence-maxlen", type=int, metavar="N", help="presence stream cap (default 100000)")
     opt("--keepalive-interval", type=float, metavar="SECONDS", help="SSE keep-alive (default 15)")
     opt("--queue-size", type=int, metavar="N", help="events a connection may lag (default 1024)")
+    opt(
+        "--claim-after",
+        type=float,
+        metavar="SECONDS",
+        help="claim heartbeats a dead server left unacknowledged (default 1)",
+    )
+    opt(
+        "--forget-after",
+        type=float,
+        metavar="SECONDS",
+        help="remove consumers idle this long with nothing pending (default 60)",
+    )
     opt("--connect-retries", type=int, metavar="N", help="attempts to reach Redis (default 5)")
     opt("--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)")
     return parser

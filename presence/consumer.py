@@ -2,6 +2,12 @@
 
 Entries come from outside (other platforms), so each is validated; a bad one is
 acknowledged, counted and logged, and never stops the loop.
+
+A server that dies between reading entries and acknowledging them leaves them
+pending on its consumer: every server periodically claims entries pending for
+longer than ``claim_after`` (XAUTOCLAIM) and applies them (the script ignores
+those that have gone stale), then removes consumers idle for ``forget_after``
+with nothing pending.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from collections.abc import Sequence
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
-from .connection import BLOCK_MS, Redis, StreamEntry, stream_entries
+from .connection import BLOCK_MS, Redis, StreamEntry, stream_entries, text
 from .contract import CONSUMER_GROUP, is_valid_id
 from .settings import Settings
 from .supervise import Worker
@@ -22,6 +28,7 @@ from .transitions import Transitions
 log = logging.getLogger(__name__)
 
 BATCH = 500
+CLAIM_ROUNDS = 10
 MEMORY_POLL = 0.02
 
 
@@ -32,6 +39,8 @@ class HeartbeatConsumer:
         self._stream = settings.keys.heartbeat
         self._consumer = settings.server_id
         self._ttl_ms = settings.ttl_ms
+        self._claim_after = settings.claim_after
+        self._forget_ms = round(settings.forget_after * 1000)
         # fakeredis answers XREADGROUP BLOCK at once, so the in-process Redis is polled.
         self._block: int | None = None if settings.in_memory else BLOCK_MS
         self.applied = 0
@@ -39,6 +48,7 @@ class HeartbeatConsumer:
         self.stale = 0
         self.malformed = 0
         self.failed = 0
+        self.claimed = 0
 
     async def run(self, worker: Worker) -> None:
         await self.ensure_group()  # at every start: Redis may have lost it
@@ -46,7 +56,12 @@ class HeartbeatConsumer:
         while entries := await self._read("0", block=None):
             await self._apply(entries)
         worker.ok()
+        loop = asyncio.get_running_loop()
+        next_claim = loop.time() + self._claim_after
         while not worker.stopping:
+            if loop.time() >= next_claim:
+                await self.reclaim()
+                next_claim = loop.time() + self._claim_after / 2
             try:
                 entries = await self._read(">", block=self._block)
             except ResponseError as exc:
@@ -59,6 +74,41 @@ class HeartbeatConsumer:
             elif self._block is None:
                 await asyncio.sleep(MEMORY_POLL)
             worker.ok()
+
+    async def reclaim(self) -> None:
+        """Apply entries left pending by dead consumers; forget consumers gone for good."""
+        start = "0-0"
+        for _ in range(CLAIM_ROUNDS):
+            reply = await self._redis.xautoclaim(
+                self._stream,
+                CONSUMER_GROUP,
+                self._consumer,
+                min_idle_time=round(self._claim_after * 1000),
+                start_id=start,
+                count=BATCH,
+            )
+            start, entries = text(reply[0]), reply[1]
+            if entries:
+                self.claimed += len(entries)
+                log.warning(
+                    "claimed %d heartbeat entries a stopped server left pending", len(entries)
+                )
+                await self._apply(entries)
+            if start == "0-0":
+                break
+        for consumer in await self._redis.xinfo_consumers(self._stream, CONSUMER_GROUP):
+            name = text(consumer["name"])
+            if (
+                name != self._consumer
+                and not consumer["pending"]
+                and consumer["idle"] >= self._forget_ms
+            ):
+                await self._redis.xgroup_delconsumer(self._stream, CONSUMER_GROUP, name)
+                log.info(
+                    "removed consumer %r: idle for %d s, nothing pending",
+                    name,
+                    consumer["idle"] // 1000,
+                )
 
     async def ensure_group(self) -> None:
         """Create the consumer group unless it exists."""

@@ -53,6 +53,12 @@ class Settings:
     keepalive_interval: float = 15.0
     #: Events a connection may fall behind before it is disconnected (one shared buffer).
     queue_size: int = 1024
+    #: Seconds a heartbeat entry may stay unacknowledged (its server presumed
+    #: dead) before another server claims and applies it.
+    claim_after: float = 1.0
+    #: Seconds of inactivity after which a consumer with nothing pending is
+    #: removed from the group (servers that are gone for good).
+    forget_after: float = 60.0
     #: Attempts to reach Redis at start before giving up.
     connect_retries: int = 5
     log_level: str = "INFO"
@@ -72,6 +78,12 @@ class Settings:
             math.isfinite(self.keepalive_interval) and self.keepalive_interval > 0,
             "keep-alive interval must be a positive number of seconds",
         )
+        for name in ("claim_after", "forget_after"):
+            value = getattr(self, name)
+            _check(
+                math.isfinite(value) and value > 0,
+                f"{name.replace('_', ' ')} must be a positive number of seconds",
+            )
         _check(self.heartbeat_maxlen >= 1, "heartbeat stream cap must be at least 1")
         _check(self.presence_maxlen >= 1, "presence stream cap must be at least 1")
         _check(self.queue_size >= 1, "queue size must be at least 1")

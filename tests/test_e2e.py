@@ -209,3 +209,32 @@ async def test_a_connect_storm_brings_everyone_online_once_without_flapping(
 
 async def _count_heartbeats(redis: Redis, count: int) -> bool:
     return bool(await redis.xlen("heartbeat") >= count)
+
+
+async def test_a_killed_server_takes_only_its_own_clients_offline_on_time(
+    spawn: Spawn, redis_server: RedisServer, redis: Redis, session: aiohttp.ClientSession
+) -> None:
+    doomed = await started(spawn, *real_redis_args(redis_server, "doomed"))
+    survivor = await started(spawn, *real_redis_args(redis_server, "survivor"))
+    alice = await open_events(session, f"{doomed.url}/clients/alice/events")
+    bob = await open_events(session, f"{survivor.url}/clients/bob/events")
+    await alice.next()
+    await bob.next()
+    await poll(lambda: _online_count(redis, 2), what="both online")
+    assert doomed.process is not None
+    doomed.process.kill()  # SIGKILL: no shutdown, no goodbye
+    gone = await bob.until(lambda e: e.data["status"] == "OFFLINE", timeout=5)
+    assert gone.data == {"client": "alice", "status": "OFFLINE", "server": "doomed"}
+    assert gone.id is not None
+    last = max(entry_ms(i) for i, f in await redis.xrange("heartbeat") if f[b"client"] == b"alice")
+    assert entry_ms(gone.id) - last <= TTL_MS + 250
+    # bob, on the survivor, is untouched for several more TTLs.
+    before = int(await redis.xlen("heartbeat"))
+    await poll(lambda: _count_heartbeats(redis, before + 6), timeout=5, what="6 more ticks")
+    assert sorted((c, s) for c, s, _ in await sessions(redis)) == [
+        ("alice", "OFFLINE"),
+        ("alice", "ONLINE"),
+        ("bob", "ONLINE"),
+    ]
+    alice.close()
+    bob.close()

@@ -344,3 +344,29 @@ async def _problems(presence: Presence) -> bool:
 
 async def _exists(redis: Redis, key: str) -> bool:
     return bool(await redis.exists(key))
+
+
+async def test_entries_pending_on_a_dead_consumer_are_claimed_and_it_is_forgotten(
+    redis: Redis, settings: Settings, start_presence: StartPresence
+) -> None:
+    """A server that read heartbeats and died before XACK: another one applies them."""
+    await redis.xgroup_create("heartbeat", CONSUMER_GROUP, id="0", mkstream=True)
+    for client in ("k1", "k2"):
+        await redis.xadd("heartbeat", {"client": client, "server": "dead"})
+    await redis.xreadgroup(CONSUMER_GROUP, "dead", {"heartbeat": ">"})  # never acknowledged
+    presence = await start_presence(
+        settings.replace(heartbeat_interval=2, claim_after=0.2, forget_after=0.5)
+    )
+    await poll(lambda: _online(presence, {"k1", "k2"}), timeout=5, what="claimed and applied")
+    assert presence.consumer.claimed == 2
+
+    async def forgotten() -> bool:
+        consumers = await redis.xinfo_consumers("heartbeat", CONSUMER_GROUP)
+        return [c["name"] for c in consumers] == [b"test-1"]
+
+    await poll(forgotten, timeout=5, what="dead consumer removed")
+    assert (await redis.xinfo_groups("heartbeat"))[0]["pending"] == 0
+
+
+async def _online(presence: Presence, clients: set[str]) -> bool:
+    return {c.client for c in await presence.online()} == clients

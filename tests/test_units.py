@@ -62,6 +62,8 @@ def test_environment_is_read_and_overrides_win() -> None:
         ({"server_id": "bad id"}, "server id"),
         ({"log_level": "LOUD"}, "log level"),
         ({"presence_maxlen": 0}, "presence stream cap"),
+        ({"claim_after": 0}, "claim after must be a positive"),
+        ({"forget_after": float("inf")}, "forget after must be a positive"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(
