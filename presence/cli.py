@@ -10,6 +10,7 @@ from typing import NoReturn
 
 from aiohttp import web
 
+from . import logs
 from .app import create_app
 from .errors import PresenceError
 from .settings import Settings
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     opt("--connect-retries", type=int, metavar="N", help="attempts to reach Redis (default 5)")
     opt("--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)")
+    opt("--log-format", choices=("text", "json"), help="text, or json for log shippers")
     return parser
 
 
@@ -72,11 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(settings: Settings) -> int:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings)
     log.info("starting with %r", settings)
     if settings.in_memory:
         log.info(

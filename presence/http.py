@@ -65,7 +65,7 @@ async def client_events(request: web.Request) -> web.StreamResponse:
             async with asyncio.timeout(SNAPSHOT_TIMEOUT):
                 snapshot = await presence.snapshot()
         except (TimeoutError, RedisError, OSError) as exc:
-            log.warning("no snapshot for %s: %s", client_id, exc)
+            log.debug("no snapshot for %s: %s", client_id, exc)  # healthz says why
             _fail(web.HTTPServiceUnavailable, "presence is unavailable: cannot read Redis")
         settings = presence.settings
         async with sse_response(request, ping_interval=settings.keepalive_interval) as sse:

@@ -62,6 +62,8 @@ class Settings:
     #: Attempts to reach Redis at start before giving up.
     connect_retries: int = 5
     log_level: str = "INFO"
+    #: ``text`` or ``json`` (one object a line).
+    log_format: str = "text"
     keys: Keys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -94,6 +96,7 @@ class Settings:
         )
         level = self.log_level.upper()
         _check(level in _LOG_LEVELS, f"log level must be one of {', '.join(_LOG_LEVELS)}")
+        _check(self.log_format in ("text", "json"), "log format must be text or json")
         _check_redis_url(self.redis_url)
         server_id = self.server_id or f"{socket.gethostname()}:{self.port}"
         _check(

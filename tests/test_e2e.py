@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -238,3 +239,17 @@ async def test_a_killed_server_takes_only_its_own_clients_offline_on_time(
     ]
     alice.close()
     bob.close()
+
+
+async def test_json_logs_mask_the_redis_password(spawn: Spawn, redis_server: RedisServer) -> None:
+    # The test Redis has no password; Redis accepts the AUTH with a warning.
+    url = redis_server.url.replace("redis://", "redis://:hunter2@")
+    server = spawn("--redis-url", url, "--log-format", "json")
+    await server.wait_healthy()
+    assert server.terminate() == 0
+    output = server.output()
+    records = [json.loads(line) for line in output.splitlines()]
+    assert records[0]["level"] == "INFO"
+    assert records[0]["message"].startswith("starting with Settings(")
+    assert ":***@127.0.0.1" in records[0]["message"]
+    assert "hunter2" not in output
