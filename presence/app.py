@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .http import PRESENCE, add_routes
+from .http import METRICS, PRESENCE, add_routes
+from .metrics import registry_for
 from .service import Presence
 from .settings import Settings
 
@@ -34,6 +35,7 @@ def setup(
 
 def _install(app: web.Application, presence: Presence) -> None:
     app[PRESENCE] = presence
+    app[METRICS] = registry_for(presence)
     add_routes(app)
     app.cleanup_ctx.append(_run_presence)
 

@@ -35,6 +35,8 @@ class Sweeper:
         self._transitions = transitions
         self._interval = interval
         self.published = 0
+        #: Seconds between the oldest overdue deadline and now, at the last pass.
+        self.lag = 0.0
 
     async def run(self, worker: Worker) -> None:
         while True:
@@ -46,8 +48,9 @@ class Sweeper:
 
     async def sweep_once(self) -> tuple[int, int]:
         """One pass; returns how many clients were due and how many OFFLINEs it published."""
-        due = await self._transitions.due(SWEEP_BATCH)
-        published = await offline(self._transitions, due) if due else 0
+        now, due = await self._transitions.due(SWEEP_BATCH)
+        self.lag = (now - due[0][1]) / 1000 if due else 0.0
+        published = await offline(self._transitions, [c for c, _ in due]) if due else 0
         self.published += published
         return len(due), published
 

@@ -8,11 +8,12 @@ offered to every subscriber except those of the client it is about.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, cast
 
 from .connection import BLOCK_MS, Redis, stream_entries, text
 from .contract import OFFLINE, ONLINE, Status
-from .events import PresenceEvent
+from .events import PresenceEvent, stream_position
 from .local import Delivery, LocalState
 from .settings import Settings
 from .supervise import Worker
@@ -29,6 +30,8 @@ class PresenceReader:
         self._local = local
         self.position: str | None = None
         self.delivered = 0
+        #: Seconds between the newest entry of the last batch and its delivery.
+        self.lag = 0.0
         # A batch larger than the log would drop subscribers that are caught up.
         self._count = min(BATCH, settings.queue_size)
 
@@ -58,6 +61,7 @@ class PresenceReader:
                 batch.append(Delivery(event, sse_frame(event)))
             self._local.deliver(batch)
             self.delivered += len(batch)
+            self.lag = max(0.0, time.time() - stream_position(position)[0] / 1000) if batch else 0.0
 
 
 def parse_event(entry_id: str, fields: dict[bytes, bytes]) -> PresenceEvent | None:

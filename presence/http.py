@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 from aiohttp_sse import sse_response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.exceptions import RedisError
 
 from .contract import ID_RULE, OFFLINE, ONLINE, is_valid_id
@@ -21,6 +22,7 @@ from .service import Presence
 log = logging.getLogger(__name__)
 
 PRESENCE = web.AppKey("presence", Presence)
+METRICS = web.AppKey("presence metrics", CollectorRegistry)
 #: How long a new SSE connection waits for its snapshot before a 503.
 SNAPSHOT_TIMEOUT = 10.0
 _ID_PATH = "{client_id:[^/]*}"
@@ -31,6 +33,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"/clients/{_ID_PATH}", get_client)
     app.router.add_get(f"/clients/{_ID_PATH}/events", client_events, allow_head=False)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.middlewares.append(json_errors)
     app.on_shutdown.append(_close_streams)
 
@@ -94,6 +97,12 @@ async def healthz(request: web.Request) -> web.Response:
         return web.json_response(body, status=503)
     body.update(status="ok", connections=presence.local.connections)
     return web.json_response(body)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    body = generate_latest(request.config_dict[METRICS])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 @web.middleware

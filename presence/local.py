@@ -102,6 +102,8 @@ class LocalState:
         self.end = 0
         self.wake = asyncio.Event()
         self.subscribers: set[Subscriber] = set()
+        #: Subscribers closed because they fell behind the log.
+        self.overflows = 0
 
     @property
     def clients(self) -> Iterable[str]:
@@ -159,6 +161,7 @@ class LocalState:
                     subscriber.client,
                     self._log.maxlen,
                 )
+                self.overflows += 1
                 subscriber.close("overflow")
             else:
                 subscriber._wake.set()

@@ -70,11 +70,12 @@ return 1
 
 # KEYS[1] online.deadlines
 # ARGV[1] how many clients to return at most
-# Returns the clients whose deadline has passed, earliest first.
+# Returns {now ms, {client, deadline ms, ...}}: the clients whose deadline has
+# passed, earliest first.
 DUE: Final = (
     _NOW
     + """
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])
+return {now, redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, ARGV[1])}
 """
 )
 

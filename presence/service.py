@@ -51,6 +51,15 @@ class Presence:
         self._snapshots: SnapshotReader | None = None
 
     @property
+    def started(self) -> bool:
+        return self._redis is not None
+
+    @property
+    def recoveries(self) -> int:
+        """How many times a worker recovered after a failure."""
+        return sum(w.recoveries for w in self._workers)
+
+    @property
     def redis(self) -> Redis:
         if self._redis is None:
             raise RuntimeError("presence is not started")

@@ -31,12 +31,15 @@ class Worker:
         self.task: asyncio.Task[None] | None = None
         self._backoff = 0.1
         self.stopping = False
+        #: Times the loop recovered after failing (reconnects, for most loops).
+        self.recoveries = 0
 
     def ok(self) -> None:
         """Called by the loop after each successful round trip."""
         self._backoff = 0.1
         if self.error is not None:
             log.info("%s recovered", self.name)
+            self.recoveries += 1
             self.error = None
 
     def failed(self, exc: BaseException) -> None:

@@ -62,10 +62,11 @@ class Transitions:
         for script in (self._heartbeat, self._offline, self._due, self._snapshot):
             await self._redis.script_load(script.script)
 
-    async def due(self, limit: int) -> list[str]:
-        """Announced clients whose deadline has passed, earliest first."""
-        found: list[bytes] = await self._due(keys=[self._keys.deadlines], args=[limit])
-        return [c.decode() for c in found]
+    async def due(self, limit: int) -> tuple[int, list[tuple[str, int]]]:
+        """Redis's time (ms) and the clients past their deadline, with it, earliest first."""
+        now, flat = await self._due(keys=[self._keys.deadlines], args=[limit])
+        due = [(flat[i].decode(), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+        return int(now), due
 
     async def snapshot(self) -> tuple[str, list[OnlineClient]]:
         """Online clients and the presence stream position they are exact at."""

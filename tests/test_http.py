@@ -270,3 +270,41 @@ async def _online(session: aiohttp.ClientSession, server: TestServer, client: st
 
 async def _exists(redis: Redis, key: str) -> bool:
     return bool(await redis.exists(key))
+
+
+async def test_metrics_in_prometheus_text_format(
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession, redis: Redis
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server = await serve(create_app(settings.replace(heartbeat_interval=30)))
+    stream = await open_events(session, str(server.make_url("/clients/alice/events")))
+    await stream.next()
+    await redis.xadd("heartbeat", {"server": "no client field"})
+    await poll(lambda: _online(session, server, "alice"), what="alice ONLINE")
+
+    async def scrape() -> dict[str, float]:
+        async with session.get(server.make_url("/metrics")) as response:
+            assert response.status == 200
+            assert response.content_type == "text/plain"
+            text = await response.text()
+        return {
+            s.name + "".join(f"{{{v}}}" for v in s.labels.values()): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    async def counted() -> dict[str, float]:
+        found = await scrape()
+        return found if found["presence_heartbeats_malformed_total"] == 1 else {}
+
+    found = await poll(counted, what="malformed entry counted")
+    assert found["presence_sse_connections"] == 1
+    assert found["presence_heartbeats_published_total"] == 1
+    assert found["presence_heartbeats_applied_total"] == 1
+    assert found["presence_transitions_published_total{ONLINE}"] == 1
+    assert found["presence_transitions_published_total{OFFLINE}"] == 0
+    assert found["presence_queue_overflows_total"] == 0
+    assert found["presence_redis_reconnects_total"] == 0
+    assert found["presence_sweeper_lag_seconds"] == 0
+    stream.close()

@@ -118,9 +118,16 @@ async def test_heartbeat_after_unswept_expiry_closes_the_old_appearance(
 async def test_due_lists_clients_past_their_deadline(redis: Redis, settings: Settings) -> None:
     t = Transitions(redis, settings)
     await heartbeat(t, "alice", "s1")
-    assert await t.due(10) == []
-    await poll(lambda: t.due(10), timeout=settings.ttl_ms / 1000 + 1, what="deadline")
-    assert await t.due(10) == ["alice"]
+    deadline = int(await redis.zscore("online.deadlines", "alice"))
+    assert (await t.due(10))[1] == []
+
+    async def due() -> list[tuple[str, int]]:
+        return (await t.due(10))[1]
+
+    await poll(due, timeout=settings.ttl_ms / 1000 + 1, what="deadline")
+    now, found = await t.due(10)
+    assert found == [("alice", deadline)]
+    assert now >= deadline
 
 
 async def test_namespace_prefixes_every_key(redis: Redis, settings: Settings) -> None:
