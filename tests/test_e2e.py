@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -253,3 +254,31 @@ async def test_json_logs_mask_the_redis_password(spawn: Spawn, redis_server: Red
     assert records[0]["message"].startswith("starting with Settings(")
     assert ":***@127.0.0.1" in records[0]["message"]
     assert "hunter2" not in output
+
+
+async def test_three_servers_with_churn_publish_each_transition_exactly_once(
+    spawn: Spawn, redis_server: RedisServer, redis: Redis
+) -> None:
+    """1,000 sessions over 3 servers: one ONLINE and one OFFLINE each, whatever races."""
+    servers = [await started(spawn, *real_redis_args(redis_server, f"node-{n}")) for n in range(3)]
+    rng = random.Random(7)
+    slots = asyncio.Semaphore(100)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def visit(n: int) -> None:
+            async with slots:
+                server = servers[n % 3]
+                stream = await open_events(session, f"{server.url}/clients/v{n}/events")
+                await stream.next()
+                await asyncio.sleep(rng.uniform(0, 1))  # a session of random length
+                stream.close()
+
+        await asyncio.gather(*(visit(n) for n in range(1000)))
+    await poll(lambda: _online_count(redis, 0), timeout=20, what="everyone offline")
+    by_client: dict[str, list[str]] = {}
+    for client, status, _ in await sessions(redis):
+        by_client.setdefault(client, []).append(status)
+    assert len(by_client) == 1000
+    wrong = {c: s for c, s in by_client.items() if s != ["ONLINE", "OFFLINE"]}
+    assert not wrong
