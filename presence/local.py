@@ -128,8 +128,9 @@ class LocalState:
     def release(self, client: str) -> None:
         count = self._holds.get(client, 0)
         if count <= 1:
+            # A fresh client keeps its first heartbeat even if it left already:
+            # it was connected, so it was online.
             self._holds.pop(client, None)
-            self._fresh.discard(client)
         else:
             self._holds[client] = count - 1
 

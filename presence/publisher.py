@@ -1,13 +1,15 @@
 """Heartbeats out: one pipelined XADD batch per tick for this process's clients.
 
 A client held for the first time is heartbeated at once, in a batch of its own,
-so it comes online without waiting for the next tick.
+so it comes online without waiting for the next tick. Each server's ticks run
+at a random phase, so servers started together spread their batches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 
 from .connection import Redis
 from .local import LocalState
@@ -29,13 +31,13 @@ class HeartbeatPublisher:
 
     async def run(self, worker: Worker) -> None:
         loop = asyncio.get_running_loop()
-        next_tick = loop.time()
+        # A random phase: servers started together do not tick together.
+        next_tick = loop.time() + random.uniform(0, self._interval)
         while True:
             if loop.time() >= next_tick:
                 next_tick = loop.time() + self._interval
                 self._local.prune()
-                self._local.take_fresh()
-                batch = list(self._local.clients)
+                batch = list({*self._local.take_fresh(), *self._local.clients})
             else:
                 batch = self._local.take_fresh()
             if batch:

@@ -193,8 +193,10 @@ def test_hold_counts_connections_and_marks_new_clients_fresh() -> None:
     assert local.take_fresh() == ["a"]
     local.release("a")
     assert "a" in local
-    local.release("a")
-    assert "a" not in local
+    local.hold("b")
+    local.release("b")
+    assert "b" not in local
+    assert local.take_fresh() == ["b"]  # connected, however briefly: heartbeated once
     assert local.take_fresh() == []
 
 
