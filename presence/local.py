@@ -60,12 +60,12 @@ class Subscriber:
         self._on_close = on_close
         self._wake = asyncio.Event()
 
-    @property
-    def closed(self) -> bool:
-        return self.reason is not None
-
     def alive(self) -> bool:
         return self._alive is None or self._alive()
+
+    def wake(self) -> None:
+        """New deliveries are in the log."""
+        self._wake.set()
 
     def close(self, reason: CloseReason = "closed") -> None:
         if self.reason is not None:
@@ -165,7 +165,7 @@ class LocalState:
                 self.overflows += 1
                 subscriber.close("overflow")
             else:
-                subscriber._wake.set()
+                subscriber.wake()
 
     def read(self, cursor: int, limit: int) -> list[Delivery]:
         offset = cursor - (self.end - len(self._log))
