@@ -15,7 +15,7 @@ from typing import Any
 
 from redis.asyncio.client import Pipeline, PubSub
 
-from .connection import Redis, database, enable_keyspace_events
+from .connection import Redis, database, enable_keyspace_events, text
 from .contract import is_valid_id
 from .settings import Settings
 from .supervise import Worker
@@ -78,10 +78,32 @@ class KeyspaceListener:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.psubscribe(self._pattern)
+            await self.reconcile()
         except BaseException:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
             raise
         return pubsub
+
+    async def reconcile(self) -> int:
+        """OFFLINE for announced clients whose key was deleted while nobody listened.
+
+        Runs once subscribed, so a deletion is caught either here or by the
+        subscription; expired keys would be caught by the sweeper anyway.
+        """
+        published, cursor = 0, 0
+        while True:
+            cursor, found = await self._redis.zscan(
+                self._settings.keys.deadlines, cursor, count=SWEEP_BATCH
+            )
+            clients = [text(c) for c, _ in found if isinstance(c, bytes | str)]
+            if clients:
+                published += await offline(self._transitions, clients)
+            if cursor == 0:
+                break
+        if published:
+            log.info("published %d OFFLINE for keys deleted while unsubscribed", published)
+        self.published += published
+        return published
 
     async def run(self, worker: Worker) -> None:
         pubsub, self._subscribed = self._subscribed or await self._subscribe(), None

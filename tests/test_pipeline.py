@@ -370,3 +370,19 @@ async def test_entries_pending_on_a_dead_consumer_are_claimed_and_it_is_forgotte
 
 async def _online(presence: Presence, clients: set[str]) -> bool:
     return {c.client for c in await presence.online()} == clients
+
+
+async def test_keys_deleted_while_nobody_listened_get_their_offline_at_subscribe(
+    redis: Redis, settings: Settings, start_presence: StartPresence
+) -> None:
+    slow = settings.replace(heartbeat_interval=60)  # deadlines far away: no sweeper help
+    first = await start_presence(slow)
+    await redis.xadd("heartbeat", {"client": "gone", "server": "ext"})
+    await redis.xadd("heartbeat", {"client": "stays", "server": "ext"})
+    await poll(lambda: _true(first.consumer.applied == 2), what="both applied")
+    await first.close()
+    await redis.delete("online.clients.gone")  # no listener anywhere
+    second = await start_presence(slow.replace(server_id="test-2"))
+    assert second.listener.published == 1  # before start returned
+    assert [(c, s) for c, s, _, _ in await presence_entries(redis)][-1] == ("gone", "OFFLINE")
+    assert [c.client for c in await second.online()] == ["stays"]
