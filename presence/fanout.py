@@ -30,6 +30,8 @@ class PresenceReader:
         self._local = local
         self.position: str | None = None
         self.delivered = 0
+        self.resyncs = 0
+        self._running_before = False
         #: Seconds between the newest entry of the last batch and its delivery.
         self.lag = 0.0
         # A batch larger than the log would drop subscribers that are caught up.
@@ -45,6 +47,13 @@ class PresenceReader:
         if position is None:
             await self.start()
             position = self.position or "0-0"
+        elif self._running_before and not await self._still_there(position):
+            # Trimmed, deleted, or Redis restarted without its data: what this
+            # process delivered may no longer add up, so everyone resyncs.
+            log.warning("presence stream lost entries after %s: sending fresh snapshots", position)
+            self.resyncs += 1
+            self._local.resync_all()
+        self._running_before = True
         worker.ok()
         while not worker.stopping:
             reply = await self._redis.xread(
@@ -62,6 +71,12 @@ class PresenceReader:
             self._local.deliver(batch)
             self.delivered += len(batch)
             self.lag = max(0.0, time.time() - stream_position(position)[0] / 1000) if batch else 0.0
+
+    async def _still_there(self, position: str) -> bool:
+        if position == "0-0":
+            return True
+        found: Any = await self._redis.xrange(self._stream, position, position)
+        return bool(found)
 
 
 def parse_event(entry_id: str, fields: dict[bytes, bytes]) -> PresenceEvent | None:

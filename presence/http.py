@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from .contract import ID_RULE, OFFLINE, ONLINE, is_valid_id
 from .events import stream_position
+from .local import Resync
 from .service import Presence
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,16 @@ async def client_events(request: web.Request) -> web.StreamResponse:
                 await sse.write(snapshot.sse_frame(exclude=client_id))
                 # Events up to the snapshot's position are already in it.
                 after: tuple[int, int] | None = stream_position(snapshot.position)
-                while batch := await subscriber.get_many():
+                while True:
+                    try:
+                        batch = await subscriber.get_many()
+                    except Resync:
+                        snapshot = await presence.snapshot()
+                        await sse.write(snapshot.sse_frame(exclude=client_id, reset=True))
+                        after = stream_position(snapshot.position)
+                        continue
+                    if not batch:
+                        break
                     if after is not None:
                         batch = [d for d in batch if stream_position(d.event.id) > after]
                         if not batch:
@@ -85,6 +95,8 @@ async def client_events(request: web.Request) -> web.StreamResponse:
                     await sse.write(b"".join(d.frame for d in batch))
             except ConnectionError:
                 pass  # the client left
+            except (RedisError, OSError) as exc:
+                log.debug("no fresh snapshot for %s: %s", client_id, exc)  # it reconnects
         return sse
 
 

@@ -37,10 +37,17 @@ class Delivery:
     frame: bytes
 
 
+class Resync(Exception):
+    """The presence stream lost entries this subscriber may not have seen.
+
+    Its view of who is online may be stale: it needs a fresh snapshot.
+    """
+
+
 class Subscriber:
     """One SSE connection or in-process listener, reading the shared log."""
 
-    __slots__ = ("_alive", "_local", "_on_close", "_wake", "client", "cursor", "reason")
+    __slots__ = ("_alive", "_local", "_on_close", "_wake", "client", "cursor", "reason", "stale")
 
     def __init__(
         self,
@@ -53,6 +60,8 @@ class Subscriber:
         #: Events about this client are not delivered to it; None receives all.
         self.client = client
         self.reason: CloseReason | None = None
+        #: Set when the stream lost entries; ``get_many`` raises ``Resync`` once.
+        self.stale = False
         #: Sequence number of the next delivery to read.
         self.cursor = local.end
         self._local = local
@@ -67,6 +76,10 @@ class Subscriber:
         """New deliveries are in the log."""
         self._wake.set()
 
+    def resync(self) -> None:
+        self.stale = True
+        self._wake.set()
+
     def close(self, reason: CloseReason = "closed") -> None:
         if self.reason is not None:
             return
@@ -76,13 +89,19 @@ class Subscriber:
             self._on_close(reason)
 
     async def get_many(self, limit: int = 256) -> list[Delivery]:
-        """The next deliveries not about this client, up to ``limit``; empty once closed."""
+        """The next deliveries not about this client, up to ``limit``; empty once closed.
+
+        Raises ``Resync`` (once) when the stream lost entries.
+        """
         while True:
-            while self.reason is None and self.cursor >= self._local.end:
+            while self.reason is None and not self.stale and self.cursor >= self._local.end:
                 self._wake.clear()
                 await self._wake.wait()
             if self.reason is not None:
                 return []
+            if self.stale:
+                self.stale = False
+                raise Resync
             batch = self._local.read(self.cursor, limit)
             self.cursor += len(batch)
             if self.client is not None:
@@ -170,6 +189,10 @@ class LocalState:
     def read(self, cursor: int, limit: int) -> list[Delivery]:
         offset = cursor - (self.end - len(self._log))
         return list(itertools.islice(self._log, offset, offset + limit))
+
+    def resync_all(self) -> None:
+        for subscriber in self.subscribers:
+            subscriber.resync()
 
     def close_all(self, reason: CloseReason) -> None:
         for subscriber in list(self.subscribers):

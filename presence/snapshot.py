@@ -30,10 +30,12 @@ class Snapshot:
         ]
         object.__setattr__(self, "_encoded", encoded)
 
-    def sse_frame(self, exclude: str | None = None) -> bytes:
-        """The ``snapshot`` SSE event, leaving out ``exclude``."""
+    def sse_frame(self, exclude: str | None = None, *, reset: bool = False) -> bytes:
+        """The ``snapshot`` SSE event, leaving out ``exclude``; ``reset`` marks a resync."""
         body = ",".join(text for client, text in self._encoded if client != exclude)
-        return f'id: {self.position}\nevent: snapshot\ndata: {{"clients":[{body}]}}\n\n'.encode()
+        extra = ',"reset":true' if reset else ""
+        data = f'{{"clients":[{body}]{extra}}}'
+        return f"id: {self.position}\nevent: snapshot\ndata: {data}\n\n".encode()
 
 
 class SnapshotReader:

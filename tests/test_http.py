@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -308,3 +309,31 @@ async def test_metrics_in_prometheus_text_format(
     assert found["presence_redis_reconnects_total"] == 0
     assert found["presence_sweeper_lag_seconds"] == 0
     stream.close()
+
+
+async def test_a_redis_restart_without_data_sends_a_fresh_snapshot(
+    tmp_path_factory: pytest.TempPathFactory,
+    serve: Serve,
+    settings: Settings,
+    session: aiohttp.ClientSession,
+) -> None:
+    own = RedisServer(tmp_path_factory.mktemp("lost"))
+    own.start()
+    try:
+        app = create_app(settings.replace(redis_url=own.url, heartbeat_interval=0.4))
+        server = await serve(app)
+        alice = await open_events(session, str(server.make_url("/clients/alice/events")))
+        await alice.next()
+        external = aioredis.from_url(own.url)
+        await external.xadd("heartbeat", {"client": "bob", "server": "ext"})
+        await alice.until(lambda e: e.data.get("client") == "bob")
+        await external.aclose()
+        own.stop()  # bob's OFFLINE can never be published: the state is gone
+        own.start()
+        reset = await alice.until(lambda e: e.event == "snapshot", timeout=20)
+        assert reset.data["reset"] is True
+        assert "bob" not in {c["client"] for c in reset.data["clients"]}
+        assert app[PRESENCE].reader.resyncs == 1
+        alice.close()
+    finally:
+        own.stop()

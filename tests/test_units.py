@@ -205,6 +205,10 @@ def test_snapshot_frame_leaves_out_the_connecting_client() -> None:
     assert snap.sse_frame(exclude="a") == (
         b'id: 5-1\nevent: snapshot\ndata: {"clients":[{"client":"b","server":"s2"}]}\n\n'
     )
+    assert snap.sse_frame(exclude="b", reset=True) == (
+        b"id: 5-1\nevent: snapshot\n"
+        b'data: {"clients":[{"client":"a","server":"s1"}],"reset":true}\n\n'
+    )
 
 
 async def test_worker_logs_a_failure_once_reports_it_and_recovers(
