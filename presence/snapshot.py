@@ -10,6 +10,9 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from .events import OnlineClient
 from .supervise import Worker
 from .transitions import Transitions
@@ -56,7 +59,7 @@ class SnapshotReader:
             self._wake.clear()
             waiting, self._waiting = self._waiting, []
             try:
-                position, clients = await self._transitions.snapshot()
+                position, clients = await self._read()
             except Exception as exc:
                 # The waiting requests answer 503; the worker itself stays
                 # healthy, since it can only retry when a request comes.
@@ -68,3 +71,11 @@ class SnapshotReader:
             for future in waiting:
                 if not future.done():
                     future.set_result(snapshot)
+
+    async def _read(self) -> tuple[str, list[OnlineClient]]:
+        try:
+            return await self._transitions.snapshot()
+        except (RedisConnectionError, RedisTimeoutError):
+            # Right after Redis comes back the pool still holds dead
+            # connections: one more try gets a fresh one.
+            return await self._transitions.snapshot()

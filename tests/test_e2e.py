@@ -260,7 +260,11 @@ async def test_three_servers_with_churn_publish_each_transition_exactly_once(
     spawn: Spawn, redis_server: RedisServer, redis: Redis
 ) -> None:
     """1,000 sessions over 3 servers: one ONLINE and one OFFLINE each, whatever races."""
-    servers = [await started(spawn, *real_redis_args(redis_server, f"node-{n}")) for n in range(3)]
+    servers = []
+    for n in range(3):
+        args = real_redis_args(redis_server, f"node-{n}")
+        args[args.index("--heartbeat-interval") + 1] = "1"  # TTL 1.5 s: margin for a busy box
+        servers.append(await started(spawn, *args))
     rng = random.Random(7)
     slots = asyncio.Semaphore(100)
     connector = aiohttp.TCPConnector(limit=0)
