@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 
 from presence import Presence, Settings
 
-from .support import Redis, RedisServer, ServerProcess, StartPresence
+from .support import Redis, RedisServer, ServerProcess, StartPresence, StartRedis
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +18,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def start_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartRedis]:
+    """Start extra redis-servers (arguments are server flags); each is stopped after the test."""
+    started: list[RedisServer] = []
+
+    def start(*extra: str) -> RedisServer:
+        server = RedisServer(tmp_path_factory.mktemp("redis"), *extra)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from presence import Presence, Settings
 
 T = TypeVar("T")
 StartPresence = Callable[[Settings], Awaitable[Presence]]
+StartRedis = Callable[..., "RedisServer"]
 # redis-py's reply unions (bytes | str | None, RESP2 | RESP3) would make every
 # assertion on a test client's reply a cast, so tests hold it untyped.
 Redis = Any

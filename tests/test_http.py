@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from presence import PRESENCE, Presence, Settings, create_app, setup
 
-from .support import Redis, RedisServer, open_events, poll
+from .support import Redis, StartRedis, open_events, poll
 
 Serve = Callable[[web.Application], Awaitable[TestServer]]
 
@@ -173,21 +173,18 @@ async def test_unknown_routes_and_wrong_methods_get_json(
 
 
 async def test_healthz_reports_redis_loss(
-    tmp_path_factory: pytest.TempPathFactory,
+    start_redis: StartRedis,
     serve: Serve,
     settings: Settings,
     session: aiohttp.ClientSession,
 ) -> None:
-    own = RedisServer(tmp_path_factory.mktemp("own"))
-    own.start()
-    try:
-        server = await serve(create_app(settings.replace(redis_url=own.url)))
-        async with session.get(server.make_url("/healthz")) as response:
-            assert response.status == 200
-            body = await response.json()
-            assert (body["status"], body["server"]) == ("ok", "test-1")
-    finally:
-        own.stop()
+    own = start_redis()
+    server = await serve(create_app(settings.replace(redis_url=own.url)))
+    async with session.get(server.make_url("/healthz")) as response:
+        assert response.status == 200
+        body = await response.json()
+        assert (body["status"], body["server"]) == ("ok", "test-1")
+    own.stop()
     async with session.get(server.make_url("/healthz")) as response:
         assert response.status == 503
         body = await response.json()
@@ -312,28 +309,24 @@ async def test_metrics_in_prometheus_text_format(
 
 
 async def test_a_redis_restart_without_data_sends_a_fresh_snapshot(
-    tmp_path_factory: pytest.TempPathFactory,
+    start_redis: StartRedis,
     serve: Serve,
     settings: Settings,
     session: aiohttp.ClientSession,
 ) -> None:
-    own = RedisServer(tmp_path_factory.mktemp("lost"))
+    own = start_redis()
+    app = create_app(settings.replace(redis_url=own.url, heartbeat_interval=0.4))
+    server = await serve(app)
+    alice = await open_events(session, str(server.make_url("/clients/alice/events")))
+    await alice.next()
+    external = aioredis.from_url(own.url)
+    await external.xadd("heartbeat", {"client": "bob", "server": "ext"})
+    await alice.until(lambda e: e.data.get("client") == "bob")
+    await external.aclose()
+    own.stop()  # bob's OFFLINE can never be published: the state is gone
     own.start()
-    try:
-        app = create_app(settings.replace(redis_url=own.url, heartbeat_interval=0.4))
-        server = await serve(app)
-        alice = await open_events(session, str(server.make_url("/clients/alice/events")))
-        await alice.next()
-        external = aioredis.from_url(own.url)
-        await external.xadd("heartbeat", {"client": "bob", "server": "ext"})
-        await alice.until(lambda e: e.data.get("client") == "bob")
-        await external.aclose()
-        own.stop()  # bob's OFFLINE can never be published: the state is gone
-        own.start()
-        reset = await alice.until(lambda e: e.event == "snapshot", timeout=20)
-        assert reset.data["reset"] is True
-        assert "bob" not in {c["client"] for c in reset.data["clients"]}
-        assert app[PRESENCE].reader.resyncs == 1
-        alice.close()
-    finally:
-        own.stop()
+    reset = await alice.until(lambda e: e.event == "snapshot", timeout=20)
+    assert reset.data["reset"] is True
+    assert "bob" not in {c["client"] for c in reset.data["clients"]}
+    assert app[PRESENCE].reader.resyncs == 1
+    alice.close()

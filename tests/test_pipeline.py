@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import pytest
 
 from presence import Presence, PresenceEvent, RedisMisconfigured, Settings
 from presence.contract import CONSUMER_GROUP
 
-from .support import Redis, RedisServer, StartPresence, entry_ms, poll
+from .support import Redis, RedisServer, StartPresence, StartRedis, entry_ms, poll
 
 
 async def presence_entries(redis: Redis) -> list[tuple[str, str, str, int]]:
@@ -136,16 +137,12 @@ async def test_enables_keyspace_events_when_they_are_off(
 
 
 async def test_fails_at_start_when_keyspace_events_are_off_and_config_is_refused(
-    tmp_path_factory: pytest.TempPathFactory, settings: Settings
+    start_redis: StartRedis, settings: Settings
 ) -> None:
-    locked = RedisServer(tmp_path_factory.mktemp("locked"), "--rename-command", "CONFIG", "")
-    locked.start()
-    try:
-        presence = Presence(settings.replace(redis_url=locked.url))
-        with pytest.raises(RedisMisconfigured, match="notify-keyspace-events"):
-            await presence.start()
-    finally:
-        locked.stop()
+    locked = start_redis("--rename-command", "CONFIG", "")
+    presence = Presence(settings.replace(redis_url=locked.url))
+    with pytest.raises(RedisMisconfigured, match="notify-keyspace-events"):
+        await presence.start()
 
 
 async def test_slow_listener_is_dropped_instead_of_growing_memory(
@@ -202,22 +199,11 @@ async def _true(value: bool) -> bool:
 
 
 async def test_starts_without_config_when_the_operator_enabled_keyspace_events(
-    tmp_path_factory: pytest.TempPathFactory, settings: Settings
+    start_redis: StartRedis, settings: Settings
 ) -> None:
-    managed = RedisServer(
-        tmp_path_factory.mktemp("managed"),
-        "--notify-keyspace-events",
-        "Kgx",
-        "--rename-command",
-        "CONFIG",
-        "",
-    )
-    managed.start()
-    try:
-        async with Presence(settings.replace(redis_url=managed.url)) as presence:
-            assert await presence.problems() == []
-    finally:
-        managed.stop()
+    managed = start_redis("--notify-keyspace-events", "Kgx", "--rename-command", "CONFIG", "")
+    async with Presence(settings.replace(redis_url=managed.url)) as presence:
+        assert await presence.problems() == []
 
 
 async def test_streams_are_capped(
@@ -237,20 +223,13 @@ async def test_streams_are_capped(
     assert await redis.xlen("heartbeat") <= 110
 
 
-async def test_unix_socket_url(
-    tmp_path_factory: pytest.TempPathFactory, settings: Settings
-) -> None:
-    folder = tmp_path_factory.mktemp("sock")
-    sock = folder / "redis.sock"
-    server = RedisServer(folder, "--unixsocket", str(sock), "--unixsocketperm", "700")
-    server.start()
-    try:
-        async with Presence(settings.replace(redis_url=f"unix://{sock}")) as presence:
-            async with presence.changes() as events, presence.track("alice"):
-                assert (await next_event(events)).client == "alice"
-            assert await presence.problems() == []
-    finally:
-        server.stop()
+async def test_unix_socket_url(start_redis: StartRedis, settings: Settings, tmp_path: Path) -> None:
+    sock = tmp_path / "redis.sock"
+    start_redis("--unixsocket", str(sock), "--unixsocketperm", "700")
+    async with Presence(settings.replace(redis_url=f"unix://{sock}")) as presence:
+        async with presence.changes() as events, presence.track("alice"):
+            assert (await next_event(events)).client == "alice"
+        assert await presence.problems() == []
 
 
 async def test_a_key_of_the_wrong_type_fails_its_heartbeat_only(
@@ -305,11 +284,10 @@ async def test_a_burst_larger_than_the_buffer_reaches_a_listener_that_keeps_up(
 
 
 async def test_redis_restart_without_data_recovers_everything(
-    tmp_path_factory: pytest.TempPathFactory, settings: Settings
+    start_redis: StartRedis, settings: Settings
 ) -> None:
     """Same port, no data, no CONFIG: consumer group, keyspace events and health come back."""
-    own = RedisServer(tmp_path_factory.mktemp("restart"))
-    own.start()
+    own = start_redis()
     presence = Presence(settings.replace(redis_url=own.url, heartbeat_interval=60))
     await presence.start()
     try:
@@ -331,7 +309,6 @@ async def test_redis_restart_without_data_recovers_everything(
         await poll(offline, timeout=5, what="OFFLINE from the keyspace listener")
     finally:
         await presence.close()
-        own.stop()
 
 
 async def _numpat(redis: Redis) -> bool:
