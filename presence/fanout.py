@@ -31,7 +31,6 @@ class PresenceReader:
         self.position: str | None = None
         self.delivered = 0
         self.resyncs = 0
-        self._running_before = False
         #: Seconds between the newest entry of the last batch and its delivery.
         self.lag = 0.0
         # A batch larger than the log would drop subscribers that are caught up.
@@ -43,17 +42,17 @@ class PresenceReader:
         self.position = text(last[0][0]) if last else "0-0"
 
     async def run(self, worker: Worker) -> None:
-        position = self.position
-        if position is None:
+        if self.position is None:
             await self.start()
-            position = self.position or "0-0"
-        elif self._running_before and not await self._still_there(position):
+        elif not await self._still_there(self.position):
             # Trimmed, deleted, or Redis restarted without its data: what this
             # process delivered may no longer add up, so everyone resyncs.
-            log.warning("presence stream lost entries after %s: sending fresh snapshots", position)
+            log.warning(
+                "presence stream lost entries after %s: sending fresh snapshots", self.position
+            )
             self.resyncs += 1
             self._local.resync_all()
-        self._running_before = True
+        position = self.position or "0-0"
         worker.ok()
         while not worker.stopping:
             reply = await self._redis.xread(

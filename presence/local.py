@@ -18,7 +18,8 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -135,6 +136,16 @@ class LocalState:
 
     def __contains__(self, client: str) -> bool:
         return client in self._holds
+
+    @contextmanager
+    def subscribed(self, subscriber: Subscriber) -> Iterator[None]:
+        """Deliver to ``subscriber`` while the block runs; close it after."""
+        self.subscribers.add(subscriber)
+        try:
+            yield
+        finally:
+            subscriber.close()
+            self.subscribers.discard(subscriber)
 
     def hold(self, client: str) -> None:
         """Count one more connection of ``client``; a new client is heartbeated at once."""

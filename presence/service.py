@@ -156,18 +156,14 @@ class Presence:
         A listener that falls ``queue_size`` events behind is stopped.
         """
         subscriber = Subscriber(self.local, None)
-        self.local.subscribers.add(subscriber)
 
         async def events() -> AsyncIterator[PresenceEvent]:
             while batch := await subscriber.get_many():
                 for delivery in batch:
                     yield delivery.event
 
-        try:
+        with self.local.subscribed(subscriber):
             yield events()
-        finally:
-            subscriber.close()
-            self.local.subscribers.discard(subscriber)
 
     @asynccontextmanager
     async def connect(
@@ -191,12 +187,8 @@ class Presence:
                 abort()
 
         subscriber = Subscriber(self.local, client_id, alive=alive, on_close=closed)
-        self.local.subscribers.add(subscriber)
-        try:
+        with self.local.subscribed(subscriber):
             yield subscriber
-        finally:
-            subscriber.close()
-            self.local.subscribers.discard(subscriber)
 
     async def snapshot(self) -> Snapshot:
         """Who is online, with the presence stream position it is exact at."""
