@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 BATCH = 500
 CLAIM_ROUNDS = 10
 MEMORY_POLL = 0.02
+#: A flood of malformed entries is logged at most once per this many seconds.
+MALFORMED_LOG_EVERY = 10.0
 
 
 class HeartbeatConsumer:
@@ -49,6 +51,8 @@ class HeartbeatConsumer:
         self.malformed = 0
         self.failed = 0
         self.claimed = 0
+        self._unlogged = 0
+        self._next_log = 0.0
 
     async def run(self, worker: Worker) -> None:
         await self.ensure_group()  # at every start: Redis may have lost it
@@ -158,14 +162,22 @@ class HeartbeatConsumer:
             log.warning("%d heartbeat(s) failed in Redis: %s", len(failed), failed[0])
         if bad:
             self.malformed += len(bad)
-            entry_id, why = bad[0]
-            log.warning(
-                "skipped %d malformed heartbeat entr%s (%s: %s)",
-                len(bad),
-                "y" if len(bad) == 1 else "ies",
-                entry_id.decode(),
-                why,
-            )
+            self._log_malformed(len(bad), *bad[-1])
+
+    def _log_malformed(self, count: int, entry_id: bytes, why: str) -> None:
+        self._unlogged += count
+        now = asyncio.get_running_loop().time()
+        if now < self._next_log:
+            return
+        log.warning(
+            "skipped %d malformed heartbeat entr%s (last %s: %s)",
+            self._unlogged,
+            "y" if self._unlogged == 1 else "ies",
+            entry_id.decode(),
+            why,
+        )
+        self._unlogged = 0
+        self._next_log = now + MALFORMED_LOG_EVERY
 
 
 def parse_heartbeat(fields: dict[bytes, bytes]) -> tuple[str, str] | str:

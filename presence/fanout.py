@@ -1,7 +1,9 @@
 """Presence out: one reader of the presence stream per process, fanned out in memory.
 
 The reader starts at the stream's end (never its beginning) and keeps its
-position across reconnects. Each event is JSON- and SSE-encoded once, then
+position across reconnects. After each read it checks that its previous
+position is still in the stream; if not, entries it never saw may be lost, and
+every subscriber gets a fresh snapshot instead. Each event is JSON- and SSE-encoded once, then
 offered to every subscriber except those of the client it is about.
 """
 
@@ -44,32 +46,38 @@ class PresenceReader:
     async def run(self, worker: Worker) -> None:
         if self.position is None:
             await self.start()
-        elif not await self._still_there(self.position):
-            # Trimmed, deleted, or Redis restarted without its data: what this
-            # process delivered may no longer add up, so everyone resyncs.
-            log.warning(
-                "presence stream lost entries after %s: sending fresh snapshots", self.position
-            )
-            self.resyncs += 1
-            self._local.resync_all()
-        position = self.position or "0-0"
         worker.ok()
         while not worker.stopping:
+            position = self.position or "0-0"
             reply = await self._redis.xread(
                 {self._stream: position}, count=self._count, block=BLOCK_MS
             )
+            # After every read, not only after a reconnect: redis-py may have
+            # reconnected to a restarted Redis without telling anyone.
+            lost = not await self._still_there(position)
             worker.ok()
             batch = []
+            newest = position
             for entry_id, fields in stream_entries(reply):
-                position = self.position = entry_id.decode()
-                event = parse_event(position, fields or {})
+                newest = entry_id.decode()
+                event = parse_event(newest, fields or {})
                 if event is None:
-                    log.warning("ignored malformed presence entry %s", position)
+                    log.warning("ignored malformed presence entry %s", newest)
                     continue
                 batch.append(Delivery(event, sse_frame(event)))
+            self.position = newest
+            if lost:
+                # Trimmed, deleted, or Redis restarted without its data: what this
+                # process delivered may no longer add up, so everyone resyncs.
+                log.warning(
+                    "presence stream lost entries after %s: sending fresh snapshots", position
+                )
+                self.resyncs += 1
+                self._local.resync_all()
+                continue
             self._local.deliver(batch)
             self.delivered += len(batch)
-            self.lag = max(0.0, time.time() - stream_position(position)[0] / 1000) if batch else 0.0
+            self.lag = max(0.0, time.time() - stream_position(newest)[0] / 1000) if batch else 0.0
 
     async def _still_there(self, position: str) -> bool:
         if position == "0-0":

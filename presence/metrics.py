@@ -65,6 +65,12 @@ class PresenceCollector(Collector):
             "queue_overflows", "Connections closed for falling behind", p.local.overflows
         )
         yield _counter("redis_reconnects", "Worker recoveries after Redis failures", p.recoveries)
+        yield _counter("redis_outages", "Times Redis became reachable again", p.outage.count)
+        yield GaugeMetricFamily(
+            "presence_keyspace_events",
+            "1 when Redis publishes the keyspace events of online keys, else 0",
+            value=1 if p.listener.events else 0,
+        )
 
 
 def _counter(name: str, documentation: str, value: int) -> CounterMetricFamily:

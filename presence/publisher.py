@@ -28,11 +28,15 @@ class HeartbeatPublisher:
         self._maxlen = settings.heartbeat_maxlen
         self._interval = settings.heartbeat_interval
         self.published = 0
+        self._ran = False
 
     async def run(self, worker: Worker) -> None:
         loop = asyncio.get_running_loop()
-        # A random phase: servers started together do not tick together.
-        next_tick = loop.time() + random.uniform(0, self._interval)
+        # A random phase: servers started together do not tick together. After
+        # a failure, at once: Redis may have lost every key while it was away.
+        phase = 0.0 if self._ran else random.uniform(0, self._interval)
+        self._ran = True
+        next_tick = loop.time() + phase
         while True:
             if loop.time() >= next_tick:
                 next_tick = loop.time() + self._interval

@@ -36,14 +36,11 @@ if announced and tonumber(announced) > deadline and redis.call('EXISTS', KEYS[1]
 end
 local old = redis.call('SET', KEYS[1], ARGV[2], 'PX', deadline - now, 'GET')
 redis.call('ZADD', KEYS[2], deadline, ARGV[1])
-if old and announced then
+if announced then
+  -- Still announced, so a refresh: also when the key expired before its
+  -- OFFLINE went out (Redis was unreachable, or the sweeper is behind).
   if old ~= ARGV[2] then redis.call('HSET', KEYS[3], ARGV[1], ARGV[2]) end
   return 0
-end
-if announced then
-  -- The key expired before the sweeper saw it: close that appearance first.
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'client', ARGV[1],
-    'status', 'OFFLINE', 'server', redis.call('HGET', KEYS[3], ARGV[1]) or '')
 end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'client', ARGV[1],

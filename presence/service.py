@@ -23,7 +23,7 @@ from .local import CloseReason, LocalState, Subscriber
 from .publisher import HeartbeatPublisher
 from .settings import Settings
 from .snapshot import Snapshot, SnapshotReader
-from .supervise import Worker
+from .supervise import MAX_BACKOFF, Outage, Worker
 from .transitions import Transitions
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class Presence:
         self._redis: Redis | None = None
         self._workers: list[Worker] = []
         self._snapshots: SnapshotReader | None = None
+        self.outage = Outage()
 
     @property
     def started(self) -> bool:
@@ -92,12 +93,14 @@ class Presence:
         self._redis = redis
         self._snapshots = SnapshotReader(transitions)
         self.consumer = consumer
-        self.sweeper = Sweeper(transitions)
+        self.sweeper = Sweeper(transitions, grace=settings.heartbeat_interval)
         self.listener = listener
         self.publisher = HeartbeatPublisher(redis, settings, self.local)
         self.reader = reader
         # Loops blocked in a Redis read get one block's time to end by themselves.
         grace = BLOCK_MS / 1000 + 0.5
+        # Retrying at least twice an interval keeps recovery within two intervals.
+        backoff = min(MAX_BACKOFF, settings.heartbeat_interval / 2)
         loops: list[tuple[str, Callable[[Worker], Awaitable[None]], float]] = [
             ("heartbeat publisher", self.publisher.run, 0),  # first: close() relies on it
             ("heartbeat consumer", self.consumer.run, grace),
@@ -107,7 +110,7 @@ class Presence:
             ("snapshot reader", self._snapshots.run, 0),
         ]
         for name, loop, stop_grace in loops:
-            worker = Worker(name, stop_grace)
+            worker = Worker(name, stop_grace, self.outage, backoff)
             worker.start(loop)
             self._workers.append(worker)
 

@@ -13,18 +13,62 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 5.0
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class Outage:
+    """Redis reachability across every worker of a process, logged once per change.
+
+    An outage begins when the first worker loses Redis and ends when none is
+    failing for that reason any more: one line each, whatever the number of
+    workers and attempts.
+    """
+
+    def __init__(self) -> None:
+        self._failing: set[str] = set()
+        self._since = 0.0
+        #: Outages that ended.
+        self.count = 0
+
+    def lost(self, worker: str, exc: BaseException) -> None:
+        if not self._failing:
+            self._since = time.monotonic()
+            log.warning(
+                "Redis unreachable (%s: %s); retrying with backoff", type(exc).__name__, exc
+            )
+        self._failing.add(worker)
+
+    def reached(self, worker: str) -> None:
+        if worker not in self._failing:
+            return
+        self._failing.discard(worker)
+        if not self._failing:
+            self.count += 1
+            log.info("Redis reachable again after %.1f s", time.monotonic() - self._since)
 
 
 class Worker:
     """Health of one supervised loop, as ``/healthz`` reports it."""
 
-    def __init__(self, name: str, grace: float = 0.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        grace: float = 0.0,
+        outage: Outage | None = None,
+        max_backoff: float = MAX_BACKOFF,
+    ) -> None:
         self.name = name
+        self._outage = outage
+        self._max_backoff = max_backoff
         #: Seconds ``stop()`` lets the loop end by itself before cancelling it.
         self.grace = grace
         self.error: str | None = None
@@ -33,19 +77,33 @@ class Worker:
         self.stopping = False
         #: Times the loop recovered after failing (reconnects, for most loops).
         self.recoveries = 0
+        self._unreachable = False
 
     def ok(self) -> None:
         """Called by the loop after each successful round trip."""
         self._backoff = 0.1
         if self.error is not None:
-            log.info("%s recovered", self.name)
+            # The outage's end is the line that matters; this one is detail.
+            level = logging.DEBUG if self._unreachable else logging.INFO
+            log.log(level, "%s recovered", self.name)
             self.recoveries += 1
             self.error = None
+            if self._outage is not None:
+                self._outage.reached(self.name)
 
     def failed(self, exc: BaseException) -> None:
         if self.error is None:
-            log.warning(
-                "%s failed: %s: %s; retrying with backoff", self.name, type(exc).__name__, exc
+            outage = self._outage if isinstance(exc, _UNREACHABLE) else None
+            self._unreachable = outage is not None
+            if outage is not None:
+                outage.lost(self.name, exc)
+            level = logging.DEBUG if self._unreachable else logging.WARNING
+            log.log(
+                level,
+                "%s failed: %s: %s; retrying with backoff",
+                self.name,
+                type(exc).__name__,
+                exc,
             )
         self.error = f"{type(exc).__name__}: {exc}"
 
@@ -86,4 +144,4 @@ class Worker:
                 self.failed(exc)
                 log.debug("%s failure", self.name, exc_info=True)
             await asyncio.sleep(self._backoff)
-            self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+            self._backoff = min(self._backoff * 2, self._max_backoff)

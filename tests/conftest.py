@@ -82,15 +82,12 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     processes: list[ServerProcess] = []
 
     def spawn(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        process = ServerProcess(list(args), env=env or {})
+        log = tmp_path / f"server-{len(processes) + 1}.log"
+        process = ServerProcess(list(args), log, env=env or {})
         process.start()
         processes.append(process)
         return process
 
     yield spawn
     for process in processes:
-        if process.process is not None and process.process.poll() is None:
-            process.process.kill()
-            process.process.wait()
-        if process.process is not None and process.process.stdout is not None:
-            process.process.stdout.close()
+        process.kill()

@@ -110,9 +110,11 @@ class ServerProcess:
     """``python -m presence serve`` in a child process."""
 
     args: list[str]
+    #: Where its stdout and stderr go: a file, so a chatty server never blocks on a pipe.
+    log: Path
     port: int = field(default_factory=free_port)
     env: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen[str] | None = None
+    process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -120,13 +122,13 @@ class ServerProcess:
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "presence", "serve", "--port", str(self.port), *self.args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "presence", "serve", "--port", str(self.port), *self.args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
 
     async def wait_healthy(self, timeout: float = 15) -> None:
         async def healthy() -> bool:
@@ -156,11 +158,13 @@ class ServerProcess:
             raise
 
     def output(self) -> str:
-        assert self.process is not None
-        assert self.process.stdout is not None
-        if self.process.poll() is None:
-            return "(still running)"
-        return self.process.stdout.read()
+        """Everything it printed so far."""
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 @dataclass
@@ -208,6 +212,50 @@ class EventStream:
 
     def close(self) -> None:
         self.response.close()
+
+
+class Follower:
+    """An SSE stream read in the background: every event kept, the client's view derived."""
+
+    def __init__(self, stream: EventStream) -> None:
+        self.stream = stream
+        self.events: list[Event] = []
+        self.ended = False
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                self.events.append(await self.stream.next(timeout=3600))
+        except (EOFError, aiohttp.ClientError):
+            self.ended = True
+
+    @property
+    def comments(self) -> int:
+        return self.stream.comments
+
+    def view(self) -> set[str]:
+        """Who this client believes is online, from its snapshots and events."""
+        online: set[str] = set()
+        for event in self.events:
+            if event.event == "snapshot":
+                online = {c["client"] for c in event.data["clients"]}
+            elif event.data["status"] == "ONLINE":
+                online.add(event.data["client"])
+            else:
+                online.discard(event.data["client"])
+        return online
+
+    def about(self, client: str) -> list[str]:
+        return [
+            e.data["status"]
+            for e in self.events
+            if e.event == "presence" and e.data["client"] == client
+        ]
+
+    def close(self) -> None:
+        self._task.cancel()
+        self.stream.close()
 
 
 async def open_events(session: aiohttp.ClientSession, url: str) -> EventStream:

@@ -133,16 +133,37 @@ async def test_enables_keyspace_events_when_they_are_off(
     await redis.config_set("notify-keyspace-events", "E$")
     await start_presence(settings)
     flags = (await redis.config_get("notify-keyspace-events"))["notify-keyspace-events"]
-    assert set(flags) >= set("KEgx$")
+    assert set(flags) >= set("KEg$")
 
 
-async def test_fails_at_start_when_keyspace_events_are_off_and_config_is_refused(
-    start_redis: StartRedis, settings: Settings
+async def test_without_config_and_keyspace_events_the_sweeper_publishes_every_offline(
+    start_redis: StartRedis, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     locked = start_redis("--rename-command", "CONFIG", "")
+    caplog.set_level(logging.INFO, logger="presence")
     presence = Presence(settings.replace(redis_url=locked.url))
-    with pytest.raises(RedisMisconfigured, match="notify-keyspace-events"):
-        await presence.start()
+    await presence.start()
+    try:
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1
+        assert "notify-keyspace-events" in warnings[0]
+        assert presence.listener.events is False
+        client: Redis = presence.redis
+        for name in ("deleted", "expired"):
+            await client.xadd("heartbeat", {"client": name, "server": "ext"})
+        await poll(lambda: _exists(client, "online.clients.deleted"), what="ONLINE")
+        await client.delete("online.clients.deleted")
+
+        async def both_offline() -> bool:
+            entries = await client.xrange("presence")
+            offline = {f[b"client"] for _, f in entries if f[b"status"] == b"OFFLINE"}
+            return offline == {b"deleted", b"expired"}
+
+        await poll(lambda: _true(presence.sweeper.published == 2), timeout=5, what="sweeper")
+        assert await both_offline()
+        assert presence.listener.published == 0
+    finally:
+        await presence.close()
 
 
 async def test_slow_listener_is_dropped_instead_of_growing_memory(
@@ -201,7 +222,7 @@ async def _true(value: bool) -> bool:
 async def test_starts_without_config_when_the_operator_enabled_keyspace_events(
     start_redis: StartRedis, settings: Settings
 ) -> None:
-    managed = start_redis("--notify-keyspace-events", "Kgx", "--rename-command", "CONFIG", "")
+    managed = start_redis("--notify-keyspace-events", "Kg", "--rename-command", "CONFIG", "")
     async with Presence(settings.replace(redis_url=managed.url)) as presence:
         assert await presence.problems() == []
 

@@ -1,0 +1,233 @@
+"""Faults against real ``python -m presence serve`` processes and real redis-servers.
+
+Redis killed and restarted under connected clients, a Redis that refuses
+``CONFIG``, malformed heartbeats from outside.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from .support import (
+    Follower,
+    Redis,
+    RedisServer,
+    ServerProcess,
+    StartRedis,
+    entry_ms,
+    open_events,
+    poll,
+)
+
+Spawn = Callable[..., ServerProcess]
+INTERVAL = 1.0
+TTL_MS = 1500
+# State must converge within two intervals of Redis answering again; the extra
+# second is for process scheduling on a busy machine, not for the product.
+CONVERGE = 2 * INTERVAL + 1.0
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def start_server(spawn: Spawn, redis_url: str, server_id: str) -> ServerProcess:
+    server = spawn(
+        "--redis-url", redis_url,
+        "--server-id", server_id,
+        "--heartbeat-interval", str(INTERVAL),
+        "--keepalive-interval", "0.25",
+    )  # fmt: skip
+    await server.wait_healthy()
+    return server
+
+
+async def follow(session: aiohttp.ClientSession, server: ServerProcess, client: str) -> Follower:
+    follower = Follower(await open_events(session, f"{server.url}/clients/{client}/events"))
+    await poll(lambda: _true(bool(follower.events)), what=f"{client}'s snapshot")
+    return follower
+
+
+async def listed(session: aiohttp.ClientSession, server: ServerProcess) -> set[str]:
+    async with session.get(f"{server.url}/clients") as response:
+        body = await response.json()
+        return {c["client"] for c in body["clients"]} if response.status == 200 else {"?"}
+
+
+async def health(session: aiohttp.ClientSession, server: ServerProcess) -> int:
+    async with session.get(f"{server.url}/healthz") as response:
+        return response.status
+
+
+async def metric(session: aiohttp.ClientSession, server: ServerProcess, name: str) -> float:
+    async with session.get(f"{server.url}/metrics") as response:
+        found = re.search(rf"^{name} (\S+)$", await response.text(), re.MULTILINE)
+        assert found, name
+        return float(found[1])
+
+
+async def statuses(redis: Redis, client: str) -> list[str]:
+    entries = await redis.xrange("presence")
+    return [f[b"status"].decode() for _, f in entries if f[b"client"] == client.encode()]
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+@pytest.mark.parametrize("data", ["kept", "lost"])
+async def test_redis_killed_and_restarted_under_connected_clients(
+    data: str, spawn: Spawn, start_redis: StartRedis, session: aiohttp.ClientSession
+) -> None:
+    """Stays up through the outage, then converges within two intervals, flapping nobody."""
+    own = start_redis()
+    one = await start_server(spawn, own.url, "node-1")
+    two = await start_server(spawn, own.url, "node-2")
+    alice = await follow(session, one, "alice")
+    bob = await follow(session, two, "bob")
+    carol = await follow(session, one, "carol")
+
+    async def everyone_sees(expected: dict[Follower, set[str]]) -> bool:
+        return all(f.view() == v for f, v in expected.items())
+
+    await poll(
+        lambda: everyone_sees({alice: {"bob", "carol"}, bob: {"alice", "carol"}}),
+        what="everyone online",
+    )
+    if data == "kept":
+        async with aioredis.from_url(own.url) as before:
+            await before.save()
+    redis: Redis = None
+    try:
+        own.stop()  # SIGKILL: nothing more is written
+        await settled((one, two), lambda s: health(session, s), 503, timeout=10, what="503")
+        async with session.get(f"{two.url}/clients/dave/events") as refused:
+            assert refused.status == 503
+            assert "Redis" in (await refused.json())["error"]
+        carol.close()  # leaves during the outage
+        # Keep-alives go on; the outage outlasts the TTL, so keys expire meanwhile.
+        pings = alice.comments, bob.comments
+        await poll(
+            lambda: _true(alice.comments >= pings[0] + 8 and bob.comments >= pings[1] + 8),
+            what="keep-alives during the outage",
+        )
+        assert not alice.ended
+        assert not bob.ended
+        own.start()
+        redis = aioredis.from_url(own.url)
+        await settled(
+            (one, two),
+            lambda s: listed(session, s),
+            {"alice", "bob"},
+            timeout=CONVERGE,
+            what="GET /clients converged",
+        )
+        await poll(
+            lambda: everyone_sees({alice: {"bob"}, bob: {"alice"}}),
+            timeout=CONVERGE,
+            what="SSE views converged",
+        )
+        await settled((one, two), lambda s: health(session, s), 200, timeout=CONVERGE, what="200")
+        if data == "kept":
+            # The reader went on from its position: carol's OFFLINE came as an event.
+            assert alice.about("carol") == ["ONLINE", "OFFLINE"]
+            assert [e.event for e in alice.events].count("snapshot") == 1
+            assert await statuses(redis, "carol") == ["ONLINE", "OFFLINE"]
+        else:
+            # The stream was lost: a fresh snapshot, marked as a reset.
+            assert any(e.event == "snapshot" and e.data.get("reset") for e in alice.events)
+        # Those who stayed were never flapped, in the stream or on the wire.
+        assert await statuses(redis, "alice") == ["ONLINE"]
+        assert await statuses(redis, "bob") == ["ONLINE"]
+        assert "OFFLINE" not in alice.about("bob") + bob.about("alice")
+    finally:
+        if redis is not None:
+            await redis.aclose()
+        for follower in (alice, bob):
+            follower.close()
+    for server in (one, two):
+        output = server.output()
+        assert output.count("Redis unreachable") == 1, output
+        assert output.count("Redis reachable again") == 1, output
+
+
+async def settled(
+    servers: tuple[ServerProcess, ...],
+    probe: Callable[[ServerProcess], Awaitable[object]],
+    expected: object,
+    *,
+    timeout: float,
+    what: str,
+) -> None:
+    """Poll until ``probe`` gives ``expected`` on every server."""
+
+    async def check() -> bool:
+        return all([await probe(server) == expected for server in servers])
+
+    await poll(check, timeout=timeout, what=what)
+
+
+async def test_redis_refusing_config_still_publishes_offline_through_the_sweeper(
+    spawn: Spawn, start_redis: StartRedis, session: aiohttp.ClientSession
+) -> None:
+    managed = start_redis("--rename-command", "CONFIG", "")
+    server = await start_server(spawn, managed.url, "node-1")
+    warnings = [line for line in server.output().splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, warnings
+    assert "notify-keyspace-events" in warnings[0]
+    assert await metric(session, server, "presence_keyspace_events") == 0
+    alice = await follow(session, server, "alice")
+    bob = await follow(session, server, "bob")
+    await poll(lambda: _true(alice.view() == {"bob"}), what="bob ONLINE")
+    bob.close()
+    await poll(lambda: _true(alice.about("bob") == ["ONLINE", "OFFLINE"]), what="bob OFFLINE")
+    redis: Redis = aioredis.from_url(managed.url)
+    try:
+        heartbeats = await redis.xrange("heartbeat")
+        last = max(entry_ms(i) for i, f in heartbeats if f[b"client"] == b"bob")
+        offline = next(e for e in alice.events if e.data.get("status") == "OFFLINE")
+        assert offline.id is not None
+        assert entry_ms(offline.id) - last <= TTL_MS + 250
+    finally:
+        await redis.aclose()
+        alice.close()
+
+
+async def test_malformed_heartbeats_among_valid_ones_are_skipped_and_counted(
+    spawn: Spawn,
+    redis_server: RedisServer,
+    redis: Redis,
+    session: aiohttp.ClientSession,
+) -> None:
+    server = await start_server(spawn, redis_server.url, "node-1")
+    watcher = await follow(session, server, "watcher")
+    bad: list[dict[str, bytes | str]] = [
+        {"client": "no-server"},
+        {"server": "no-client"},
+        {"client": "bad id", "server": "ext"},
+        {"client": "x" * 129, "server": "ext"},
+        {"client": b"\xff\xfe", "server": "ext"},
+        {"client": "ok-ish", "server": "a/b"},
+        {"nonsense": "1"},
+    ]
+    pipe = redis.pipeline(transaction=False)
+    for n in range(30):
+        pipe.xadd("heartbeat", bad[n % len(bad)])
+        pipe.xadd("heartbeat", {"client": f"valid-{n}", "server": "ext", "extra": "ignored"})
+    await pipe.execute()
+    expected = {f"valid-{n}" for n in range(30)}
+    await poll(lambda: _true(watcher.view() == expected), what="every valid client ONLINE")
+    assert await metric(session, server, "presence_heartbeats_malformed_total") == 30
+    assert await health(session, server) == 200
+    assert await listed(session, server) == expected | {"watcher"}
+    assert "malformed heartbeat" in server.output()
+    keys = {k.decode() for k in await redis.keys("online.clients.*")}
+    assert keys == {f"online.clients.{c}" for c in expected | {"watcher"}}
+    watcher.close()
