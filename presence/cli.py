@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--keepalive-interval", type=float, metavar="SECONDS", help="SSE keep-alive (default 15)")
     opt("--queue-size", type=int, metavar="N", help="events a connection may lag (default 1024)")
     opt(
+        "--leave-grace",
+        type=float,
+        metavar="SECONDS",
+        help="OFFLINE this long after a client's last connection closes; 0: at TTL (default 2)",
+    )
+    opt(
         "--claim-after",
         type=float,
         metavar="SECONDS",

@@ -59,3 +59,8 @@ class Keys:
     def servers(self) -> str:
         """Hash: announced-online client -> server id."""
         return f"{self.namespace}online.servers"
+
+    def holders(self, client: str) -> str:
+        """Sorted set: server -> deadline (Unix ms) of its last heartbeat of the
+        client, or minus the time it announced the client left it."""
+        return f"{self.namespace}online.holders.{client}"

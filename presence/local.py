@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -114,9 +115,12 @@ class Subscriber:
 class LocalState:
     """Clients held by this process (SSE connections, ``track()``) and subscribers."""
 
-    def __init__(self, backlog: int = 1024) -> None:
+    def __init__(self, backlog: int = 1024, leave_grace: float = 0.0) -> None:
         self._holds: dict[str, int] = {}
         self._fresh: set[str] = set()
+        self._leave_grace = leave_grace
+        #: Clients whose last connection closed -> when (monotonic) to announce it.
+        self._leaving: dict[str, float] = {}
         self._log: deque[Delivery] = deque(maxlen=backlog)
         #: Sequence number one past the newest delivery.
         self.end = 0
@@ -151,16 +155,25 @@ class LocalState:
         """Count one more connection of ``client``; a new client is heartbeated at once."""
         count = self._holds.get(client, 0)
         self._holds[client] = count + 1
-        if count == 0:
+        if count == 0 and self._leaving.pop(client, None) is None:
+            # Back within its leave grace (a reload), a client is simply still held.
             self._fresh.add(client)
             self.wake.set()
 
-    def release(self, client: str) -> None:
+    def release(self, client: str, *, leave: bool = True) -> None:
+        """Count one connection less; after the last, announce the leave after the grace.
+
+        ``leave=False`` (shutdown): no leave; the TTL decides, as the client may
+        be reconnecting to another server.
+        """
         count = self._holds.get(client, 0)
         if count <= 1:
             # A fresh client keeps its first heartbeat even if it left already:
             # it was connected, so it was online.
             self._holds.pop(client, None)
+            if leave and self._leave_grace > 0:
+                self._leaving[client] = time.monotonic() + self._leave_grace
+                self.wake.set()
         else:
             self._holds[client] = count - 1
 
@@ -170,6 +183,24 @@ class LocalState:
         self._fresh.clear()
         self.wake.clear()
         return fresh
+
+    def take_leaves(self) -> list[str]:
+        """Clients whose leave grace ran out: announce that they left this server."""
+        now = time.monotonic()
+        due = [c for c, at in self._leaving.items() if at <= now]
+        for client in due:
+            del self._leaving[client]
+        return due
+
+    def next_leave(self) -> float | None:
+        """When (monotonic) the next leave is due, if any."""
+        return min(self._leaving.values(), default=None)
+
+    def retry_leaves(self, clients: Iterable[str]) -> None:
+        """Leaves that could not be sent: due again at once, unless the client is back."""
+        for client in clients:
+            if client not in self._holds:
+                self._leaving.setdefault(client, time.monotonic())
 
     def prune(self) -> int:
         """Close subscribers whose connection is gone; returns how many."""

@@ -33,6 +33,11 @@ class PresenceCollector(Collector):
         yield _counter(
             "heartbeats_published", "Heartbeats XADDed for local clients", p.publisher.published
         )
+        yield _counter(
+            "leaves",
+            "Clients announced gone from this server after the leave grace",
+            p.publisher.leaves,
+        )
         yield _counter("heartbeats_applied", "Heartbeat entries applied", c.applied)
         yield _counter(
             "heartbeats_malformed", "Heartbeat entries skipped as malformed", c.malformed
@@ -49,7 +54,8 @@ class PresenceCollector(Collector):
             labels=["status"],
         )
         transitions.add_metric(["ONLINE"], c.online)
-        transitions.add_metric(["OFFLINE"], p.sweeper.published + p.listener.published)
+        offline = p.sweeper.published + p.listener.published + p.publisher.left
+        transitions.add_metric(["OFFLINE"], offline)
         yield transitions
         yield GaugeMetricFamily(
             "presence_sweeper_lag_seconds",

@@ -1,8 +1,14 @@
-"""Heartbeats out: one pipelined XADD batch per tick for this process's clients.
+"""Heartbeats and leaves out: one pipelined XADD batch per tick for this
+process's clients, and a leave for each client whose last connection closed.
 
 A client held for the first time is heartbeated at once, in a batch of its own,
 so it comes online without waiting for the next tick. Each server's ticks run
 at a random phase, so servers started together spread their batches.
+
+A leave waits for the leave grace, so a reload changes nothing; then the LEAVE
+script publishes OFFLINE unless another server still holds the client.
+Closed connections are looked for every ``PRUNE_INTERVAL``, which bounds how
+late a leave can start.
 """
 
 from __future__ import annotations
@@ -11,23 +17,34 @@ import asyncio
 import logging
 import random
 
+from redis.asyncio.client import Pipeline
+
 from .connection import Redis
 from .local import LocalState
 from .settings import Settings
 from .supervise import Worker
+from .transitions import Transitions
 
 log = logging.getLogger(__name__)
 
+PRUNE_INTERVAL = 0.25
+
 
 class HeartbeatPublisher:
-    def __init__(self, redis: Redis, settings: Settings, local: LocalState) -> None:
+    def __init__(
+        self, redis: Redis, settings: Settings, local: LocalState, transitions: Transitions
+    ) -> None:
         self._redis = redis
+        self._transitions = transitions
         self._local = local
         self._stream = settings.keys.heartbeat
         self._server = settings.server_id
         self._maxlen = settings.heartbeat_maxlen
         self._interval = settings.heartbeat_interval
         self.published = 0
+        #: Leaves announced, and how many of them published OFFLINE.
+        self.leaves = 0
+        self.left = 0
         self._ran = False
 
     async def run(self, worker: Worker) -> None:
@@ -37,18 +54,32 @@ class HeartbeatPublisher:
         phase = 0.0 if self._ran else random.uniform(0, self._interval)
         self._ran = True
         next_tick = loop.time() + phase
+        next_prune = loop.time()
         while True:
-            if loop.time() >= next_tick:
-                next_tick = loop.time() + self._interval
+            now = loop.time()
+            if now >= next_prune:
+                next_prune = now + PRUNE_INTERVAL
                 self._local.prune()
+            if now >= next_tick:
+                next_tick = now + self._interval
                 batch = list({*self._local.take_fresh(), *self._local.clients})
             else:
                 batch = self._local.take_fresh()
             if batch:
                 await self.publish(batch)
+            if leaves := self._local.take_leaves():
+                try:
+                    await self.leave(leaves)
+                except BaseException:
+                    self._local.retry_leaves(leaves)
+                    raise
             worker.ok()
+            wake_at = min(next_tick, next_prune)
+            if (leave_at := self._local.next_leave()) is not None:
+                # next_leave is on the monotonic clock, which the loop's clock is too.
+                wake_at = min(wake_at, leave_at)
             try:
-                async with asyncio.timeout(max(0.0, next_tick - loop.time())):
+                async with asyncio.timeout(max(0.0, wake_at - loop.time())):
                     await self._local.wake.wait()
             except TimeoutError:
                 pass
@@ -64,3 +95,15 @@ class HeartbeatPublisher:
             )
         await pipe.execute()
         self.published += len(clients)
+
+    async def leave(self, clients: list[str]) -> None:
+        def fill(pipe: Pipeline) -> None:
+            for client in clients:
+                self._transitions.leave(pipe, client, self._server)
+
+        results = await self._transitions.execute(fill)
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            log.warning("%d leave(s) failed in Redis: %s", len(failed), failed[0])
+        self.leaves += len(results) - len(failed)
+        self.left += sum(r for r in results if isinstance(r, int))

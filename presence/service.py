@@ -45,7 +45,7 @@ class Presence:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
-        self.local = LocalState(backlog=self.settings.queue_size)
+        self.local = LocalState(self.settings.queue_size, self.settings.leave_grace)
         self._redis: Redis | None = None
         self._workers: list[Worker] = []
         self._snapshots: SnapshotReader | None = None
@@ -95,7 +95,7 @@ class Presence:
         self.consumer = consumer
         self.sweeper = Sweeper(transitions, grace=settings.heartbeat_interval)
         self.listener = listener
-        self.publisher = HeartbeatPublisher(redis, settings, self.local)
+        self.publisher = HeartbeatPublisher(redis, settings, self.local, transitions)
         self.reader = reader
         # Loops blocked in a Redis read get one block's time to end by themselves.
         grace = BLOCK_MS / 1000 + 0.5
@@ -185,7 +185,7 @@ class Presence:
         self.local.hold(client_id)
 
         def closed(reason: CloseReason) -> None:
-            self.local.release(client_id)
+            self.local.release(client_id, leave=reason != "shutdown")
             if reason == "overflow" and abort is not None:
                 abort()
 

@@ -59,6 +59,10 @@ class Settings:
     #: Seconds of inactivity after which a consumer with nothing pending is
     #: removed from the group (servers that are gone for good).
     forget_after: float = 60.0
+    #: Seconds after a client's last connection to this server closes before
+    #: it is announced gone (a reload within it changes nothing); 0 leaves it
+    #: to the TTL.
+    leave_grace: float = 2.0
     #: Attempts to reach Redis at start before giving up.
     connect_retries: int = 5
     log_level: str = "INFO"
@@ -86,6 +90,10 @@ class Settings:
                 math.isfinite(value) and value > 0,
                 f"{name.replace('_', ' ')} must be a positive number of seconds",
             )
+        _check(
+            math.isfinite(self.leave_grace) and self.leave_grace >= 0,
+            "leave grace must be zero or a positive number of seconds",
+        )
         _check(self.heartbeat_maxlen >= 1, "heartbeat stream cap must be at least 1")
         _check(self.presence_maxlen >= 1, "presence stream cap must be at least 1")
         _check(self.queue_size >= 1, "queue size must be at least 1")

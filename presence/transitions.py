@@ -24,6 +24,7 @@ class Transitions:
         self._maxlen = settings.presence_maxlen
         self._heartbeat = redis.register_script(scripts.HEARTBEAT)
         self._offline = redis.register_script(scripts.OFFLINE)
+        self._leave = redis.register_script(scripts.LEAVE)
         self._due = redis.register_script(scripts.DUE)
         self._snapshot = redis.register_script(scripts.SNAPSHOT)
 
@@ -34,7 +35,14 @@ class Transitions:
     def heartbeat(self, pipe: Pipeline, client: str, server: str, sent_ms: int = 0) -> None:
         """Queue one heartbeat: 1 = came online, 0 = refreshed, -1 = too old."""
         args: list[str | int] = [client, server, self._ttl_ms, self._maxlen, sent_ms]
-        pipe.evalsha(self._heartbeat.sha, 4, *self._client_keys(client), *args)
+        keys = [*self._client_keys(client), self._keys.holders(client)]
+        pipe.evalsha(self._heartbeat.sha, 5, *keys, *args)
+
+    def leave(self, pipe: Pipeline, client: str, server: str) -> None:
+        """Queue a leave: 1 = published OFFLINE, 0 = held elsewhere or not online."""
+        args: list[str | int] = [client, server, self._ttl_ms, self._maxlen]
+        keys = [*self._client_keys(client), self._keys.holders(client)]
+        pipe.evalsha(self._leave.sha, 5, *keys, *args)
 
     def offline(self, pipe: Pipeline, client: str) -> None:
         """Queue an OFFLINE check: 1 = published, 0 = still online or already out."""
@@ -59,7 +67,7 @@ class Transitions:
 
     async def load(self) -> None:
         """Load every script into Redis's script cache."""
-        for script in (self._heartbeat, self._offline, self._due, self._snapshot):
+        for script in (self._heartbeat, self._offline, self._leave, self._due, self._snapshot):
             await self._redis.script_load(script.script)
 
     async def due(self, limit: int) -> tuple[int, list[tuple[str, int]]]:

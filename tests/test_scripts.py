@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -137,6 +138,7 @@ async def test_namespace_prefixes_every_key(redis: Redis, settings: Settings) ->
     assert keys == [
         "app1:online.clients.alice",
         "app1:online.deadlines",
+        "app1:online.holders.alice",
         "app1:online.servers",
         "app1:presence",
     ]
@@ -178,3 +180,79 @@ async def test_an_older_heartbeat_never_moves_a_deadline_back(
     assert await redis.zscore("online.deadlines", "alice") == deadline
     assert await redis.get("online.clients.alice") == b"s1"
     assert await redis.pttl("online.clients.alice") > 14_000
+
+
+async def leave(t: Transitions, client: str, server: str) -> int:
+    def fill(pipe: Any) -> None:
+        t.leave(pipe, client, server)
+
+    result: int = (await t.execute(fill))[0]
+    return result
+
+
+async def test_leave_of_the_only_server_publishes_offline_at_once(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings)
+    await heartbeat(t, "alice", "s1")
+    assert await leave(t, "alice", "s1") == 1
+    assert await leave(t, "alice", "s1") == 0
+    assert await statuses(redis) == [("alice", "ONLINE", "s1"), ("alice", "OFFLINE", "s1")]
+    assert await redis.exists("online.clients.alice") == 0
+    assert await redis.hget("online.servers", "alice") is None
+    assert await redis.zscore("online.deadlines", "alice") is None
+
+
+async def test_leave_while_another_server_holds_the_client_only_hands_it_over(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings)
+    await heartbeat(t, "alice", "s1")
+    await heartbeat(t, "alice", "s2")
+    await heartbeat(t, "alice", "s1")  # s1 heartbeated last
+    assert await leave(t, "alice", "s1") == 0
+    assert await statuses(redis) == [("alice", "ONLINE", "s1")]
+    assert await redis.get("online.clients.alice") == b"s2"
+    assert await redis.hget("online.servers", "alice") == b"s2"
+    assert await leave(t, "alice", "s2") == 1
+    assert [s for _, s, _ in await statuses(redis)] == ["ONLINE", "OFFLINE"]
+
+
+async def test_a_heartbeat_sent_before_the_leave_is_ignored_a_later_one_counts(
+    redis: Redis, settings: Settings
+) -> None:
+    """A heartbeat applied late (a backlog) must not bring back a client that left."""
+    t = Transitions(redis, settings)
+    await heartbeat(t, "alice", "s1")
+    before = await redis_ms(redis) - 1
+    assert await leave(t, "alice", "s1") == 1
+    assert await heartbeat(t, "alice", "s1", sent_ms=before) == -1
+    assert await redis.exists("online.clients.alice") == 0
+    left = await redis_ms(redis)
+    await poll(lambda: _after(redis, left), what="the next millisecond")
+    assert await heartbeat(t, "alice", "s1") == 1  # a new connection: a new appearance
+    assert [s for _, s, _ in await statuses(redis)] == ["ONLINE", "OFFLINE", "ONLINE"]
+
+
+async def test_a_server_whose_heartbeats_ran_out_does_not_hold_the_client(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings)
+    await heartbeat(t, "alice", "s2", sent_ms=await redis_ms(redis) - settings.ttl_ms + 50)
+    await heartbeat(t, "alice", "s1")
+    await poll(lambda: _score_passed(redis, "s2"), what="s2's deadline")
+    assert await leave(t, "alice", "s1") == 1
+
+
+async def _score_passed(redis: Redis, server: str) -> bool:
+    score = await redis.zscore("online.holders.alice", server)
+    return score is not None and score < await redis_ms(redis)
+
+
+async def _after(redis: Redis, ms: int) -> bool:
+    return await redis_ms(redis) > ms
+
+
+async def redis_ms(redis: Redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds * 1000 + micros // 1000)
