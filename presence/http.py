@@ -54,10 +54,13 @@ async def get_client(request: web.Request) -> web.Response:
 
 
 async def client_events(request: web.Request) -> web.StreamResponse:
-    """SSE: a ``snapshot`` event, then every ``presence`` event about others."""
+    """SSE: a ``snapshot`` event (or, resuming, the missed events), then every
+    ``presence`` event about others."""
     client_id = _client_id(request)
     presence = _presence(request)
     transport = request.transport
+    # Browsers resend the last id they saw by themselves when they reconnect.
+    resume = request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or None
 
     def alive() -> bool:
         return request.transport is not None and not request.transport.is_closing()
@@ -67,16 +70,26 @@ async def client_events(request: web.Request) -> web.StreamResponse:
     ) as subscriber:
         try:
             async with asyncio.timeout(SNAPSHOT_TIMEOUT):
-                snapshot = await presence.snapshot()
+                replay = await presence.replay(resume) if resume else None
+                snapshot = await presence.snapshot() if replay is None else None
         except (TimeoutError, RedisError, OSError) as exc:
             log.debug("no snapshot for %s: %s", client_id, exc)  # healthz says why
             _fail(web.HTTPServiceUnavailable, "presence is unavailable: cannot read Redis")
         settings = presence.settings
         async with sse_response(request, ping_interval=settings.keepalive_interval) as sse:
             try:
-                await sse.write(snapshot.sse_frame(exclude=client_id))
-                # Events up to the snapshot's position are already in it.
-                after: tuple[int, int] | None = stream_position(snapshot.position)
+                if snapshot is not None:
+                    # A resume that cannot be exact gets a snapshot marked as a reset.
+                    await sse.write(snapshot.sse_frame(exclude=client_id, reset=bool(resume)))
+                    position = snapshot.position
+                else:
+                    assert replay is not None
+                    missed = [d.frame for d in replay.deliveries if d.event.client != client_id]
+                    if missed:
+                        await sse.write(b"".join(missed))
+                    position = replay.position
+                # Events up to that position were sent already.
+                after: tuple[int, int] | None = stream_position(position)
                 while True:
                     try:
                         batch = await subscriber.get_many()

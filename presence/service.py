@@ -21,6 +21,7 @@ from .expiry import KeyspaceListener, Sweeper
 from .fanout import PresenceReader
 from .local import CloseReason, LocalState, Subscriber
 from .publisher import HeartbeatPublisher
+from .replay import Replay, Replayer
 from .settings import Settings
 from .snapshot import Snapshot, SnapshotReader
 from .supervise import MAX_BACKOFF, Outage, Worker
@@ -49,6 +50,7 @@ class Presence:
         self._redis: Redis | None = None
         self._workers: list[Worker] = []
         self._snapshots: SnapshotReader | None = None
+        self._replayer: Replayer | None = None
         self.outage = Outage()
 
     @property
@@ -92,6 +94,7 @@ class Presence:
             raise
         self._redis = redis
         self._snapshots = SnapshotReader(transitions)
+        self._replayer = Replayer(redis, settings.keys.presence, settings.queue_size)
         self.consumer = consumer
         self.sweeper = Sweeper(transitions, grace=settings.heartbeat_interval)
         self.listener = listener
@@ -198,6 +201,14 @@ class Presence:
         if self._snapshots is None:
             raise RuntimeError("presence is not started")
         return await self._snapshots.get()
+
+    async def replay(self, after: str) -> Replay | None:
+        """The presence entries after stream entry ``after``, for a resuming
+        connection; None when they cannot be exact (the entry is gone or
+        unknown, or more than ``queue_size`` came after it)."""
+        if self._replayer is None:
+            raise RuntimeError("presence is not started")
+        return await self._replayer.after(after)
 
     async def online(self) -> list[OnlineClient]:
         """Every online client, on any server."""

@@ -258,8 +258,11 @@ class Follower:
         self.stream.close()
 
 
-async def open_events(session: aiohttp.ClientSession, url: str) -> EventStream:
-    response = await session.get(url, timeout=aiohttp.ClientTimeout(total=None, sock_read=None))
+async def open_events(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
+) -> EventStream:
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+    response = await session.get(url, timeout=timeout, headers=headers)
     assert response.status == 200, await response.text()
     assert response.headers["Content-Type"].startswith("text/event-stream")
     return EventStream(response)
