@@ -1,16 +1,18 @@
-"""Command line: ``python -m presence serve``. Parses arguments, nothing more."""
+"""Command line: ``python -m presence serve | watch | status``. Parses arguments, nothing more."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from aiohttp import web
 
-from . import logs
+from . import logs, terminal
 from .app import create_app
 from .errors import PresenceError
 from .settings import Settings
@@ -65,18 +67,62 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--connect-retries", type=int, metavar="N", help="attempts to reach Redis (default 5)")
     opt("--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)")
     opt("--log-format", choices=("text", "json"), help="text, or json for log shippers")
+
+    watch = commands.add_parser(
+        "watch",
+        help="follow the presence stream, one line per transition",
+        description="Follow the presence stream live: time, status, client and server.",
+    )
+    _redis_options(watch)
+    watch.add_argument(
+        "--last", type=int, default=0, metavar="N", help="first show the last N transitions"
+    )
+    status = commands.add_parser(
+        "status",
+        help="list the online clients, with counts per server",
+        description="The online clients as a table, then how many each server holds.",
+    )
+    _redis_options(status)
     return parser
+
+
+def _redis_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis-url", help="redis://, rediss:// or unix:// (or PRESENCE_REDIS_URL)"
+    )
+    parser.add_argument("--namespace", help="prefix of every Redis key (default none)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
-    args.pop("command")
+    command = args.pop("command")
+    last = args.pop("last", 0)
     try:
         settings = Settings.from_env(**args)
     except PresenceError as exc:
         print(f"presence: error: {exc}", file=sys.stderr)
         return 2
-    return serve(settings)
+    if command == "serve":
+        return serve(settings)
+    try:
+        if command == "watch":
+            asyncio.run(_watch(settings, last))
+        else:
+            asyncio.run(terminal.status(settings))
+    except PresenceError as exc:
+        print(f"presence: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def _watch(settings: Settings, last: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await terminal.watch(settings, last=last, stop=stop)
 
 
 def serve(settings: Settings) -> int:

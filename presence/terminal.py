@@ -1,0 +1,101 @@
+"""``presence watch`` and ``presence status``: the Redis contract, read from a terminal.
+
+Both read only the documented keys, as any other platform would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections import Counter
+from datetime import datetime
+from typing import Any, TextIO
+
+from redis.exceptions import RedisError
+
+from .connection import BLOCK_MS, Redis, open_redis, stream_entries, text
+from .errors import PresenceError, RedisUnavailable
+from .fanout import parse_event
+from .settings import Settings
+
+RETRY_MAX = 5.0
+
+
+async def watch(
+    settings: Settings,
+    out: TextIO = sys.stdout,
+    *,
+    last: int = 0,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Print each transition of the presence stream as it comes, after the ``last`` ones.
+
+    Runs until ``stop`` is set (checked after each read: a cancellation could
+    be lost inside redis-py while it reads).
+    """
+    stop = stop or asyncio.Event()
+    redis = await _connect(settings)
+    stream = settings.keys.presence
+    try:
+        history: Any = await redis.xrevrange(stream, count=last) if last else []
+        for entry_id, fields in reversed(history):
+            _print(out, text(entry_id), fields)
+        head: Any = await redis.xrevrange(stream, count=1)
+        position = text(head[0][0]) if head else "0-0"
+        delay = 0.2
+        while not stop.is_set():
+            try:
+                reply = await redis.xread({stream: position}, count=500, block=BLOCK_MS)
+            except RedisError as exc:
+                print(f"lost Redis ({exc}); retrying", file=sys.stderr, flush=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            delay = 0.2
+            for entry_id, fields in stream_entries(reply):
+                position = text(entry_id)
+                _print(out, position, fields)
+    finally:
+        await redis.aclose()
+
+
+async def status(settings: Settings, out: TextIO = sys.stdout) -> None:
+    """Print the online clients as a table, then the count per server."""
+    redis = await _connect(settings)
+    try:
+        flat = await redis.hgetall(settings.keys.servers)
+    finally:
+        await redis.aclose()
+    rows = sorted((text(c), text(s)) for c, s in flat.items())
+    width = max([len("CLIENT"), *(len(c) for c, _ in rows)])
+    print(f"{'CLIENT':<{width}}  SERVER", file=out)
+    for client, server in rows:
+        print(f"{client:<{width}}  {server}", file=out)
+    per_server = Counter(server for _, server in rows)
+    counts = ", ".join(f"{server} {n}" for server, n in sorted(per_server.items()))
+    print(f"\n{len(rows)} online" + (f": {counts}" if counts else ""), file=out)
+
+
+async def _connect(settings: Settings) -> Redis:
+    if settings.in_memory:
+        raise PresenceError(
+            "pass --redis-url (or PRESENCE_REDIS_URL): the in-process Redis lives inside a server"
+        )
+    redis = open_redis(settings)
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as exc:
+        await redis.aclose()
+        raise RedisUnavailable(
+            f"cannot reach Redis at {settings.masked_redis_url}: {exc}"
+        ) from None
+    return redis
+
+
+def _print(out: TextIO, entry_id: str, fields: dict[bytes, bytes] | None) -> None:
+    event = parse_event(entry_id, fields or {})
+    if event is None:
+        return
+    ms = int(entry_id.split("-")[0])
+    when = datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    print(f"{when}  {event.status:<7}  {event.client}  ({event.server})", file=out, flush=True)

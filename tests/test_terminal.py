@@ -1,0 +1,95 @@
+"""``presence watch`` and ``presence status`` as a user runs them: child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from presence import Settings
+
+from .support import Redis, RedisServer, StartPresence, free_port, poll
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "presence", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        check=False,
+    )
+
+
+async def test_status_lists_online_clients_with_counts_per_server(
+    redis: Redis, settings: Settings, start_presence: StartPresence, redis_server: RedisServer
+) -> None:
+    presence = await start_presence(settings.replace(heartbeat_interval=30))
+    for client, server in (("alice", "node-1"), ("bob", "node-2"), ("carol", "node-1")):
+        await redis.xadd("heartbeat", {"client": client, "server": server})
+    await poll(lambda: _count(presence.online(), 3), what="three online")
+    done = await asyncio.to_thread(run, "status", "--redis-url", redis_server.url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "CLIENT  SERVER",
+        "alice   node-1",
+        "bob     node-2",
+        "carol   node-1",
+        "",
+        "3 online: node-1 2, node-2 1",
+    ]
+
+
+async def _count(online: object, n: int) -> bool:
+    return len(await online) == n  # type: ignore[misc]
+
+
+async def test_watch_prints_one_line_per_transition_live_and_ends_on_ctrl_c(
+    redis: Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    await redis.xadd("presence", {"client": "old", "status": "ONLINE", "server": "n1"})
+    out = tmp_path / "watch.out"
+    with out.open("w") as sink:
+        watcher = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "presence", "watch", "--redis-url", redis_server.url,
+            "--last", "1",
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        await poll(lambda: _has(out, "old"), timeout=15, what="the last transition")
+        await redis.xadd("presence", {"client": "alice", "status": "ONLINE", "server": "n1"})
+        await redis.xadd("presence", {"client": "alice", "status": "OFFLINE", "server": "n1"})
+        await poll(lambda: _has(out, "OFFLINE"), timeout=10, what="live transitions")
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        async with asyncio.timeout(10):
+            code = await watcher.wait()
+    lines = out.read_text().splitlines()
+    assert [line.split(None, 2)[2] for line in lines] == [
+        "ONLINE   old  (n1)",
+        "ONLINE   alice  (n1)",
+        "OFFLINE  alice  (n1)",
+    ]
+    assert code == 0
+
+
+async def _has(path: Path, text: str) -> bool:
+    return text in path.read_text()  # noqa: ASYNC240 - a small local file
+
+
+def test_watch_and_status_explain_in_one_line_what_is_missing() -> None:
+    for command in ("watch", "status"):
+        done = run(command)
+        assert done.returncode == 1
+        assert done.stderr.count("\n") == 1
+        assert "--redis-url" in done.stderr
+        unreachable = run(command, "--redis-url", f"redis://127.0.0.1:{free_port()}/0")
+        assert unreachable.returncode == 1
+        assert unreachable.stderr.startswith("presence: error: cannot reach Redis")
+        assert "Traceback" not in unreachable.stderr
