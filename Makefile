@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help install serve test lint format clean
+.PHONY: help install serve test screenshot lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ serve: install ## Run the server (in-process Redis unless --redis-url); pass fla
 
 test: install ## Run the whole test suite (starts its own redis-server)
 	$(BIN)/python -m pytest $(ARGS)
+
+screenshot: install ## Retake docs/demo.png with the browser test (needs chromium)
+	PRESENCE_DEMO_SCREENSHOT=docs/demo.png $(BIN)/python -m pytest tests/test_browser.py
 
 lint: install ## ruff and mypy --strict
 	$(BIN)/ruff check presence tests examples

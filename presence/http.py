@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 from typing import Any, NoReturn
 
 from aiohttp import web
@@ -29,7 +30,14 @@ SNAPSHOT_TIMEOUT = 10.0
 _ID_PATH = "{client_id:[^/]*}"
 
 
+STATIC = Path(__file__).parent / "static"
+#: The demo page's files: served by name, nothing else from the directory.
+_ASSETS = {"demo.js", "demo.css"}
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", demo_page)
+    app.router.add_get("/static/{name}", demo_asset)
     app.router.add_get("/clients", list_clients)
     app.router.add_get(f"/clients/{_ID_PATH}", get_client)
     app.router.add_get(f"/clients/{_ID_PATH}/events", client_events, allow_head=False)
@@ -37,6 +45,18 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics)
     app.middlewares.append(json_errors)
     app.on_shutdown.append(_close_streams)
+
+
+async def demo_page(request: web.Request) -> web.FileResponse:
+    """A page to look at: who is online, live, in plain HTML and JavaScript."""
+    return web.FileResponse(STATIC / "index.html")
+
+
+async def demo_asset(request: web.Request) -> web.FileResponse:
+    name = request.match_info["name"]
+    if name not in _ASSETS:
+        _fail(web.HTTPNotFound, "not found")
+    return web.FileResponse(STATIC / name)
 
 
 async def list_clients(request: web.Request) -> web.Response:

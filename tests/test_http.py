@@ -172,6 +172,23 @@ async def test_unknown_routes_and_wrong_methods_get_json(
         assert await response.json() == {"error": "method not allowed"}
 
 
+async def test_the_demo_page_and_its_files_are_served_and_nothing_else(
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession
+) -> None:
+    server = await serve(create_app(settings))
+    async with session.get(server.make_url("/")) as response:
+        assert response.status == 200
+        assert response.content_type == "text/html"
+        assert 'src="static/demo.js"' in await response.text()
+    async with session.get(server.make_url("/static/demo.js")) as response:
+        assert response.status == 200
+        assert "EventSource" in await response.text()
+    for path in ("/static/../http.py", "/static/%2e%2e/http.py", "/static/nope.js"):
+        async with session.get(server.make_url(path)) as response:
+            assert response.status in (403, 404), path
+            assert "error" in await response.json()
+
+
 async def test_healthz_reports_redis_loss(
     start_redis: StartRedis,
     serve: Serve,

@@ -1,0 +1,65 @@
+"""The demo page in a real headless Chromium (Debian's; no test downloads a browser)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from playwright.async_api import async_playwright
+
+from .support import Redis, RedisServer, ServerProcess
+
+Spawn = Callable[..., ServerProcess]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Without these, Chromium dials Google's hosts at start, which this network refuses.
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run does)"
+)
+
+
+async def test_two_pages_see_each_other_come_and_go(
+    spawn: Spawn, redis_server: RedisServer, redis: Redis, tmp_path: Path
+) -> None:
+    server = spawn(
+        "--redis-url", redis_server.url,
+        "--server-id", "demo-1",
+        "--heartbeat-interval", "5",
+        "--leave-grace", "0.5",
+    )  # fmt: skip
+    await server.wait_healthy()
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            alice = await browser.new_page(viewport={"width": 720, "height": 640})
+            bob = await browser.new_page()
+            await alice.goto(f"{server.url}/")
+            await alice.fill("#name", "alice")
+            await alice.click("#connect")
+            await bob.goto(f"{server.url}/?name=bob")
+            await alice.wait_for_selector('#online li[data-client="bob"]', timeout=10_000)
+            await bob.wait_for_selector('#online li[data-client="alice"]', timeout=10_000)
+            assert await alice.text_content("#state") == "online as alice"
+            assert await alice.text_content("#count") == "1"
+            screenshot = os.environ.get("PRESENCE_DEMO_SCREENSHOT") or tmp_path / "demo.png"
+            await alice.screenshot(path=screenshot)
+            await bob.close()
+            # Gone from alice's list within the leave grace (the TTL would take 7.5 s).
+            await alice.wait_for_selector(
+                '#online li[data-client="bob"]', state="detached", timeout=5_000
+            )
+            assert "bob left" in (await alice.text_content("#activity") or "")
+        finally:
+            await browser.close()
