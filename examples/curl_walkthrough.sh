@@ -5,13 +5,13 @@
 #   examples/curl_walkthrough.sh                 # in another
 #
 # PRESENCE_URL (default http://127.0.0.1:8080) points at the server; SECONDS_OPEN
-# (default 4) is how long alice's stream stays open. bob leaves after half of it,
-# so alice sees him go OFFLINE if the server's TTL (interval x ttl factor; 7.5 s
-# by default) is shorter than the rest: start the server with a short interval.
+# (default 6) is how long alice's stream stays open. bob leaves after half of it,
+# and alice sees him go OFFLINE once the server's leave grace (2 s by default)
+# has passed.
 set -euo pipefail
 
 url=${PRESENCE_URL:-http://127.0.0.1:8080}
-open_for=${SECONDS_OPEN:-4}
+open_for=${SECONDS_OPEN:-6}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
@@ -44,6 +44,6 @@ echo "== what bob received (/clients/bob/events, open for $(awk "BEGIN { print $
 cat "$out/bob"
 echo "== what alice received (/clients/alice/events, open for $open_for s)"
 cat "$out/alice"
-echo "== GET /clients/alice (both streams closed; ONLINE until her TTL runs out)"
+echo "== GET /clients/alice (both streams just closed; ONLINE until her leave grace runs out)"
 curl -sS "$url/clients/alice"
 echo

@@ -8,7 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from playwright.async_api import async_playwright
+
+from presence import Settings, setup
 
 from .support import Redis, RedisServer, ServerProcess
 
@@ -63,3 +67,39 @@ async def test_two_pages_see_each_other_come_and_go(
             assert "bob left" in (await alice.text_content("#activity") or "")
         finally:
             await browser.close()
+
+
+BROWSER_CLIENT = Path(__file__).resolve().parent.parent / "examples" / "browser_client.html"
+
+
+async def test_the_minimal_browser_client_example_follows_presence(
+    redis: Redis, settings: Settings
+) -> None:
+    """examples/browser_client.html, served beside presence mounted with ``setup``."""
+    app = web.Application()
+    setup(app, settings.replace(heartbeat_interval=30))
+
+    async def page(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(BROWSER_CLIENT)
+
+    app.router.add_get("/", page)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            try:
+                alice = await browser.new_page()
+                await alice.goto(str(server.make_url("/?name=alice")))
+                await redis.xadd("heartbeat", {"client": "bob", "server": "ext"})
+                # From its snapshot or from an event, depending on timing.
+                await alice.wait_for_selector("#online li:text('bob')", timeout=10_000)
+                await redis.delete("online.clients.bob")  # OFFLINE: surely an event
+                await alice.wait_for_selector(
+                    "#online li:text('bob')", state="detached", timeout=10_000
+                )
+                assert "bob OFFLINE" in (await alice.text_content("#log") or "")
+            finally:
+                await browser.close()
+    finally:
+        await server.close()

@@ -1,19 +1,20 @@
-"""examples/embed_app.py, run as a process on its default in-process Redis."""
+"""Every example, run as a user would run it, so that none can rot."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from .support import free_port, open_events, poll
+from .support import Redis, RedisServer, ServerProcess, free_port, open_events, poll
 
 EMBED_APP = Path(__file__).resolve().parent.parent / "examples" / "embed_app.py"
 
@@ -95,3 +96,67 @@ async def test_websocket_user_is_online_through_the_mounted_presence(
     embed_app.process.send_signal(signal.SIGTERM)
     assert embed_app.process.wait(10) == 0
     assert "carol is ONLINE" in embed_app.output()
+
+
+EXAMPLES = EMBED_APP.parent
+
+
+async def test_the_curl_walkthrough_shows_two_clients_come_and_go(
+    spawn: Callable[..., ServerProcess],
+) -> None:
+    server = spawn("--leave-grace", "0.5")  # its in-process Redis
+    await server.wait_healthy()
+    env = {**os.environ, "PRESENCE_URL": server.url, "SECONDS_OPEN": "4"}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        ["bash", str(EXAMPLES / "curl_walkthrough.sh")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    alice = done.stdout.split("== what alice received")[1]
+    assert '{"client":"bob","status":"ONLINE"' in alice
+    assert '{"client":"bob","status":"OFFLINE"' in alice
+    assert '"count": 2' in done.stdout
+
+
+async def test_the_external_platform_keeps_its_users_online_and_sees_everyone(
+    spawn: Callable[..., ServerProcess],
+    redis_server: RedisServer,
+    redis: Redis,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    server = spawn("--redis-url", redis_server.url, "--server-id", "node-1")
+    await server.wait_healthy()
+    out = tmp_path / "platform.out"
+    with out.open("w") as sink:
+        platform = await asyncio.create_subprocess_exec(
+            sys.executable, str(EXAMPLES / "external_platform.py"),
+            "--redis-url", redis_server.url, "--user", "carol", "--interval", "1",
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        await poll(lambda: _contains(out, "following presence"), timeout=10, what="platform up")
+        await poll(lambda: _server_of(redis, "carol"), timeout=10, what="carol ONLINE")
+        alice = await open_events(session, f"{server.url}/clients/alice/events")
+        snapshot = await alice.next()
+        assert snapshot.data == {"clients": [{"client": "carol", "server": "platform-x"}]}
+        await poll(lambda: _contains(out, "alice is ONLINE (on node-1)"), what="platform sees")
+        alice.close()
+    finally:
+        platform.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            assert await platform.wait() == 0
+
+
+async def _server_of(redis: Redis, client: str) -> bool:
+    return bool(await redis.hget("online.servers", client) == b"platform-x")
+
+
+async def _contains(path: Path, text: str) -> bool:
+    return text in path.read_text()  # noqa: ASYNC240 - a small local file
