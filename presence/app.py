@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
+import aiohttp_cors
 from aiohttp import web
 
-from .http import METRICS, PRESENCE, add_routes
+from .auth import Verifier
+from .http import METRICS, PRESENCE, VERIFIER, add_routes
 from .metrics import registry_for
 from .service import Presence
 from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> web.Application:
@@ -36,12 +41,27 @@ def setup(
 def _install(app: web.Application, presence: Presence) -> None:
     app[PRESENCE] = presence
     app[METRICS] = registry_for(presence)
+    app[VERIFIER] = Verifier(presence.settings)  # a bad key file fails here, at once
     add_routes(app)
+    if origins := presence.settings.origins:
+        options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
+            allow_credentials=True,
+            allow_headers=("Authorization", "Last-Event-ID"),
+            allow_methods=("GET",),
+        )
+        cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
+        for route in list(app.router.routes()):
+            cors.add(route)
     app.cleanup_ctx.append(_run_presence)
 
 
 async def _run_presence(app: web.Application) -> AsyncIterator[None]:
     presence = app[PRESENCE]
+    if not app[VERIFIER].enabled:
+        log.warning(
+            "authentication is off: anyone who can reach this server can claim any "
+            "client id and read who is online; set --auth-secret or --auth-public-key"
+        )
     await presence.start()
     yield
     await presence.close()

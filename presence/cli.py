@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -12,8 +13,9 @@ from typing import NoReturn
 
 from aiohttp import web
 
-from . import logs, terminal
+from . import auth, logs, terminal
 from .app import create_app
+from .contract import ID_RULE, is_valid_id
 from .errors import PresenceError
 from .settings import Settings
 
@@ -64,6 +66,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="remove consumers idle this long with nothing pending (default 60)",
     )
+    opt(
+        "--auth-secret",
+        help="HS256 secret verifying client tokens; prefer PRESENCE_AUTH_SECRET (default: off)",
+    )
+    opt("--auth-public-key", metavar="PEM", help="public key file verifying RS256/ES256 tokens")
+    opt("--auth-leeway", type=float, metavar="SECONDS", help="clock skew allowed (default 5)")
+    opt(
+        "--auth-reads",
+        action="store_const",
+        const=True,
+        help="require a token on /clients, /clients/<id> and /metrics too",
+    )
+    opt("--max-connections", type=int, metavar="N", help="SSE connections (default 10000)")
+    opt(
+        "--max-connections-per-client",
+        type=int,
+        metavar="N",
+        help="SSE connections of one client id (default 16)",
+    )
+    opt("--cors-origins", metavar="LIST", help="comma-separated origins allowed (default none)")
+    opt("--max-line-size", type=int, metavar="BYTES", help="request line cap (default 8190)")
+    opt("--max-field-size", type=int, metavar="BYTES", help="header field cap (default 8190)")
     opt("--connect-retries", type=int, metavar="N", help="attempts to reach Redis (default 5)")
     opt("--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)")
     opt("--log-format", choices=("text", "json"), help="text, or json for log shippers")
@@ -83,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="The online clients as a table, then how many each server holds.",
     )
     _redis_options(status)
+    token = commands.add_parser(
+        "token",
+        help="mint a client token (HS256) for development",
+        description="Print a token for CLIENT signed with the auth secret "
+        "(--auth-secret or PRESENCE_AUTH_SECRET).",
+    )
+    token.add_argument("client", help="the client id (the token's sub)")
+    token.add_argument("--ttl", type=float, default=3600, metavar="SECONDS", help="default 3600")
+    token.add_argument("--auth-secret", help="default: PRESENCE_AUTH_SECRET")
     return parser
 
 
@@ -97,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     last = args.pop("last", 0)
+    if command == "token":
+        return _token(args["client"], args["ttl"], args["auth_secret"])
     try:
         settings = Settings.from_env(**args)
     except PresenceError as exc:
@@ -114,6 +149,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    return 0
+
+
+def _token(client: str, ttl: float, secret: str | None) -> int:
+    secret = secret or os.environ.get("PRESENCE_AUTH_SECRET", "")
+    if not secret:
+        print("presence: error: pass --auth-secret or set PRESENCE_AUTH_SECRET", file=sys.stderr)
+        return 2
+    if not is_valid_id(client):
+        print(f"presence: error: client id {ID_RULE}", file=sys.stderr)
+        return 2
+    if not ttl > 0:
+        print("presence: error: --ttl must be a positive number of seconds", file=sys.stderr)
+        return 2
+    print(auth.mint(secret, client, ttl))
     return 0
 
 
@@ -140,6 +190,11 @@ def serve(settings: Settings) -> int:
             port=settings.port,
             print=lambda _: log.info("listening on http://%s:%d", settings.host, settings.port),
             access_log=log if settings.log_level == "DEBUG" else None,
+            access_log_class=logs.PathOnlyAccessLogger,
+            handler_args={
+                "max_line_size": settings.max_line_size,
+                "max_field_size": settings.max_field_size,
+            },
             shutdown_timeout=5,
         )
     except PresenceError as exc:

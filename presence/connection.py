@@ -9,7 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from .errors import RedisMisconfigured, RedisUnavailable
 from .settings import Settings
@@ -50,6 +50,11 @@ async def wait_for_redis(redis: Redis, settings: Settings) -> None:
         try:
             await redis.ping()
             return
+        except (AuthenticationError, ResponseError) as exc:
+            # Wrong password, unknown user, missing permission: retrying cannot help.
+            raise RedisMisconfigured(
+                f"Redis at {settings.masked_redis_url} refused the connection: {exc}"
+            ) from None
         except (RedisError, OSError) as exc:
             if attempt == settings.connect_retries:
                 raise RedisUnavailable(

@@ -8,23 +8,28 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
 from aiohttp import web
-from aiohttp_sse import sse_response
+from aiohttp_sse import EventSourceResponse, sse_response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.exceptions import RedisError
 
+from .auth import Claims, Unauthorized, Verifier, token_of
 from .contract import ID_RULE, OFFLINE, ONLINE, is_valid_id
 from .events import stream_position
-from .local import Resync
+from .local import Resync, Subscriber
+from .replay import Replay
 from .service import Presence
+from .snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
 PRESENCE = web.AppKey("presence", Presence)
 METRICS = web.AppKey("presence metrics", CollectorRegistry)
+VERIFIER = web.AppKey("presence token verifier", Verifier)
 #: How long a new SSE connection waits for its snapshot before a 503.
 SNAPSHOT_TIMEOUT = 10.0
 _ID_PATH = "{client_id:[^/]*}"
@@ -60,6 +65,7 @@ async def demo_asset(request: web.Request) -> web.FileResponse:
 
 
 async def list_clients(request: web.Request) -> web.Response:
+    _authorize_read(request)
     online = await _presence(request).online()
     clients = [{"client": c.client, "server": c.server} for c in online]
     return web.json_response({"clients": clients, "count": len(clients)})
@@ -67,6 +73,7 @@ async def list_clients(request: web.Request) -> web.Response:
 
 async def get_client(request: web.Request) -> web.Response:
     client_id = _client_id(request)
+    _authorize_read(request)
     found = await _presence(request).status(client_id)
     if found is None:
         return web.json_response({"client": client_id, "status": OFFLINE, "server": None})
@@ -78,6 +85,17 @@ async def client_events(request: web.Request) -> web.StreamResponse:
     ``presence`` event about others."""
     client_id = _client_id(request)
     presence = _presence(request)
+    claims = _authorize(request)
+    if claims is not None and claims.sub != client_id:
+        _fail(web.HTTPForbidden, "the token is for another client id")
+    settings = presence.settings
+    if presence.local.connections >= settings.max_connections:
+        _fail(web.HTTPServiceUnavailable, "this server holds all the connections it may")
+    if presence.local.holds(client_id) >= settings.max_connections_per_client:
+        _fail(web.HTTPTooManyRequests, "too many connections for this client id")
+    # The stream ends when its token expires; the client reconnects with a fresh one.
+    loop = asyncio.get_running_loop()
+    expiry = None if claims is None else loop.time() + claims.exp - time.time()
     transport = request.transport
     # Browsers resend the last id they saw by themselves when they reconnect.
     resume = request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or None
@@ -91,46 +109,75 @@ async def client_events(request: web.Request) -> web.StreamResponse:
         try:
             async with asyncio.timeout(SNAPSHOT_TIMEOUT):
                 replay = await presence.replay(resume) if resume else None
-                snapshot = await presence.snapshot() if replay is None else None
+                start = replay or await presence.snapshot()
         except (TimeoutError, RedisError, OSError) as exc:
             log.debug("no snapshot for %s: %s", client_id, exc)  # healthz says why
             _fail(web.HTTPServiceUnavailable, "presence is unavailable: cannot read Redis")
-        settings = presence.settings
         async with sse_response(request, ping_interval=settings.keepalive_interval) as sse:
             try:
-                if snapshot is not None:
-                    # A resume that cannot be exact gets a snapshot marked as a reset.
-                    await sse.write(snapshot.sse_frame(exclude=client_id, reset=bool(resume)))
-                    position = snapshot.position
-                else:
-                    assert replay is not None
-                    missed = [d.frame for d in replay.deliveries if d.event.client != client_id]
-                    if missed:
-                        await sse.write(b"".join(missed))
-                    position = replay.position
-                # Events up to that position were sent already.
-                after: tuple[int, int] | None = stream_position(position)
-                while True:
-                    try:
-                        batch = await subscriber.get_many()
-                    except Resync:
-                        snapshot = await presence.snapshot()
-                        await sse.write(snapshot.sse_frame(exclude=client_id, reset=True))
-                        after = stream_position(snapshot.position)
-                        continue
-                    if not batch:
-                        break
-                    if after is not None:
-                        batch = [d for d in batch if stream_position(d.event.id) > after]
-                        if not batch:
-                            continue
-                        after = None
-                    await sse.write(b"".join(d.frame for d in batch))
+                async with asyncio.timeout_at(expiry):
+                    await _stream(sse, presence, subscriber, client_id, start, resumed=bool(resume))
+            except TimeoutError:
+                log.debug("the token of %s expired: closing its stream", client_id)
             except ConnectionError:
                 pass  # the client left
             except (RedisError, OSError) as exc:
                 log.debug("no fresh snapshot for %s: %s", client_id, exc)  # it reconnects
         return sse
+
+
+async def _stream(
+    sse: EventSourceResponse,
+    presence: Presence,
+    subscriber: Subscriber,
+    client_id: str,
+    start: Snapshot | Replay,
+    *,
+    resumed: bool,
+) -> None:
+    """Write the start (a snapshot, or the replayed events), then live events."""
+    if isinstance(start, Snapshot):
+        # A resume that cannot be exact gets a snapshot marked as a reset.
+        await sse.write(start.sse_frame(exclude=client_id, reset=resumed))
+    elif missed := [d.frame for d in start.deliveries if d.event.client != client_id]:
+        await sse.write(b"".join(missed))
+    # Events up to that position were sent already.
+    after: tuple[int, int] | None = stream_position(start.position)
+    while True:
+        try:
+            batch = await subscriber.get_many()
+        except Resync:
+            snapshot = await presence.snapshot()
+            await sse.write(snapshot.sse_frame(exclude=client_id, reset=True))
+            after = stream_position(snapshot.position)
+            continue
+        if not batch:
+            return
+        if after is not None:
+            batch = [d for d in batch if stream_position(d.event.id) > after]
+            if not batch:
+                continue
+            after = None
+        await sse.write(b"".join(d.frame for d in batch))
+
+
+def _authorize(request: web.Request) -> Claims | None:
+    """The verified claims of the request's token; None when authentication is off."""
+    verifier = request.config_dict[VERIFIER]
+    if not verifier.enabled:
+        return None
+    token = token_of(request)
+    try:
+        if token is None:
+            raise Unauthorized("a token is required")
+        return verifier.verify(token)
+    except Unauthorized as exc:
+        _fail(web.HTTPUnauthorized, str(exc), headers={"WWW-Authenticate": "Bearer"})
+
+
+def _authorize_read(request: web.Request) -> None:
+    if _presence(request).settings.auth_reads:
+        _authorize(request)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -146,6 +193,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format."""
+    _authorize_read(request)
     body = generate_latest(request.config_dict[METRICS])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -188,5 +236,9 @@ def _client_id(request: web.Request) -> str:
     return client_id
 
 
-def _fail(kind: type[web.HTTPException], message: str) -> NoReturn:
-    raise kind(text=json.dumps({"error": message}), content_type="application/json")
+def _fail(
+    kind: type[web.HTTPException], message: str, headers: dict[str, str] | None = None
+) -> NoReturn:
+    raise kind(
+        text=json.dumps({"error": message}), content_type="application/json", headers=headers
+    )

@@ -128,15 +128,16 @@ class LocalState:
         self.subscribers: set[Subscriber] = set()
         #: Subscribers closed because they fell behind the log.
         self.overflows = 0
+        #: Open client connections (in-process ``changes()`` listeners not counted).
+        self.connections = 0
 
     @property
     def clients(self) -> Iterable[str]:
         return self._holds.keys()
 
-    @property
-    def connections(self) -> int:
-        """Open client connections (in-process ``changes()`` listeners not counted)."""
-        return sum(1 for s in self.subscribers if s.client is not None)
+    def holds(self, client: str) -> int:
+        """How many connections (and ``track()`` blocks) hold ``client`` here."""
+        return self._holds.get(client, 0)
 
     def __contains__(self, client: str) -> bool:
         return client in self._holds
@@ -145,11 +146,14 @@ class LocalState:
     def subscribed(self, subscriber: Subscriber) -> Iterator[None]:
         """Deliver to ``subscriber`` while the block runs; close it after."""
         self.subscribers.add(subscriber)
+        counted = subscriber.client is not None
+        self.connections += counted
         try:
             yield
         finally:
             subscriber.close()
             self.subscribers.discard(subscriber)
+            self.connections -= counted
 
     def hold(self, client: str) -> None:
         """Count one more connection of ``client``; a new client is heartbeated at once."""

@@ -7,6 +7,9 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
+
 from .settings import Settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -25,6 +28,20 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
+
+
+class PathOnlyAccessLogger(AbstractAccessLogger):
+    """Access lines without query strings: a ``?token=`` must never reach a log."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        self.logger.debug(
+            "%s %s %s %d %.3fs",
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            time,
+        )
 
 
 def configure(settings: Settings) -> None:

@@ -21,7 +21,20 @@ ENV_PREFIX = "PRESENCE_"
 MEMORY_URL = "memory://"
 _SCHEMES = ("redis", "rediss", "unix", "memory")
 _NAMESPACE = re.compile(r"[A-Za-z0-9._:@{}-]{0,64}")
-_TYPES: dict[str, type] = {"int": int, "float": float, "str": str}
+_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+_BOOLS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+#: Fields never shown in full: in logs, errors or ``repr``.
+_SECRETS = ("auth_secret",)
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -63,6 +76,24 @@ class Settings:
     #: it is announced gone (a reload within it changes nothing); 0 leaves it
     #: to the TTL.
     leave_grace: float = 2.0
+    #: HS256 secret verifying client tokens (JWT). Empty, with no public key,
+    #: turns authentication off.
+    auth_secret: str = ""
+    #: PEM file of the public key verifying RS256 or ES256 client tokens.
+    auth_public_key: str = ""
+    #: Seconds of clock skew allowed when checking a token's ``exp``.
+    auth_leeway: float = 5.0
+    #: Whether GET /clients, /clients/<id> and /metrics need a token too.
+    auth_reads: bool = False
+    #: Open SSE connections this process accepts; more get a 503.
+    max_connections: int = 10_000
+    #: Open SSE connections one client id may hold on this process; more get a 429.
+    max_connections_per_client: int = 16
+    #: Comma-separated origins (``https://app.example.com``) allowed by CORS; none by default.
+    cors_origins: str = ""
+    #: Longest request line and longest header field accepted, in bytes.
+    max_line_size: int = 8190
+    max_field_size: int = 8190
     #: Attempts to reach Redis at start before giving up.
     connect_retries: int = 5
     log_level: str = "INFO"
@@ -94,6 +125,25 @@ class Settings:
             math.isfinite(self.leave_grace) and self.leave_grace >= 0,
             "leave grace must be zero or a positive number of seconds",
         )
+        _check(
+            math.isfinite(self.auth_leeway) and self.auth_leeway >= 0,
+            "auth leeway must be zero or a positive number of seconds",
+        )
+        _check(
+            not (self.auth_secret and self.auth_public_key),
+            "give either an auth secret or an auth public key, not both",
+        )
+        _check(self.max_connections >= 1, "max connections must be at least 1")
+        _check(
+            self.max_connections_per_client >= 1, "max connections per client must be at least 1"
+        )
+        for origin in self.origins:
+            _check(
+                _ORIGIN.fullmatch(origin) is not None,
+                f"cors origin must look like https://host[:port], got {origin!r}",
+            )
+        _check(1024 <= self.max_line_size <= 65536, "max line size must be 1024 to 65536 bytes")
+        _check(1024 <= self.max_field_size <= 65536, "max field size must be 1024 to 65536 bytes")
         _check(self.heartbeat_maxlen >= 1, "heartbeat stream cap must be at least 1")
         _check(self.presence_maxlen >= 1, "presence stream cap must be at least 1")
         _check(self.queue_size >= 1, "queue size must be at least 1")
@@ -139,6 +189,16 @@ class Settings:
         return self.redis_url == MEMORY_URL
 
     @property
+    def origins(self) -> list[str]:
+        """The CORS allowlist."""
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def auth(self) -> bool:
+        """Whether client streams need a token."""
+        return bool(self.auth_secret or self.auth_public_key)
+
+    @property
     def masked_redis_url(self) -> str:
         """The Redis URL with any password replaced by ``***``."""
         return mask_url(self.redis_url)
@@ -148,12 +208,20 @@ class Settings:
 
     def __repr__(self) -> str:
         shown = ", ".join(
-            f"{f.name}={mask_url(v) if f.name == 'redis_url' else v!r}"
+            f"{f.name}={_shown(f.name, v)}"
             for f in fields(self)
             if f.repr
             for v in [getattr(self, f.name)]
         )
         return f"Settings({shown})"
+
+
+def _shown(name: str, value: Any) -> str:
+    if name == "redis_url":
+        return mask_url(value)
+    if name in _SECRETS and value:
+        return "'***'"
+    return repr(value)
 
 
 def mask_url(url: str) -> str:
@@ -203,6 +271,10 @@ def _check_redis_url(url: str) -> None:
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:
+    if kind is bool:
+        if raw.strip().lower() not in _BOOLS:
+            raise ConfigError(f"{name} must be true or false, got {raw!r}")
+        return _BOOLS[raw.strip().lower()]
     try:
         return kind(raw)
     except ValueError:

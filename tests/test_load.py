@@ -117,6 +117,7 @@ async def test_one_process_holds_5000_connections_with_steady_churn(
     server = spawn(
         "--redis-url", redis_server.url,
         "--server-id", "load-1",
+        "--max-connections-per-client", "64",
         "--heartbeat-interval", "2",
         "--keepalive-interval", "5",
     )  # fmt: skip

@@ -40,7 +40,10 @@ function note(text, kind) {
 
 function connect(name) {
   disconnect();
-  source = new EventSource(`clients/${encodeURIComponent(name)}/events`);
+  // With authentication on, open the page as /?name=alice&token=<token for alice>.
+  const token = new URLSearchParams(location.search).get("token");
+  const query = token ? `?token=${encodeURIComponent(token)}` : "";
+  source = new EventSource(`clients/${encodeURIComponent(name)}/events${query}`);
   setState("connecting", "connecting…");
   source.onopen = () => setState("open", `online as ${name}`);
   source.onerror = () => {
