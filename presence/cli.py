@@ -191,10 +191,9 @@ def serve(settings: Settings) -> int:
             print=lambda _: log.info("listening on http://%s:%d", settings.host, settings.port),
             access_log=log if settings.log_level == "DEBUG" else None,
             access_log_class=logs.PathOnlyAccessLogger,
-            handler_args={
-                "max_line_size": settings.max_line_size,
-                "max_field_size": settings.max_field_size,
-            },
+            # Passed on to each connection's request parser.
+            max_line_size=settings.max_line_size,
+            max_field_size=settings.max_field_size,
             shutdown_timeout=5,
         )
     except PresenceError as exc:

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from presence import PRESENCE, ConfigError, Settings, create_app
 
-from .support import Redis, open_events, poll
+from .support import Redis, RedisServer, ServerProcess, open_events, poll
 
 # 64 bytes and more: PyJWT warns (an error here) below that for HS512.
 SECRET = "s3cret-for-tests-only-" + "0123456789abcdef" * 3
@@ -288,3 +288,44 @@ def test_the_token_command_mints_a_token_for_a_client() -> None:
     )  # fmt: skip
     assert refused.returncode == 2
     assert refused.stderr == "presence: error: pass --auth-secret or set PRESENCE_AUTH_SECRET\n"
+
+
+async def test_secrets_and_tokens_never_reach_the_logs(
+    spawn: Callable[..., ServerProcess], redis_server: RedisServer, session: aiohttp.ClientSession
+) -> None:
+    """At DEBUG, with access logs: the secret, and a token sent as ?token=, appear nowhere."""
+    server = spawn(
+        "--redis-url", redis_server.url.replace("redis://", "redis://:hunter2@"),
+        "--log-level", "DEBUG",
+        env={"PRESENCE_AUTH_SECRET": SECRET},
+    )  # fmt: skip
+    await server.wait_healthy()
+    url = f"{server.url}/clients/alice/events"
+    secret_token = token()
+    stream = await open_events(session, f"{url}?token={secret_token}")
+    await stream.next()
+    stream.close()
+    for bad in (token(sub="bob"), "garbage." + secret_token[-20:]):
+        async with session.get(f"{url}?token={bad}") as response:
+            assert response.status in (401, 403)
+            assert bad not in await response.text()
+    assert server.terminate() == 0
+    output = server.output()
+    assert "/clients/alice/events" in output  # the access log is there
+    for leaked in (SECRET, secret_token, "hunter2", "token="):
+        assert leaked not in output
+
+
+async def test_oversized_request_lines_and_headers_are_refused(
+    spawn: Callable[..., ServerProcess], session: aiohttp.ClientSession
+) -> None:
+    server = spawn("--max-line-size", "2048", "--max-field-size", "2048")
+    await server.wait_healthy()
+    async with session.get(f"{server.url}/clients?x={'a' * 3000}") as response:
+        assert response.status == 400
+    async with session.get(f"{server.url}/clients", headers={"X-Big": "b" * 3000}) as response:
+        assert response.status == 400
+    async with session.get(f"{server.url}/clients?x={'a' * 1000}") as response:
+        assert response.status == 200  # under the cap
+    async with session.get(f"{server.url}/healthz") as response:
+        assert response.status == 200
