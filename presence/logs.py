@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 
@@ -13,6 +14,23 @@ from aiohttp.web import BaseRequest, StreamResponse
 from .settings import Settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_TOKEN = re.compile(r"(token=)[^&\s'\"]+")
+
+
+class RedactTokens(logging.Filter):
+    """Blanks ``token=...`` in every line, tracebacks included: aiohttp logs the
+    start of a request it could not parse, query string and all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        redacted = _TOKEN.sub(r"\1***", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_text:
+            record.exc_text = _TOKEN.sub(r"\1***", record.exc_text)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -26,7 +44,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -50,4 +68,5 @@ def configure(settings: Settings) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(RedactTokens())
     logging.basicConfig(level=settings.log_level, handlers=[handler])
