@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help install serve test screenshot lint format clean
+.PHONY: help install serve test screenshot bench bench-full lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -27,14 +27,20 @@ test: install ## Run the whole test suite (starts its own redis-server)
 screenshot: install ## Retake docs/demo.png with the browser test (needs chromium)
 	PRESENCE_DEMO_SCREENSHOT=docs/demo.png $(BIN)/python -m pytest tests/test_browser.py
 
+bench: install ## Short benchmarks (under 3 minutes; needs redis-benchmark, nginx and nchan)
+	$(BIN)/python -m bench
+
+bench-full: install ## The whole benchmark matrix (long)
+	$(BIN)/python -m bench --full
+
 lint: install ## ruff and mypy --strict
-	$(BIN)/ruff check presence tests examples
-	$(BIN)/ruff format --check presence tests examples
+	$(BIN)/ruff check presence tests examples bench
+	$(BIN)/ruff format --check presence tests examples bench
 	$(BIN)/mypy
 
 format: install ## Apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix presence tests examples
-	$(BIN)/ruff format presence tests examples
+	$(BIN)/ruff check --fix presence tests examples bench
+	$(BIN)/ruff format presence tests examples bench
 
 clean: ## Remove .venv and caches
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 SOCKET_TIMEOUT = 5.0
 BLOCK_MS = 1000
 # Keyspace events for generic commands (del) and expiry, per key.
-KEYSPACE_FLAGS = "Kg"
+#: Key-event notifications of generic commands: one channel per event type, so
+#: a listener of ``del`` hears nothing of the ``expire`` every SET ... PX makes.
+KEYSPACE_FLAGS = "Eg"
 
 Redis = aioredis.Redis
 
@@ -116,7 +118,7 @@ async def enable_keyspace_events(redis: Redis, settings: Settings) -> bool:
 async def _keyspace_events_arrive(redis: Redis, settings: Settings, wait: float = 2.0) -> bool:
     # "#" is not allowed in client ids, so no listener mistakes the probe for one.
     key = f"{settings.keys.online_prefix}#probe#{settings.server_id}"
-    channel = f"__keyspace@{database(redis)}__:{key}"
+    channel = deleted_channel(redis)
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     try:
         await pubsub.subscribe(channel)
@@ -125,7 +127,7 @@ async def _keyspace_events_arrive(redis: Redis, settings: Settings, wait: float 
         async with asyncio.timeout(wait):
             while True:
                 message = await pubsub.get_message(timeout=wait)
-                if message is not None and message["data"] == b"del":
+                if message is not None and message["data"] == key.encode():
                     break
         arrived = True
     except TimeoutError:
@@ -137,7 +139,12 @@ async def _keyspace_events_arrive(redis: Redis, settings: Settings, wait: float 
 
 
 def _has_keyspace_flags(flags: str) -> bool:
-    return "K" in flags and ("g" in flags or "A" in flags)
+    return "E" in flags and ("g" in flags or "A" in flags)
+
+
+def deleted_channel(redis: Redis) -> str:
+    """The channel Redis announces each deleted key's name on."""
+    return f"__keyevent@{database(redis)}__:del"
 
 
 def text(value: bytes | str) -> str:

@@ -28,6 +28,8 @@ from .transitions import Transitions
 log = logging.getLogger(__name__)
 
 BATCH = 500
+#: Heartbeats per script call: a call holds Redis for its whole duration.
+SCRIPT_BATCH = 100
 CLAIM_ROUNDS = 10
 MEMORY_POLL = 0.02
 #: A flood of malformed entries is logged at most once per this many seconds.
@@ -148,18 +150,28 @@ class HeartbeatConsumer:
                 good.append((*parsed, _entry_ms(entry_id)))
 
         def fill(pipe: Pipeline) -> None:
-            for client, server, sent_ms in good:
-                self._transitions.heartbeat(pipe, client, server, sent_ms)
+            for start in range(0, len(good), SCRIPT_BATCH):
+                self._transitions.heartbeats(pipe, good[start : start + SCRIPT_BATCH])
             pipe.xack(self._stream, CONSUMER_GROUP, *(entry_id for entry_id, _ in entries))
 
-        outcomes = (await self._transitions.execute(fill))[: len(good)]
-        failed = [r for r in outcomes if isinstance(r, Exception)]
-        self.applied += len(good) - len(failed)
+        outcomes: list[int] = []
+        errors: list[str] = []
+        for reply in (await self._transitions.execute(fill))[:-1]:
+            if isinstance(reply, Exception):  # the whole call: a batch's worth
+                errors.append(str(reply))
+                outcomes += [-2] * SCRIPT_BATCH
+                continue
+            codes = [c for c in reply if isinstance(c, int)]
+            errors += [text(e) for e in reply[len(codes) :]]
+            outcomes += codes
+        outcomes = outcomes[: len(good)]
+        failed = outcomes.count(-2)
+        self.applied += len(good) - failed
         self.online += outcomes.count(1)
         self.stale += outcomes.count(-1)
         if failed:
-            self.failed += len(failed)
-            log.warning("%d heartbeat(s) failed in Redis: %s", len(failed), failed[0])
+            self.failed += failed
+            log.warning("%d heartbeat(s) failed in Redis: %s", failed, errors[0])
         if bad:
             self.malformed += len(bad)
             self._log_malformed(len(bad), *bad[-1])

@@ -60,7 +60,11 @@ class Keys:
         """Hash: announced-online client -> server id."""
         return f"{self.namespace}online.servers"
 
+    @property
+    def holders_prefix(self) -> str:
+        return f"{self.namespace}online.holders."
+
     def holders(self, client: str) -> str:
         """Sorted set: server -> deadline (Unix ms) of its last heartbeat of the
         client, or minus the time it announced the client left it."""
-        return f"{self.namespace}online.holders.{client}"
+        return f"{self.holders_prefix}{client}"

@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.asyncio.client import Pipeline, PubSub
 
-from .connection import KEYSPACE_FLAGS, Redis, database, enable_keyspace_events, text
+from .connection import KEYSPACE_FLAGS, Redis, deleted_channel, enable_keyspace_events, text
 from .contract import is_valid_id
 from .settings import Settings
 from .supervise import Worker
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 0.1
 SWEEP_BATCH = 500
+#: Clients per OFFLINE script call.
+SCRIPT_BATCH = 100
 
 
 class Sweeper:
@@ -77,9 +79,8 @@ class KeyspaceListener:
         self._redis = redis
         self._settings = settings
         self._transitions = transitions
-        prefix = settings.keys.online_prefix
-        self._channel_prefix = f"__keyspace@{database(redis)}__:{prefix}".encode()
-        self._pattern = self._channel_prefix + b"*"
+        self._prefix = settings.keys.online_prefix.encode()
+        self._channel = deleted_channel(redis)
         self._subscribed: PubSub | None = None
         self.published = 0
         #: Whether Redis publishes the events; None until the first subscribe.
@@ -94,7 +95,7 @@ class KeyspaceListener:
         await self._enable()
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.psubscribe(self._pattern)
+            await pubsub.subscribe(self._channel)
             assert pubsub.connection is not None
             # redis-py may reconnect and resubscribe by itself, to a Redis that
             # restarted without our CONFIG SET: hear about it.
@@ -174,13 +175,13 @@ class KeyspaceListener:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _client_of(self, message: dict[str, Any]) -> str | None:
-        if message.get("type") != "pmessage" or message.get("data") != b"del":
+        key = message.get("data")
+        if message.get("type") != "message" or not isinstance(key, bytes):
             return None
-        channel = message["channel"]
-        if not channel.startswith(self._channel_prefix):
-            return None
+        if not key.startswith(self._prefix):
+            return None  # any other key of the database
         try:
-            client = channel[len(self._channel_prefix) :].decode()
+            client = key[len(self._prefix) :].decode()
         except UnicodeDecodeError:
             return None
         return client if is_valid_id(client) else None
@@ -190,11 +191,17 @@ async def offline(transitions: Transitions, clients: list[str]) -> int:
     """Run the OFFLINE script for each client; returns how many were published."""
 
     def fill(pipe: Pipeline) -> None:
-        for client in clients:
-            transitions.offline(pipe, client)
+        for start in range(0, len(clients), SCRIPT_BATCH):
+            transitions.offline(pipe, clients[start : start + SCRIPT_BATCH])
 
-    results = await transitions.execute(fill)
-    failed = [r for r in results if isinstance(r, Exception)]
+    published, failed, failure = 0, 0, ""
+    for reply in await transitions.execute(fill):
+        if isinstance(reply, Exception):
+            failed, failure = failed + 1, str(reply)
+            continue
+        published += int(reply[0])
+        if reply[1]:
+            failed, failure = failed + int(reply[1]), text(reply[2])
     if failed:
-        log.warning("%d OFFLINE check(s) failed in Redis: %s", len(failed), failed[0])
-    return sum(r for r in results if isinstance(r, int))
+        log.warning("%d OFFLINE check(s) failed in Redis: %s", failed, failure)
+    return published

@@ -14,7 +14,7 @@ import time
 from typing import Any, cast
 
 from .connection import BLOCK_MS, Redis, stream_entries, text
-from .contract import OFFLINE, ONLINE, Status
+from .contract import OFFLINE, ONLINE, Status, is_valid_id
 from .events import PresenceEvent, stream_position
 from .local import Delivery, LocalState
 from .settings import Settings
@@ -87,16 +87,25 @@ class PresenceReader:
 
 
 def parse_event(entry_id: str, fields: dict[bytes, bytes]) -> PresenceEvent | None:
+    """The event of a presence entry; None unless it is well formed (ids valid)."""
     try:
         client = fields[b"client"].decode()
         status = fields[b"status"].decode()
         server = fields[b"server"].decode()
     except (KeyError, UnicodeDecodeError):
         return None
-    if status not in (ONLINE, OFFLINE):
+    if status not in (ONLINE, OFFLINE) or not is_valid_id(client):
+        return None
+    if server and not is_valid_id(server):  # empty: OFFLINE of a client with no server
         return None
     return PresenceEvent(entry_id, client, cast(Status, status), server)
 
 
 def sse_frame(event: PresenceEvent) -> bytes:
-    return f"id: {event.id}\nevent: presence\ndata: {event.to_json()}\n\n".encode()
+    """The SSE frame of a parsed event, encoded once for every connection.
+
+    Its ids passed ``is_valid_id``, so they need no JSON escaping: formatting
+    beats ``json.dumps`` on the busiest path of a burst.
+    """
+    data = f'{{"client":"{event.client}","status":"{event.status}","server":"{event.server}"}}'
+    return f"id: {event.id}\nevent: presence\ndata: {data}\n\n".encode()

@@ -17,59 +17,95 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS[1] online.clients.<id>  KEYS[2] online.deadlines  KEYS[3] online.servers
-# KEYS[4] presence stream  KEYS[5] online.holders.<id>
-# ARGV[1] client  ARGV[2] server  ARGV[3] ttl ms  ARGV[4] presence stream cap
-# ARGV[5] when the heartbeat was sent, Unix ms (its stream entry id); 0 = now
-# Returns 1 when the client came online, 0 for a refresh, -1 for a heartbeat
-# older than the ttl or sent before its server announced the client left it
-# (nothing is written).
+# Any number of heartbeats in one call, each packed into one argument: one
+# round of script overhead, and little to encode, for a whole batch read from
+# the stream. The per-client keys are built here from their prefixes (this is
+# a standalone-Redis script: its keys live in different slots anyway).
+# KEYS[1] online.deadlines  KEYS[2] online.servers  KEYS[3] presence stream
+# ARGV[1] ttl ms  ARGV[2] presence stream cap
+# ARGV[3] online.clients. prefix  ARGV[4] online.holders. prefix
+# ARGV[5...] one heartbeat each: "<client> <server> <sent>", sent = when it was
+# sent, Unix ms (its stream entry id), 0 = now
+# Returns one code per heartbeat: 1 when the client came online, 0 for a
+# refresh, -1 for a heartbeat older than the ttl or sent before its server
+# announced the client left it (nothing is written), -2 when Redis failed it
+# (then the last element is that error); the others are applied regardless.
 HEARTBEAT: Final = (
     _NOW
     + """
-local sent = tonumber(ARGV[5])
-if sent == 0 or sent > now then sent = now end
-local deadline = sent + tonumber(ARGV[3])
-if deadline <= now then return -1 end
-local held = tonumber(redis.call('ZSCORE', KEYS[5], ARGV[2]) or '0')
-if held < 0 and sent <= -held then return -1 end
-redis.call('ZADD', KEYS[5], 'GT', deadline, ARGV[2])
-if redis.call('PTTL', KEYS[5]) < deadline - now then
-  redis.call('PEXPIRE', KEYS[5], deadline - now)
+local ttl, cap = tonumber(ARGV[1]), ARGV[2]
+local function apply(online, holders, client, server, sent)
+  if sent == 0 or sent > now then sent = now end
+  local deadline = sent + ttl
+  if deadline <= now then return -1 end
+  local held = tonumber(redis.call('ZSCORE', holders, server) or '0')
+  if held < 0 and sent <= -held then return -1 end
+  redis.call('ZADD', holders, 'GT', deadline, server)
+  if redis.call('PTTL', holders) < deadline - now then
+    redis.call('PEXPIRE', holders, deadline - now)
+  end
+  local announced = redis.call('ZSCORE', KEYS[1], client)
+  if announced and tonumber(announced) > deadline and redis.call('EXISTS', online) == 1 then
+    return 0  -- a newer heartbeat was applied first: never move a deadline back
+  end
+  local old = redis.call('SET', online, server, 'PX', deadline - now, 'GET')
+  redis.call('ZADD', KEYS[1], deadline, client)
+  if announced then
+    -- Still announced, so a refresh: also when the key expired before its
+    -- OFFLINE went out (Redis was unreachable, or the sweeper is behind).
+    if old ~= server then redis.call('HSET', KEYS[2], client, server) end
+    return 0
+  end
+  redis.call('HSET', KEYS[2], client, server)
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', cap, '*', 'client', client,
+    'status', 'ONLINE', 'server', server)
+  return 1
 end
-local announced = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if announced and tonumber(announced) > deadline and redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0  -- a newer heartbeat was applied first: never move a deadline back
+local results, failure = {}, nil
+for i = 5, #ARGV do
+  local client, server, sent = string.match(ARGV[i], '^(%S+) (%S+) (%d+)$')
+  local ok, result = pcall(apply, ARGV[3] .. client, ARGV[4] .. client, client, server,
+    tonumber(sent))
+  if ok then
+    results[#results + 1] = result
+  else
+    results[#results + 1], failure = -2, result
+  end
 end
-local old = redis.call('SET', KEYS[1], ARGV[2], 'PX', deadline - now, 'GET')
-redis.call('ZADD', KEYS[2], deadline, ARGV[1])
-if announced then
-  -- Still announced, so a refresh: also when the key expired before its
-  -- OFFLINE went out (Redis was unreachable, or the sweeper is behind).
-  if old ~= ARGV[2] then redis.call('HSET', KEYS[3], ARGV[1], ARGV[2]) end
-  return 0
+if failure then
+  results[#results + 1] = type(failure) == 'table' and failure.err or tostring(failure)
 end
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'client', ARGV[1],
-  'status', 'ONLINE', 'server', ARGV[2])
-return 1
+return results
 """
 )
 
-# KEYS[1] online.clients.<id>  KEYS[2] online.deadlines  KEYS[3] online.servers
-# KEYS[4] presence stream
-# ARGV[1] client  ARGV[2] presence stream cap
-# Returns 1 when it published OFFLINE, 0 when the client is still online
-# (its key exists) or its OFFLINE is already out.
+# OFFLINE checks for any number of clients in one call.
+# KEYS[1] online.deadlines  KEYS[2] online.servers  KEYS[3] presence stream
+# ARGV[1] presence stream cap  ARGV[2] online.clients. prefix  ARGV[3...] clients
+# A client gets its OFFLINE when its key is gone and its OFFLINE is not out yet.
+# Returns {how many were published, how many Redis failed, the last failure or ''}.
 OFFLINE: Final = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
-local server = redis.call('HGET', KEYS[3], ARGV[1]) or ''
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'client', ARGV[1],
-  'status', 'OFFLINE', 'server', server)
-return 1
+local published, failed, failure = 0, 0, ''
+local function check(client)
+  if redis.call('EXISTS', ARGV[2] .. client) == 1 then return 0 end
+  if not redis.call('ZSCORE', KEYS[1], client) then return 0 end
+  local server = redis.call('HGET', KEYS[2], client) or ''
+  redis.call('ZREM', KEYS[1], client)
+  redis.call('HDEL', KEYS[2], client)
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'client', client,
+    'status', 'OFFLINE', 'server', server)
+  return 1
+end
+for i = 3, #ARGV do
+  local ok, result = pcall(check, ARGV[i])
+  if ok then
+    published = published + result
+  else
+    failed = failed + 1
+    failure = type(result) == 'table' and result.err or tostring(result)
+  end
+end
+return {published, failed, failure}
 """
 
 # KEYS[1] online.clients.<id>  KEYS[2] online.deadlines  KEYS[3] online.servers

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio.client import Pipeline
@@ -32,11 +32,16 @@ class Transitions:
         k = self._keys
         return [k.online(client), k.deadlines, k.servers, k.presence]
 
-    def heartbeat(self, pipe: Pipeline, client: str, server: str, sent_ms: int = 0) -> None:
-        """Queue one heartbeat: 1 = came online, 0 = refreshed, -1 = too old."""
-        args: list[str | int] = [client, server, self._ttl_ms, self._maxlen, sent_ms]
-        keys = [*self._client_keys(client), self._keys.holders(client)]
-        pipe.evalsha(self._heartbeat.sha, 5, *keys, *args)
+    def heartbeats(self, pipe: Pipeline, batch: Sequence[tuple[str, str, int]]) -> None:
+        """Queue ``(client, server, sent_ms)`` heartbeats as one script call.
+
+        Its result is one code per heartbeat (1 came online, 0 refreshed, -1 too
+        old, -2 failed in Redis), then the error of the last failure, if any.
+        """
+        k = self._keys
+        args: list[str | int] = [self._ttl_ms, self._maxlen, k.online_prefix, k.holders_prefix]
+        args += [f"{client} {server} {sent_ms}" for client, server, sent_ms in batch]
+        pipe.evalsha(self._heartbeat.sha, 3, k.deadlines, k.servers, k.presence, *args)
 
     def leave(self, pipe: Pipeline, client: str, server: str) -> None:
         """Queue a leave: 1 = published OFFLINE, 0 = held elsewhere or not online."""
@@ -44,9 +49,14 @@ class Transitions:
         keys = [*self._client_keys(client), self._keys.holders(client)]
         pipe.evalsha(self._leave.sha, 5, *keys, *args)
 
-    def offline(self, pipe: Pipeline, client: str) -> None:
-        """Queue an OFFLINE check: 1 = published, 0 = still online or already out."""
-        pipe.evalsha(self._offline.sha, 4, *self._client_keys(client), client, self._maxlen)
+    def offline(self, pipe: Pipeline, clients: Sequence[str]) -> None:
+        """Queue OFFLINE checks of ``clients`` as one script call.
+
+        Its result is ``[published, failed, last failure or ""]``.
+        """
+        k = self._keys
+        args: list[str | int] = [self._maxlen, k.online_prefix, *clients]
+        pipe.evalsha(self._offline.sha, 3, k.deadlines, k.servers, k.presence, *args)
 
     async def execute(self, fill: Callable[[Pipeline], None]) -> list[Any]:
         """Run the commands ``fill`` queues, in one round trip.

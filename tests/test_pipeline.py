@@ -68,7 +68,7 @@ async def test_deleting_the_key_publishes_offline_through_keyspace_events(
 ) -> None:
     # A 60 s interval keeps the deadline far away: only the listener can act in time.
     presence = await start_presence(settings.replace(heartbeat_interval=60))
-    assert "K" in (await redis.config_get("notify-keyspace-events"))["notify-keyspace-events"]
+    assert "E" in (await redis.config_get("notify-keyspace-events"))["notify-keyspace-events"]
     await redis.xadd("heartbeat", {"client": "bob", "server": "elsewhere"})
     await poll(lambda: _has_status(redis, "ONLINE"), what="ONLINE")
     await redis.delete("online.clients.bob")
@@ -130,7 +130,7 @@ async def test_malformed_heartbeats_are_skipped_counted_and_logged(
 async def test_enables_keyspace_events_when_they_are_off(
     redis: Redis, settings: Settings, start_presence: StartPresence
 ) -> None:
-    await redis.config_set("notify-keyspace-events", "E$")
+    await redis.config_set("notify-keyspace-events", "K$")
     await start_presence(settings)
     flags = (await redis.config_get("notify-keyspace-events"))["notify-keyspace-events"]
     assert set(flags) >= set("KEg$")
@@ -222,7 +222,7 @@ async def _true(value: bool) -> bool:
 async def test_starts_without_config_when_the_operator_enabled_keyspace_events(
     start_redis: StartRedis, settings: Settings
 ) -> None:
-    managed = start_redis("--notify-keyspace-events", "Kg", "--rename-command", "CONFIG", "")
+    managed = start_redis("--notify-keyspace-events", "Eg", "--rename-command", "CONFIG", "")
     async with Presence(settings.replace(redis_url=managed.url)) as presence:
         assert await presence.problems() == []
 
@@ -320,7 +320,7 @@ async def test_redis_restart_without_data_recovers_everything(
         await client.xadd("heartbeat", {"client": "bob", "server": "ext"})
         await poll(lambda: _exists(client, "online.clients.bob"), timeout=10, what="bob back")
         # The listener notices the lost connection at its own pace: wait for its resubscribe.
-        await poll(lambda: _numpat(client), timeout=10, what="listener resubscribed")
+        await poll(lambda: _subscribed(client), timeout=10, what="listener resubscribed")
         await client.delete("online.clients.bob")  # only the listener can act in time
 
         async def offline() -> bool:
@@ -332,8 +332,8 @@ async def test_redis_restart_without_data_recovers_everything(
         await presence.close()
 
 
-async def _numpat(redis: Redis) -> bool:
-    return bool(await redis.pubsub_numpat() == 1)
+async def _subscribed(redis: Redis) -> bool:
+    return bool(await redis.pubsub_numsub("__keyevent@0__:del") == [(b"__keyevent@0__:del", 1)])
 
 
 async def _problems(presence: Presence) -> bool:

@@ -20,7 +20,7 @@ from .support import Redis, StartRedis, free_port, poll
 #: The commands the README lists for an ACL user, and nothing else.
 DOCUMENTED = (
     "ping xadd xgroup xreadgroup xack xautoclaim xinfo info time xread xrevrange xrange "
-    "hget hgetall evalsha script|load psubscribe zscan config|get config|set "
+    "hget hgetall evalsha script|load subscribe zscan config|get config|set "
     # what the scripts call
     "set get exists del pttl pexpire zadd zscore zrem zrangebyscore zremrangebyscore hset hdel"
 )

@@ -37,7 +37,7 @@ async def statuses(redis: Redis, stream: str = "presence") -> list[tuple[str, st
 
 
 async def heartbeat(t: Transitions, client: str, server: str, sent_ms: int = 0) -> int:
-    [result] = await t.execute(lambda pipe: t.heartbeat(pipe, client, server, sent_ms))
+    [[result]] = await t.execute(lambda pipe: t.heartbeats(pipe, [(client, server, sent_ms)]))
     return int(result)
 
 
@@ -256,3 +256,15 @@ async def _after(redis: Redis, ms: int) -> bool:
 async def redis_ms(redis: Redis) -> int:
     seconds, micros = await redis.time()
     return int(seconds * 1000 + micros // 1000)
+
+
+async def test_a_batch_applies_every_heartbeat_but_the_one_redis_fails(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings)
+    await redis.hset("online.clients.broken", "x", "1")  # the wrong type for SET
+    batch = [("alice", "s1", 0), ("broken", "s1", 0), ("bob", "s1", 0)]
+    [reply] = await t.execute(lambda pipe: t.heartbeats(pipe, batch))
+    assert reply[:3] == [1, -2, 1]
+    assert b"WRONGTYPE" in reply[3]
+    assert [c for c, _, _ in await statuses(redis)] == ["alice", "bob"]

@@ -240,3 +240,14 @@ async def test_worker_logs_a_failure_once_reports_it_and_recovers(
 
 async def _value(value: bool) -> bool:
     return value
+
+
+def test_presence_frames_are_the_compact_json_of_the_event() -> None:
+    from presence.fanout import parse_event, sse_frame
+
+    fields = {b"client": b"a.b:c@d-e_1", b"status": b"OFFLINE", b"server": b""}
+    event = parse_event("1-2", fields)
+    assert event is not None
+    assert sse_frame(event) == f"id: 1-2\nevent: presence\ndata: {event.to_json()}\n\n".encode()
+    for bad in (b'x"y', b"a\\b", b"\xff", b""):
+        assert parse_event("1-2", {**fields, b"client": bad}) is None
