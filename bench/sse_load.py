@@ -90,7 +90,9 @@ async def _hold(
 
     async def connect(n: int, path: str) -> None:
         ready: asyncio.Future[None] = loop.create_future()
-        request = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n".encode()
+        )
         sampled = compiled if n % SAMPLE == 0 else None
         async with slots:
             try:

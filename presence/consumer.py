@@ -27,7 +27,9 @@ from .transitions import Transitions
 
 log = logging.getLogger(__name__)
 
-BATCH = 500
+BATCH = 200
+#: Batches applied at once: one in Redis while the next is prepared.
+IN_FLIGHT = 2
 #: Heartbeats per script call: a call holds Redis for its whole duration.
 SCRIPT_BATCH = 100
 CLAIM_ROUNDS = 10
@@ -64,22 +66,36 @@ class HeartbeatConsumer:
         worker.ok()
         loop = asyncio.get_running_loop()
         next_claim = loop.time() + self._claim_after
-        while not worker.stopping:
-            if loop.time() >= next_claim:
-                await self.reclaim()
-                next_claim = loop.time() + self._claim_after / 2
-            try:
-                entries = await self._read(">", block=self._block)
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await self.ensure_group()  # Redis lost its data
-                continue
-            if entries:
-                await self._apply(entries)
-            elif self._block is None:
-                await asyncio.sleep(MEMORY_POLL)
-            worker.ok()
+        # The next batch is read while the last one is applied: Redis runs the
+        # scripts on its core while this process parses and packs on its own.
+        applying: set[asyncio.Task[None]] = set()
+        try:
+            while not worker.stopping:
+                if loop.time() >= next_claim:
+                    await self.reclaim()
+                    next_claim = loop.time() + self._claim_after / 2
+                try:
+                    entries = await self._read(">", block=self._block)
+                except ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    await self.ensure_group()  # Redis lost its data
+                    continue
+                if entries:
+                    applying.add(asyncio.create_task(self._apply(entries)))
+                    if len(applying) >= IN_FLIGHT:
+                        await asyncio.wait(applying, return_when=asyncio.FIRST_COMPLETED)
+                elif self._block is None:
+                    await asyncio.sleep(MEMORY_POLL)
+                for task in [t for t in applying if t.done()]:
+                    applying.discard(task)
+                    task.result()  # a failed batch stays pending, and the loop restarts
+                worker.ok()
+        finally:
+            # Unacknowledged entries stay pending: nothing is lost by cancelling.
+            for task in applying:
+                task.cancel()
+            await asyncio.gather(*applying, return_exceptions=True)
 
     async def reclaim(self) -> None:
         """Apply entries left pending by dead consumers; forget consumers gone for good."""

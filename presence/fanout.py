@@ -1,8 +1,8 @@
 """Presence out: one reader of the presence stream per process, fanned out in memory.
 
 The reader starts at the stream's end (never its beginning) and keeps its
-position across reconnects. After each read it checks that its previous
-position is still in the stream; if not, entries it never saw may be lost, and
+position across reconnects. With each read it checks that the position read
+from is still in the stream; if not, entries it never saw may be lost, and
 every subscriber gets a fresh snapshot instead. Each event is JSON- and SSE-encoded once, then
 offered to every subscriber except those of the client it is about.
 """
@@ -49,12 +49,14 @@ class PresenceReader:
         worker.ok()
         while not worker.stopping:
             position = self.position or "0-0"
-            reply = await self._redis.xread(
-                {self._stream: position}, count=self._count, block=BLOCK_MS
-            )
-            # After every read, not only after a reconnect: redis-py may have
-            # reconnected to a restarted Redis without telling anyone.
-            lost = not await self._still_there(position)
+            # Is the position still there? Asked with every read, not only after
+            # a reconnect (redis-py may have reconnected to a restarted Redis
+            # without telling anyone), and in the same round trip.
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.xrange(self._stream, position, position, count=1)
+            pipe.xread({self._stream: position}, count=self._count, block=BLOCK_MS)
+            found, reply = await pipe.execute()
+            lost = position != "0-0" and not found
             worker.ok()
             batch = []
             newest = position
@@ -78,13 +80,6 @@ class PresenceReader:
             self._local.deliver(batch)
             self.delivered += len(batch)
             self.lag = max(0.0, time.time() - stream_position(newest)[0] / 1000) if batch else 0.0
-
-    async def _still_there(self, position: str) -> bool:
-        if position == "0-0":
-            return True
-        found: Any = await self._redis.xrange(self._stream, position, position)
-        return bool(found)
-
 
 def parse_event(entry_id: str, fields: dict[bytes, bytes]) -> PresenceEvent | None:
     """The event of a presence entry; None unless it is well formed (ids valid)."""
