@@ -3,12 +3,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from presence import Presence, Settings
 
-from .support import Redis, RedisServer, ServerProcess, StartPresence, StartRedis
+from .support import Redis, RedisServer, Serve, ServerProcess, StartPresence, StartRedis
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +77,28 @@ async def start_presence(
     yield start
     for presence in reversed(started):
         await presence.close()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def serve(redis: Redis) -> AsyncIterator[Serve]:
+    """Serve aiohttp applications in-process, on an emptied Redis; closed after the test."""
+    servers: list[TestServer] = []
+
+    async def serve(app: web.Application) -> TestServer:
+        server = TestServer(app)
+        await server.start_server()
+        servers.append(server)
+        return server
+
+    yield serve
+    for server in servers:
+        await server.close()
 
 
 @pytest.fixture

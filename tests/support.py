@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from presence import Presence, Settings
 
 T = TypeVar("T")
 StartPresence = Callable[[Settings], Awaitable[Presence]]
 StartRedis = Callable[..., "RedisServer"]
+Serve = Callable[[web.Application], Awaitable[TestServer]]
 # redis-py's reply unions (bytes | str | None, RESP2 | RESP3) would make every
 # assertion on a test client's reply a cast, so tests hold it untyped.
 Redis = Any

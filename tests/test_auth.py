@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -22,32 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from presence import PRESENCE, ConfigError, Settings, create_app
 
-from .support import Redis, RedisServer, ServerProcess, open_events, poll
+from .support import Redis, RedisServer, Serve, ServerProcess, open_events, poll
 
 # 64 bytes and more: PyJWT warns (an error here) below that for HS512.
 SECRET = "s3cret-for-tests-only-" + "0123456789abcdef" * 3
-Serve = Callable[[Settings], Awaitable[TestServer]]
-
-
-@pytest.fixture
-async def serve(redis: Redis) -> AsyncIterator[Serve]:
-    servers: list[TestServer] = []
-
-    async def serve(settings: Settings) -> TestServer:
-        server = TestServer(create_app(settings))
-        await server.start_server()
-        servers.append(server)
-        return server
-
-    yield serve
-    for server in servers:
-        await server.close()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def token(sub: str = "alice", *, ttl: float = 60, key: object = SECRET, alg: str = "HS256") -> str:
@@ -90,7 +68,7 @@ async def test_bad_tokens_are_refused_and_write_nothing(
     session: aiohttp.ClientSession,
     redis: Redis,
 ) -> None:
-    server = await serve(settings.replace(auth_secret=SECRET))
+    server = await serve(create_app(settings.replace(auth_secret=SECRET)))
     value = make()
     headers = {"Authorization": f"Bearer {value}"} if value else {}
     url = server.make_url("/clients/alice/events")
@@ -119,7 +97,7 @@ async def _xlen(redis: Redis, key: str, n: int) -> bool:
 async def test_a_token_is_accepted_as_header_cookie_or_query_parameter(
     serve: Serve, settings: Settings, session: aiohttp.ClientSession
 ) -> None:
-    server = await serve(settings.replace(auth_secret=SECRET))
+    server = await serve(create_app(settings.replace(auth_secret=SECRET)))
     url = str(server.make_url("/clients/alice/events"))
     ways = [
         (url, {"Authorization": f"Bearer {token()}"}),
@@ -135,7 +113,7 @@ async def test_a_token_is_accepted_as_header_cookie_or_query_parameter(
 async def test_a_stream_ends_when_its_token_expires(
     serve: Serve, settings: Settings, session: aiohttp.ClientSession
 ) -> None:
-    server = await serve(settings.replace(auth_secret=SECRET, auth_leeway=0))
+    server = await serve(create_app(settings.replace(auth_secret=SECRET, auth_leeway=0)))
     stream = await open_events(
         session,
         str(server.make_url("/clients/alice/events")),
@@ -151,7 +129,7 @@ async def test_a_stream_ends_when_its_token_expires(
 async def test_reads_can_require_a_token(
     serve: Serve, settings: Settings, session: aiohttp.ClientSession
 ) -> None:
-    server = await serve(settings.replace(auth_secret=SECRET, auth_reads=True))
+    server = await serve(create_app(settings.replace(auth_secret=SECRET, auth_reads=True)))
     for path in ("/clients", "/clients/alice", "/metrics"):
         code, _ = await status_of(session, server.make_url(path))
         assert code == 401, path
@@ -166,7 +144,7 @@ async def test_reads_can_require_a_token(
 async def test_reads_are_public_unless_asked(
     serve: Serve, settings: Settings, session: aiohttp.ClientSession
 ) -> None:
-    server = await serve(settings.replace(auth_secret=SECRET))
+    server = await serve(create_app(settings.replace(auth_secret=SECRET)))
     async with session.get(server.make_url("/clients")) as response:
         assert response.status == 200
 
@@ -184,7 +162,7 @@ async def test_public_keys_verify_their_tokens_and_refuse_a_secret_made_of_them(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     (tmp_path / "key.pem").write_bytes(pem)
-    server = await serve(settings.replace(auth_public_key=str(tmp_path / "key.pem")))
+    server = await serve(create_app(settings.replace(auth_public_key=str(tmp_path / "key.pem"))))
     url = str(server.make_url("/clients/alice/events"))
     good = await open_events(
         session, url, {"Authorization": f"Bearer {token(key=private, alg=kind)}"}
@@ -223,7 +201,9 @@ def test_a_public_key_that_is_not_one_is_a_config_error(tmp_path: Path) -> None:
 async def test_connection_limits_answer_503_and_429_in_json(
     serve: Serve, settings: Settings, session: aiohttp.ClientSession
 ) -> None:
-    server = await serve(settings.replace(max_connections=3, max_connections_per_client=2))
+    server = await serve(
+        create_app(settings.replace(max_connections=3, max_connections_per_client=2))
+    )
     streams = [
         await open_events(session, str(server.make_url(f"/clients/{c}/events")))
         for c in ("alice", "alice", "bob")
@@ -245,14 +225,13 @@ async def _connections(server: TestServer, n: int) -> bool:
 async def test_cors_allows_only_the_listed_origins(
     serve: Serve, settings: Settings, session: aiohttp.ClientSession
 ) -> None:
-    closed = await serve(settings)
+    closed = await serve(create_app(settings))
     async with session.get(
         closed.make_url("/clients"), headers={"Origin": "https://app.example.com"}
     ) as response:
         assert "Access-Control-Allow-Origin" not in response.headers
-    server = await serve(
-        settings.replace(server_id="test-2", cors_origins="https://app.example.com")
-    )
+    allowed = settings.replace(server_id="test-2", cors_origins="https://app.example.com")
+    server = await serve(create_app(allowed))
     async with session.get(
         server.make_url("/clients"), headers={"Origin": "https://app.example.com"}
     ) as response:

@@ -6,7 +6,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -16,12 +16,6 @@ from .support import Redis, RedisServer, ServerProcess, entry_ms, open_events, p
 Spawn = Callable[..., ServerProcess]
 INTERVAL = 0.4
 TTL_MS = 600
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def started(spawn: Spawn, *args: str) -> ServerProcess:

@@ -7,7 +7,7 @@ Redis killed and restarted under connected clients, a Redis that refuses
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -30,12 +30,6 @@ TTL_MS = 1500
 # State must converge within two intervals of Redis answering again; the extra
 # second is for process scheduling on a busy machine, not for the product.
 CONVERGE = 2 * INTERVAL + 1.0
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def start_server(spawn: Spawn, redis_url: str, server_id: str) -> ServerProcess:

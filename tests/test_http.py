@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -13,30 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from presence import PRESENCE, Presence, Settings, create_app, setup
 
-from .support import Redis, StartRedis, open_events, poll
-
-Serve = Callable[[web.Application], Awaitable[TestServer]]
-
-
-@pytest.fixture
-async def serve(redis: Redis) -> AsyncIterator[Serve]:
-    servers: list[TestServer] = []
-
-    async def serve(app: web.Application) -> TestServer:
-        server = TestServer(app)
-        await server.start_server()
-        servers.append(server)
-        return server
-
-    yield serve
-    for server in servers:
-        await server.close()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+from .support import Redis, Serve, StartRedis, open_events, poll
 
 
 async def test_clients_see_each_other_come_and_go(

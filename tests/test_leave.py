@@ -15,22 +15,17 @@ import re
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
 import pytest
 
-from .support import Follower, Redis, RedisServer, ServerProcess, entry_ms, open_events, poll
+from .support import Follower, RedisServer, ServerProcess, entry_ms, open_events, poll
 
 Spawn = Callable[..., ServerProcess]
 GRACE = 0.5
-
-
-@pytest.fixture
-async def session(redis: Redis) -> AsyncIterator[aiohttp.ClientSession]:
-    """A client session, on a Redis emptied for the test (the ``redis`` fixture)."""
-    async with aiohttp.ClientSession() as session:
-        yield session
+# Every test starts from an emptied Redis.
+pytestmark = pytest.mark.usefixtures("redis")
 
 
 async def start(

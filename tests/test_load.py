@@ -12,7 +12,7 @@ import asyncio
 import random
 import re
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -86,12 +86,6 @@ def rss_kb(pid: int) -> int:
     found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
     assert found
     return int(found[1])
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def connections(session: aiohttp.ClientSession, server: ServerProcess) -> int:

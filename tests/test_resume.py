@@ -21,12 +21,6 @@ async def server(redis: Redis, settings: Settings) -> AsyncIterator[TestServer]:
     await server.close()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def connect(
     session: aiohttp.ClientSession, server: TestServer, client: str, **headers: str
 ) -> EventStream:
