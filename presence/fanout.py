@@ -81,6 +81,7 @@ class PresenceReader:
             self.delivered += len(batch)
             self.lag = max(0.0, time.time() - stream_position(newest)[0] / 1000) if batch else 0.0
 
+
 def parse_event(entry_id: str, fields: dict[bytes, bytes]) -> PresenceEvent | None:
     """The event of a presence entry; None unless it is well formed (ids valid)."""
     try:
