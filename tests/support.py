@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -259,6 +260,26 @@ class Follower:
     def close(self) -> None:
         self._task.cancel()
         self.stream.close()
+
+
+async def follow(session: aiohttp.ClientSession, url: str) -> Follower:
+    """An SSE stream read in the background, returned once its first event is in."""
+    follower = Follower(await open_events(session, url))
+    await poll(lambda: truthy(follower.events), what=f"the first event of {url}")
+    return follower
+
+
+async def metric(session: aiohttp.ClientSession, server_url: str, name: str) -> float:
+    """One sample of a server's ``/metrics``."""
+    async with session.get(f"{server_url}/metrics") as response:
+        found = re.search(rf"^{name} (\S+)$", await response.text(), re.MULTILINE)
+        assert found, name
+        return float(found[1])
+
+
+async def truthy(value: object) -> bool:
+    """For polling a condition that needs no I/O."""
+    return bool(value)
 
 
 async def open_events(

@@ -6,7 +6,6 @@ Redis killed and restarted under connected clients, a Redis that refuses
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -20,8 +19,10 @@ from .support import (
     ServerProcess,
     StartRedis,
     entry_ms,
-    open_events,
+    follow,
+    metric,
     poll,
+    truthy,
 )
 
 Spawn = Callable[..., ServerProcess]
@@ -43,10 +44,8 @@ async def start_server(spawn: Spawn, redis_url: str, server_id: str) -> ServerPr
     return server
 
 
-async def follow(session: aiohttp.ClientSession, server: ServerProcess, client: str) -> Follower:
-    follower = Follower(await open_events(session, f"{server.url}/clients/{client}/events"))
-    await poll(lambda: _true(bool(follower.events)), what=f"{client}'s snapshot")
-    return follower
+def events_of(server: ServerProcess, client: str) -> str:
+    return f"{server.url}/clients/{client}/events"
 
 
 async def listed(session: aiohttp.ClientSession, server: ServerProcess) -> set[str]:
@@ -60,20 +59,9 @@ async def health(session: aiohttp.ClientSession, server: ServerProcess) -> int:
         return response.status
 
 
-async def metric(session: aiohttp.ClientSession, server: ServerProcess, name: str) -> float:
-    async with session.get(f"{server.url}/metrics") as response:
-        found = re.search(rf"^{name} (\S+)$", await response.text(), re.MULTILINE)
-        assert found, name
-        return float(found[1])
-
-
 async def statuses(redis: Redis, client: str) -> list[str]:
     entries = await redis.xrange("presence")
     return [f[b"status"].decode() for _, f in entries if f[b"client"] == client.encode()]
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 @pytest.mark.parametrize("data", ["kept", "lost"])
@@ -84,9 +72,9 @@ async def test_redis_killed_and_restarted_under_connected_clients(
     own = start_redis()
     one = await start_server(spawn, own.url, "node-1")
     two = await start_server(spawn, own.url, "node-2")
-    alice = await follow(session, one, "alice")
-    bob = await follow(session, two, "bob")
-    carol = await follow(session, one, "carol")
+    alice = await follow(session, events_of(one, "alice"))
+    bob = await follow(session, events_of(two, "bob"))
+    carol = await follow(session, events_of(one, "carol"))
 
     async def everyone_sees(expected: dict[Follower, set[str]]) -> bool:
         return all(f.view() == v for f, v in expected.items())
@@ -109,7 +97,7 @@ async def test_redis_killed_and_restarted_under_connected_clients(
         # Keep-alives go on; the outage outlasts the TTL, so keys expire meanwhile.
         pings = alice.comments, bob.comments
         await poll(
-            lambda: _true(alice.comments >= pings[0] + 8 and bob.comments >= pings[1] + 8),
+            lambda: truthy(alice.comments >= pings[0] + 8 and bob.comments >= pings[1] + 8),
             what="keep-alives during the outage",
         )
         assert not alice.ended
@@ -177,12 +165,12 @@ async def test_redis_refusing_config_still_publishes_offline_through_the_sweeper
     warnings = [line for line in output if "WARNING" in line and "keyspace" in line]
     assert len(warnings) == 1, warnings
     assert "notify-keyspace-events" in warnings[0]
-    assert await metric(session, server, "presence_keyspace_events") == 0
-    alice = await follow(session, server, "alice")
-    bob = await follow(session, server, "bob")
-    await poll(lambda: _true(alice.view() == {"bob"}), what="bob ONLINE")
+    assert await metric(session, server.url, "presence_keyspace_events") == 0
+    alice = await follow(session, events_of(server, "alice"))
+    bob = await follow(session, events_of(server, "bob"))
+    await poll(lambda: truthy(alice.view() == {"bob"}), what="bob ONLINE")
     bob.close()
-    await poll(lambda: _true(alice.about("bob") == ["ONLINE", "OFFLINE"]), what="bob OFFLINE")
+    await poll(lambda: truthy(alice.about("bob") == ["ONLINE", "OFFLINE"]), what="bob OFFLINE")
     redis: Redis = aioredis.from_url(managed.url)
     try:
         heartbeats = await redis.xrange("heartbeat")
@@ -202,7 +190,7 @@ async def test_malformed_heartbeats_among_valid_ones_are_skipped_and_counted(
     session: aiohttp.ClientSession,
 ) -> None:
     server = await start_server(spawn, redis_server.url, "node-1")
-    watcher = await follow(session, server, "watcher")
+    watcher = await follow(session, events_of(server, "watcher"))
     bad: list[dict[str, bytes | str]] = [
         {"client": "no-server"},
         {"server": "no-client"},
@@ -218,8 +206,8 @@ async def test_malformed_heartbeats_among_valid_ones_are_skipped_and_counted(
         pipe.xadd("heartbeat", {"client": f"valid-{n}", "server": "ext", "extra": "ignored"})
     await pipe.execute()
     expected = {f"valid-{n}" for n in range(30)}
-    await poll(lambda: _true(watcher.view() == expected), what="every valid client ONLINE")
-    assert await metric(session, server, "presence_heartbeats_malformed_total") == 30
+    await poll(lambda: truthy(watcher.view() == expected), what="every valid client ONLINE")
+    assert await metric(session, server.url, "presence_heartbeats_malformed_total") == 30
     assert await health(session, server) == 200
     assert await listed(session, server) == expected | {"watcher"}
     assert "malformed heartbeat" in server.output()

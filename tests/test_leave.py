@@ -11,7 +11,6 @@ the watcher must see the marker's ONLINE with nothing about the subject before i
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 import struct
 import time
@@ -20,7 +19,7 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 
-from .support import Follower, RedisServer, ServerProcess, entry_ms, open_events, poll
+from .support import Follower, RedisServer, ServerProcess, entry_ms, follow, metric, poll, truthy
 
 Spawn = Callable[..., ServerProcess]
 GRACE = 0.5
@@ -43,29 +42,12 @@ async def start(
     return server
 
 
-async def follow(session: aiohttp.ClientSession, url: str) -> Follower:
-    follower = Follower(await open_events(session, url))
-    await poll(lambda: _true(bool(follower.events)), what="snapshot")
-    return follower
-
-
-async def metric(session: aiohttp.ClientSession, server: ServerProcess, name: str) -> float:
-    async with session.get(f"{server.url}/metrics") as response:
-        found = re.search(rf"^{name} (\S+)$", await response.text(), re.MULTILINE)
-        assert found, name
-        return float(found[1])
-
-
 async def leaves(session: aiohttp.ClientSession, server: ServerProcess, count: int) -> bool:
-    return await metric(session, server, "presence_leaves_total") == count
-
-
-async def _true(value: bool) -> bool:
-    return value
+    return await metric(session, server.url, "presence_leaves_total") == count
 
 
 async def offline_within_grace(watcher: Follower, client: str, closed_at: float) -> None:
-    await poll(lambda: _true("OFFLINE" in watcher.about(client)), timeout=5, what="OFFLINE")
+    await poll(lambda: truthy("OFFLINE" in watcher.about(client)), timeout=5, what="OFFLINE")
     offline = next(
         e for e in watcher.events if e.event == "presence" and e.data["client"] == client
         and e.data["status"] == "OFFLINE"
@@ -78,7 +60,7 @@ async def only_online_before_marker(
     session: aiohttp.ClientSession, server: ServerProcess, watcher: Follower, client: str
 ) -> None:
     marker = await follow(session, f"{server.url}/clients/marker/events")
-    await poll(lambda: _true("ONLINE" in watcher.about("marker")), what="marker ONLINE")
+    await poll(lambda: truthy("ONLINE" in watcher.about("marker")), what="marker ONLINE")
     assert watcher.about(client) == ["ONLINE"]
     marker.close()
 
@@ -90,7 +72,7 @@ async def test_the_last_connection_closing_publishes_offline_within_the_grace(
     two = await start(spawn, redis_server, "node-2")
     watcher = await follow(session, f"{two.url}/clients/watcher/events")
     alice = await follow(session, f"{one.url}/clients/alice/events")
-    await poll(lambda: _true(watcher.about("alice") == ["ONLINE"]), what="alice ONLINE")
+    await poll(lambda: truthy(watcher.about("alice") == ["ONLINE"]), what="alice ONLINE")
     alice.close()
     await offline_within_grace(watcher, "alice", time.time())
     assert watcher.about("alice") == ["ONLINE", "OFFLINE"]
@@ -106,7 +88,7 @@ async def test_tabs_on_one_or_several_servers_go_offline_only_with_the_last(
     tabs = [
         await follow(session, f"{server.url}/clients/alice/events") for server in (one, one, two)
     ]
-    await poll(lambda: _true(watcher.about("alice") == ["ONLINE"]), what="alice ONLINE")
+    await poll(lambda: truthy(watcher.about("alice") == ["ONLINE"]), what="alice ONLINE")
     tabs[0].close()  # one of two tabs on node-1: node-1 still holds alice
     tabs[2].close()  # the only tab on node-2: node-2 leaves, node-1 holds alice
     await poll(lambda: leaves(session, two, 1), timeout=5, what="node-2's leave")
@@ -125,14 +107,14 @@ async def test_a_reload_within_the_grace_changes_nothing(
     two = await start(spawn, redis_server, "node-2")
     watcher = await follow(session, f"{two.url}/clients/watcher/events")
     alice = await follow(session, f"{one.url}/clients/alice/events")
-    await poll(lambda: _true(watcher.about("alice") == ["ONLINE"]), what="alice ONLINE")
+    await poll(lambda: truthy(watcher.about("alice") == ["ONLINE"]), what="alice ONLINE")
     alice.close()
     again = one if where == "same server" else two
     reloaded = await follow(session, f"{again.url}/clients/alice/events")
     if where == "same server":
         # The reload cancelled the leave: wait out the grace, then check.
         done = time.monotonic() + GRACE + 0.5
-        await poll(lambda: _true(time.monotonic() > done), what="grace over")
+        await poll(lambda: truthy(time.monotonic() > done), what="grace over")
     else:
         # node-1 announces its leave, but node-2 holds alice by then.
         await poll(lambda: leaves(session, one, 1), timeout=5, what="node-1's leave")
@@ -196,10 +178,10 @@ async def test_a_connection_that_dies_without_a_close_is_found_by_its_keepalive(
     await proxy.start()
     try:
         alice = await follow(session, f"http://127.0.0.1:{proxy.port}/clients/alice/events")
-        await poll(lambda: _true(watcher.about("alice") == ["ONLINE"]), what="alice ONLINE")
+        await poll(lambda: truthy(watcher.about("alice") == ["ONLINE"]), what="alice ONLINE")
         proxy.vanish()
         vanished = time.time()
-        await poll(lambda: _true("OFFLINE" in watcher.about("alice")), timeout=5, what="OFFLINE")
+        await poll(lambda: truthy("OFFLINE" in watcher.about("alice")), timeout=5, what="OFFLINE")
         offline = next(e for e in watcher.events if e.data.get("status") == "OFFLINE")
         assert offline.id is not None
         # One keep-alive (0.5 s) finds it gone, then the grace; far below the 7.5 s TTL.

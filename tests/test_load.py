@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .support import Follower, Redis, RedisServer, ServerProcess, open_events, poll
+from .support import Follower, Redis, RedisServer, ServerProcess, metric, open_events, poll
 
 Spawn = Callable[..., ServerProcess]
 
@@ -95,13 +95,6 @@ async def connections(session: aiohttp.ClientSession, server: ServerProcess) -> 
         return int(body["connections"])
 
 
-async def metric(session: aiohttp.ClientSession, server: ServerProcess, name: str) -> float:
-    async with session.get(f"{server.url}/metrics") as response:
-        found = re.search(rf"^{name} (\S+)$", await response.text(), re.MULTILINE)
-        assert found, name
-        return float(found[1])
-
-
 @pytest.mark.timeout(180)
 async def test_one_process_holds_5000_connections_with_steady_churn(
     spawn: Spawn, redis_server: RedisServer, redis: Redis, session: aiohttp.ClientSession
@@ -141,7 +134,7 @@ async def test_one_process_holds_5000_connections_with_steady_churn(
         )
     dropped = [s for s in sinks if s.closed.done() and not s.closed_by_us]
     assert not dropped, f"{len(dropped)} connections closed by the server"
-    assert await metric(session, server, "presence_queue_overflows_total") == 0
+    assert await metric(session, server.url, "presence_queue_overflows_total") == 0
     for sink in sinks:
         sink.close()
     await poll(lambda: _settled_connections(session, server, 0), timeout=10, what="all closed")
@@ -207,6 +200,6 @@ async def _received(follower: Follower, count: int) -> bool:
 
 
 async def _overflows(session: aiohttp.ClientSession, server: ServerProcess, count: int) -> bool:
-    found = await metric(session, server, "presence_queue_overflows_total")
+    found = await metric(session, server.url, "presence_queue_overflows_total")
     assert found <= count
     return found == count

@@ -11,7 +11,7 @@ import pytest
 from presence import Presence, PresenceEvent, RedisMisconfigured, Settings
 from presence.contract import CONSUMER_GROUP
 
-from .support import Redis, RedisServer, StartPresence, StartRedis, entry_ms, poll
+from .support import Redis, RedisServer, StartPresence, StartRedis, entry_ms, poll, truthy
 
 
 async def presence_entries(redis: Redis) -> list[tuple[str, str, str, int]]:
@@ -119,7 +119,7 @@ async def test_malformed_heartbeats_are_skipped_counted_and_logged(
             await redis.xadd("heartbeat", fields)
         await redis.xadd("heartbeat", {"client": "good", "server": "s", "extra": "ignored"})
         await poll(lambda: _has_status(redis, "ONLINE"), what="valid heartbeat applied")
-        await poll(lambda: _true(presence.consumer.malformed == len(bad)), what="count")
+        await poll(lambda: truthy(presence.consumer.malformed == len(bad)), what="count")
     assert [c for c, _, _, _ in await presence_entries(redis)] == ["good"]
     assert "malformed heartbeat" in caplog.text
     assert presence.listener.published == 0
@@ -159,7 +159,7 @@ async def test_without_config_and_keyspace_events_the_sweeper_publishes_every_of
             offline = {f[b"client"] for _, f in entries if f[b"status"] == b"OFFLINE"}
             return offline == {b"deleted", b"expired"}
 
-        await poll(lambda: _true(presence.sweeper.published == 2), timeout=5, what="sweeper")
+        await poll(lambda: truthy(presence.sweeper.published == 2), timeout=5, what="sweeper")
         assert await both_offline()
         assert presence.listener.published == 0
     finally:
@@ -173,7 +173,7 @@ async def test_slow_listener_is_dropped_instead_of_growing_memory(
     async with presence.changes() as events:
         for n in range(20):
             await redis.xadd("heartbeat", {"client": f"c{n}", "server": "ext"})
-        await poll(lambda: _true(presence.reader.delivered == 20), what="deliveries")
+        await poll(lambda: truthy(presence.reader.delivered == 20), what="deliveries")
         received = [event async for event in events]
     assert received == []  # dropped on overflow, its backlog freed
     assert not presence.local.subscribers
@@ -215,10 +215,6 @@ async def _no_problems(presence: Presence) -> bool:
     return not await presence.problems()
 
 
-async def _true(value: bool) -> bool:
-    return value
-
-
 async def test_starts_without_config_when_the_operator_enabled_keyspace_events(
     start_redis: StartRedis, settings: Settings
 ) -> None:
@@ -237,7 +233,7 @@ async def test_streams_are_capped(
     for n in range(1000):
         pipe.xadd("heartbeat", {"client": f"c{n}", "server": "ext"})
     await pipe.execute()
-    await poll(lambda: _true(presence.consumer.applied == 1000), what="applied")
+    await poll(lambda: truthy(presence.consumer.applied == 1000), what="applied")
     # MAXLEN ~ trims whole nodes of up to 100 entries, so "about 10" is at most ~110.
     assert await redis.xlen("presence") <= 110
     await presence.publisher.publish([f"local{n}" for n in range(300)])
@@ -261,7 +257,7 @@ async def test_a_key_of_the_wrong_type_fails_its_heartbeat_only(
     await redis.xadd("heartbeat", {"client": "broken", "server": "ext"})
     await redis.xadd("heartbeat", {"client": "fine", "server": "ext"})
     await poll(lambda: _has_status(redis, "ONLINE"), what="fine ONLINE")
-    await poll(lambda: _true(presence.consumer.failed == 1), what="failure counted")
+    await poll(lambda: truthy(presence.consumer.failed == 1), what="failure counted")
     assert [c for c, _, _, _ in await presence_entries(redis)] == ["fine"]
     assert (await redis.xinfo_groups("heartbeat"))[0]["pending"] == 0
     assert await presence.problems() == []
@@ -377,7 +373,7 @@ async def test_keys_deleted_while_nobody_listened_get_their_offline_at_subscribe
     first = await start_presence(slow)
     await redis.xadd("heartbeat", {"client": "gone", "server": "ext"})
     await redis.xadd("heartbeat", {"client": "stays", "server": "ext"})
-    await poll(lambda: _true(first.consumer.applied == 2), what="both applied")
+    await poll(lambda: truthy(first.consumer.applied == 2), what="both applied")
     await first.close()
     await redis.delete("online.clients.gone")  # no listener anywhere
     second = await start_presence(slow.replace(server_id="test-2"))
