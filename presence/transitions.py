@@ -28,10 +28,6 @@ class Transitions:
         self._due = redis.register_script(scripts.DUE)
         self._snapshot = redis.register_script(scripts.SNAPSHOT)
 
-    def _client_keys(self, client: str) -> list[str]:
-        k = self._keys
-        return [k.online(client), k.deadlines, k.servers, k.presence]
-
     def heartbeats(self, pipe: Pipeline, batch: Sequence[tuple[str, str, int]]) -> None:
         """Queue ``(client, server, sent_ms)`` heartbeats as one script call.
 
@@ -45,9 +41,9 @@ class Transitions:
 
     def leave(self, pipe: Pipeline, client: str, server: str) -> None:
         """Queue a leave: 1 = published OFFLINE, 0 = held elsewhere or not online."""
-        args: list[str | int] = [client, server, self._ttl_ms, self._maxlen]
-        keys = [*self._client_keys(client), self._keys.holders(client)]
-        pipe.evalsha(self._leave.sha, 5, *keys, *args)
+        k = self._keys
+        keys = [k.online(client), k.deadlines, k.servers, k.presence, k.holders(client)]
+        pipe.evalsha(self._leave.sha, 5, *keys, client, server, self._ttl_ms, self._maxlen)
 
     def offline(self, pipe: Pipeline, clients: Sequence[str]) -> None:
         """Queue OFFLINE checks of ``clients`` as one script call.
