@@ -41,9 +41,9 @@ local function apply(online, holders, client, server, sent)
   local held = tonumber(redis.call('ZSCORE', holders, server) or '0')
   if held < 0 and sent <= -held then return -1 end
   redis.call('ZADD', holders, 'GT', deadline, server)
-  if redis.call('PTTL', holders) < deadline - now then
-    redis.call('PEXPIRE', holders, deadline - now)
-  end
+  -- Every entry's deadline, and any leave worth remembering, ends within a
+  -- TTL of now: one PEXPIRE covers them all.
+  redis.call('PEXPIRE', holders, ttl)
   local announced = redis.call('ZSCORE', KEYS[1], client)
   if announced and tonumber(announced) > deadline and redis.call('EXISTS', online) == 1 then
     return 0  -- a newer heartbeat was applied first: never move a deadline back
