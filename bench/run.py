@@ -293,13 +293,14 @@ def bench_steady(scale: Scale) -> dict[str, Any]:
     clients, interval = scale.steady_clients, scale.steady_interval
     flags = ("--heartbeat-interval", str(interval))
     with redis_server() as (url, _), presence_server(url, *flags) as (port, pid):
+        # The watcher first: starting a process mid-measurement would be measured.
+        online = rb'"client":"b(\d+)x\d+","status":"ONLINE"'
+        watcher = Load(port, ["/clients/watcher/events"], processes=1, pattern=online)
+        watcher.ready()
         pub = publisher(url, clients, interval, scale.steady_seconds + 2 * interval + 5)
         # The first round makes everyone ONLINE; measure after it.
         poll(applied(port, clients), timeout=60, what="the first round")
         time.sleep(3)  # the first round's ONLINEs fanned out: steady state from here
-        online = rb'"client":"b(\d+)x\d+","status":"ONLINE"'
-        watcher = Load(port, ["/clients/watcher/events"], processes=1, pattern=online)
-        watcher.ready()
         watcher.reset()
         r = redis.Redis.from_url(url)
         cpu0, t0 = cpu_seconds(pid), time.monotonic()

@@ -45,7 +45,8 @@ class _Sink(asyncio.Protocol):
         self._ready = ready
         self._skip_first = skip_first
         self._tail = b""
-        self._line = b""
+        self._in_snapshot = False
+        self._line: list[bytes] = []
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -58,21 +59,37 @@ class _Sink(asyncio.Protocol):
         count = buf.count(DATA)
         self._tail = buf[-(len(DATA) - 1) :]
         if not self._ready.done():
-            if self._skip_first:  # presence: ready at its snapshot, which is no event
-                if not count:
+            if self._skip_first:
+                # presence: ready once its snapshot (no event; a large one with
+                # many clients online) is all in, so nothing queues behind it.
+                rest = buf
+                if not self._in_snapshot:
+                    at = buf.find(DATA)
+                    if at < 0:
+                        return
+                    self._in_snapshot, count, rest = True, count - 1, buf[at:]
+                if b"\n\n" not in rest:
+                    self._stats.events += count
                     return
-                count -= 1
             elif b"\r\n\r\n" not in buf:  # nchan: ready once the headers are in
                 return
             self._ready.set_result(None)
         self._stats.events += count
         if self._pattern is not None:
-            now = time.time() * 1000
-            lines = (self._line + data).split(b"\n")
-            self._line = lines.pop()
-            for line in lines:
-                if line.startswith(DATA) and (found := self._pattern.search(line)):
-                    self._stats.latencies_ms.append(now - int(found[1]))
+            self._match(data)
+
+    def _match(self, data: bytes) -> None:
+        """Latencies of the complete lines so far; joins a partial line only once."""
+        now = time.time() * 1000
+        parts = data.split(b"\n")
+        if len(parts) == 1:
+            self._line.append(data)
+            return
+        parts[0] = b"".join([*self._line, parts[0]])
+        self._line = [parts.pop()]
+        for line in parts:
+            if line.startswith(DATA) and (found := self._pattern.search(line)):  # type: ignore[union-attr]
+                self._stats.latencies_ms.append(now - int(found[1]))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._ready.done():
