@@ -450,40 +450,42 @@ def drive(
     }
 
 
+def measure(
+    port: int,
+    pid: int,
+    paths: list[str],
+    events: int,
+    send: Callable[[int], None],
+    *,
+    skip_first: bool,
+) -> tuple[float, dict[str, Any]]:
+    """RSS per idle connection (KB), then the fan-out of ``events`` to them all."""
+    before = rss_kb(pid)
+    load = Load(port, paths, skip_first=skip_first)
+    failed = load.ready()
+    time.sleep(1)
+    rss = round((rss_kb(pid) - before) / len(paths), 1)
+    result = drive(load, pid, len(paths), events, send) | {"failed": failed}
+    load.close()
+    return rss, result
+
+
 def bench_fanout(scale: Scale) -> list[dict[str, Any]]:
     rows = []
     for connections, events in scale.fanout:
         row: dict[str, Any] = {"connections": connections, "events": events}
-        with (
-            redis_server() as (url, _),
-            presence_server(url, "--heartbeat-interval", "5") as (
-                port,
-                pid,
-            ),
-        ):
-            r = redis.Redis.from_url(url)
-            before = rss_kb(pid)
+        flags = ("--heartbeat-interval", "5")
+        with redis_server() as (url, _), presence_server(url, *flags) as (port, pid):
             # One client id for every connection: no N x N joins to wait out.
-            load = Load(port, ["/clients/bench/events"] * connections)
-            failed = load.ready()
-            time.sleep(1)
-            row["presence_rss_kb_per_connection"] = round((rss_kb(pid) - before) / connections, 1)
-
-            row["presence"] = drive(load, pid, connections, events, heartbeat_sender(r)) | {
-                "failed": failed
-            }
-            load.close()
+            paths = ["/clients/bench/events"] * connections
+            send = heartbeat_sender(redis.Redis.from_url(url))
+            row["presence_rss_kb_per_connection"], row["presence"] = measure(
+                port, pid, paths, events, send, skip_first=True
+            )
         with nchan_server() as (port, pid):
-            before = rss_kb(pid)
-            load = Load(port, ["/sub"] * connections, skip_first=False)
-            failed = load.ready()
-            time.sleep(1)
-            row["nchan_rss_kb_per_connection"] = round((rss_kb(pid) - before) / connections, 1)
-
-            row["nchan"] = drive(load, pid, connections, events, nchan_sender(port)) | {
-                "failed": failed
-            }
-            load.close()
+            row["nchan_rss_kb_per_connection"], row["nchan"] = measure(
+                port, pid, ["/sub"] * connections, events, nchan_sender(port), skip_first=False
+            )
         for key in ("deliveries_per_s", "deliveries_per_server_cpu_s"):
             row[f"ratio_{key}"] = round(row["presence"][key] / row["nchan"][key], 3)
         print(
