@@ -99,7 +99,9 @@ class RedisServer:
                     if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
-                time.sleep(0.02)
+                pass
+            time.sleep(0.02)
+        self.stop()  # never leave a half-started server behind
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def stop(self) -> None:
