@@ -14,7 +14,7 @@ import asyncio
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
@@ -56,6 +56,21 @@ async def offline_within_grace(watcher: Follower, client: str, closed_at: float)
     assert entry_ms(offline.id) - closed_at * 1000 <= GRACE * 1000 + 500
 
 
+Nodes = tuple[ServerProcess, ServerProcess, Follower]
+
+
+@pytest.fixture
+async def nodes(
+    spawn: Spawn, redis_server: RedisServer, session: aiohttp.ClientSession
+) -> AsyncIterator[Nodes]:
+    """node-1 and node-2 on one Redis, and a watcher client on node-2."""
+    one = await start(spawn, redis_server, "node-1")
+    two = await start(spawn, redis_server, "node-2")
+    watcher = await follow(session, f"{two.url}/clients/watcher/events")
+    yield one, two, watcher
+    watcher.close()
+
+
 async def only_online_before_marker(
     session: aiohttp.ClientSession, server: ServerProcess, watcher: Follower, client: str
 ) -> None:
@@ -66,25 +81,20 @@ async def only_online_before_marker(
 
 
 async def test_the_last_connection_closing_publishes_offline_within_the_grace(
-    spawn: Spawn, redis_server: RedisServer, session: aiohttp.ClientSession
+    nodes: Nodes, session: aiohttp.ClientSession
 ) -> None:
-    one = await start(spawn, redis_server, "node-1")
-    two = await start(spawn, redis_server, "node-2")
-    watcher = await follow(session, f"{two.url}/clients/watcher/events")
+    one, _two, watcher = nodes
     alice = await follow(session, f"{one.url}/clients/alice/events")
     await poll(lambda: truthy(watcher.about("alice") == ["ONLINE"]), what="alice ONLINE")
     alice.close()
     await offline_within_grace(watcher, "alice", time.time())
     assert watcher.about("alice") == ["ONLINE", "OFFLINE"]
-    watcher.close()
 
 
 async def test_tabs_on_one_or_several_servers_go_offline_only_with_the_last(
-    spawn: Spawn, redis_server: RedisServer, session: aiohttp.ClientSession
+    nodes: Nodes, session: aiohttp.ClientSession
 ) -> None:
-    one = await start(spawn, redis_server, "node-1")
-    two = await start(spawn, redis_server, "node-2")
-    watcher = await follow(session, f"{two.url}/clients/watcher/events")
+    one, two, watcher = nodes
     tabs = [
         await follow(session, f"{server.url}/clients/alice/events") for server in (one, one, two)
     ]
@@ -96,16 +106,13 @@ async def test_tabs_on_one_or_several_servers_go_offline_only_with_the_last(
     tabs[1].close()  # the last one anywhere
     await offline_within_grace(watcher, "alice", time.time())
     assert watcher.about("alice") == ["ONLINE", "OFFLINE"]
-    watcher.close()
 
 
 @pytest.mark.parametrize("where", ["same server", "other server"])
 async def test_a_reload_within_the_grace_changes_nothing(
-    where: str, spawn: Spawn, redis_server: RedisServer, session: aiohttp.ClientSession
+    where: str, nodes: Nodes, session: aiohttp.ClientSession
 ) -> None:
-    one = await start(spawn, redis_server, "node-1")
-    two = await start(spawn, redis_server, "node-2")
-    watcher = await follow(session, f"{two.url}/clients/watcher/events")
+    one, two, watcher = nodes
     alice = await follow(session, f"{one.url}/clients/alice/events")
     await poll(lambda: truthy(watcher.about("alice") == ["ONLINE"]), what="alice ONLINE")
     alice.close()
@@ -120,7 +127,6 @@ async def test_a_reload_within_the_grace_changes_nothing(
         await poll(lambda: leaves(session, one, 1), timeout=5, what="node-1's leave")
     await only_online_before_marker(session, two, watcher, "alice")
     reloaded.close()
-    watcher.close()
 
 
 class Blackhole:
