@@ -256,12 +256,12 @@ def bench_ingest(scale: Scale) -> dict[str, Any]:
             r = redis.Redis(port=rport)
             sha = r.script_load(scripts.HEARTBEAT)
             # The consumer's own call: SCRIPT_BATCH heartbeats of random clients.
-            batch = ["c__rand_int__ ext 0" for _ in range(SCRIPT_BATCH)]
+            batch = "\n".join("c__rand_int__ ext 0" for _ in range(SCRIPT_BATCH))
             calls = redis_benchmark(
                 rport, max(1000, clients // SCRIPT_BATCH), clients,
                 "EVALSHA", sha, "3", "online.deadlines", "online.servers", "presence",
                 str(int(5 * TTL_FACTOR * 1000)), "100000", "online.clients.", "online.holders.",
-                *batch,
+                batch,
             )  # fmt: skip
             ceiling = calls * SCRIPT_BATCH
             r.flushall()

@@ -152,16 +152,47 @@ def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-StreamEntry = tuple[bytes, dict[bytes, bytes] | None]
+#: An entry id and its fields as Redis sends them, ``[name, value, ...]``;
+#: None for an entry deleted while pending.
+StreamEntry = tuple[bytes, list[bytes] | None]
+_STREAM_READS = ("XRANGE", "XREVRANGE", "XREAD", "XREADGROUP", "XAUTOCLAIM")
+
+
+def unparsed_streams(redis: Redis) -> Redis:
+    """A client on ``redis``'s connections whose stream reads return Redis's reply as is.
+
+    redis-py turns the fields of every entry into a dict; on the paths a
+    burst goes through, that costs more than everything done with them.
+    """
+    # A client given a pool shares its connections and retry policy, and
+    # leaves closing them to the pool's owner.
+    raw = aioredis.Redis(connection_pool=redis.connection_pool)
+    for command in _STREAM_READS:
+        raw.set_response_callback(command, _as_sent)
+    return raw
+
+
+def _as_sent(response: Any, **_options: Any) -> Any:
+    return response
 
 
 def stream_entries(reply: Any) -> list[StreamEntry]:
-    """Entries of an XREAD/XREADGROUP reply; fields are None for deleted entries."""
+    """Entries of an unparsed XREAD/XREADGROUP reply."""
     if not reply:
         return []
-    # RESP2 gives [[stream, entries], ...], RESP3 {stream: [entries]}.
+    # RESP2 gives [[stream, entries], ...], RESP3 {stream: entries}.
     streams = reply.values() if isinstance(reply, dict) else [s[1] for s in reply]
     return [entry for entries in streams for entry in entries]
+
+
+def field(fields: list[bytes] | None, name: bytes) -> bytes | None:
+    """The value of field ``name`` of an unparsed entry (the last, if repeated)."""
+    value = None
+    if fields:
+        for i in range(0, len(fields) - 1, 2):
+            if fields[i] == name:
+                value = fields[i + 1]
+    return value
 
 
 def database(redis: Redis) -> int:

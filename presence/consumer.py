@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
-from .connection import BLOCK_MS, Redis, StreamEntry, stream_entries, text
-from .contract import CONSUMER_GROUP, is_valid_id
+from .connection import BLOCK_MS, Redis, StreamEntry, field, stream_entries, text, unparsed_streams
+from .contract import CONSUMER_GROUP, is_valid_raw_id
 from .settings import Settings
 from .supervise import Worker
 from .transitions import Transitions
@@ -41,6 +42,7 @@ MALFORMED_LOG_EVERY = 10.0
 class HeartbeatConsumer:
     def __init__(self, redis: Redis, settings: Settings, transitions: Transitions) -> None:
         self._redis = redis
+        self._streams = unparsed_streams(redis)
         self._transitions = transitions
         self._stream = settings.keys.heartbeat
         self._consumer = settings.server_id
@@ -66,22 +68,29 @@ class HeartbeatConsumer:
         worker.ok()
         loop = asyncio.get_running_loop()
         next_claim = loop.time() + self._claim_after
-        # The next batch is read while the last one is applied: Redis runs the
-        # scripts on its core while this process parses and packs on its own.
+        # The next batch is asked for before this one's scripts are sent, so
+        # Redis answers it first: Redis runs one batch's scripts on its core
+        # while this process parses and packs the next on its own.
+        reading: asyncio.Task[list[StreamEntry]] | None = None
         applying: set[asyncio.Task[None]] = set()
         try:
             while not worker.stopping:
                 if loop.time() >= next_claim:
                     await self.reclaim()
                     next_claim = loop.time() + self._claim_after / 2
+                if reading is None:
+                    reading = asyncio.create_task(self._read(">", block=self._block))
                 try:
-                    entries = await self._read(">", block=self._block)
+                    entries = await reading
                 except ResponseError as exc:
                     if "NOGROUP" not in str(exc):
                         raise
+                    reading = None
                     await self.ensure_group()  # Redis lost its data
                     continue
+                reading = None
                 if entries:
+                    reading = asyncio.create_task(self._read(">", block=self._block))
                     applying.add(asyncio.create_task(self._apply(entries)))
                     if len(applying) >= IN_FLIGHT:
                         await asyncio.wait(applying, return_when=asyncio.FIRST_COMPLETED)
@@ -93,15 +102,16 @@ class HeartbeatConsumer:
                 worker.ok()
         finally:
             # Unacknowledged entries stay pending: nothing is lost by cancelling.
-            for task in applying:
+            pending: list[asyncio.Task[Any]] = [*applying, *([reading] if reading else [])]
+            for task in pending:
                 task.cancel()
-            await asyncio.gather(*applying, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def reclaim(self) -> None:
         """Apply entries left pending by dead consumers; forget consumers gone for good."""
         start = "0-0"
         for _ in range(CLAIM_ROUNDS):
-            reply = await self._redis.xautoclaim(
+            reply = await self._streams.xautoclaim(
                 self._stream,
                 CONSUMER_GROUP,
                 self._consumer,
@@ -150,20 +160,22 @@ class HeartbeatConsumer:
             log.info("created consumer group %r on %r", CONSUMER_GROUP, self._stream)
 
     async def _read(self, start: str, block: int | None) -> list[StreamEntry]:
-        reply = await self._redis.xreadgroup(
+        reply = await self._streams.xreadgroup(
             CONSUMER_GROUP, self._consumer, {self._stream: start}, count=BATCH, block=block
         )
         return stream_entries(reply)
 
     async def _apply(self, entries: Sequence[StreamEntry]) -> None:
-        good: list[tuple[str, str, int]] = []
+        good: list[bytes] = []
         bad: list[tuple[bytes, str]] = []
         for entry_id, fields in entries:
-            parsed = parse_heartbeat(fields or {})
+            parsed = parse_heartbeat(fields)
             if isinstance(parsed, str):
                 bad.append((entry_id, parsed))
             else:
-                good.append((*parsed, _entry_ms(entry_id)))
+                # The entry id is when it was sent (its ms part): the script
+                # ignores a heartbeat that is older than the TTL.
+                good.append(b"%s %s %s" % (*parsed, entry_id))
 
         def fill(pipe: Pipeline) -> None:
             for start in range(0, len(good), SCRIPT_BATCH):
@@ -208,22 +220,14 @@ class HeartbeatConsumer:
         self._next_log = now + MALFORMED_LOG_EVERY
 
 
-def parse_heartbeat(fields: dict[bytes, bytes]) -> tuple[str, str] | str:
-    """``(client, server)`` of a heartbeat entry, or why it is malformed."""
+def parse_heartbeat(fields: list[bytes] | None) -> tuple[bytes, bytes] | str:
+    """``(client, server)`` of an unparsed heartbeat entry, or why it is malformed."""
     values = []
-    for name in (b"client", b"server"):
-        raw = fields.get(name)
+    for name in ("client", "server"):
+        raw = field(fields, name.encode())
         if raw is None:
-            return f"missing {name.decode()}"
-        try:
-            text = raw.decode()
-        except UnicodeDecodeError:
-            return f"{name.decode()} is not UTF-8"
-        if not is_valid_id(text):
-            return f"invalid {name.decode()} {text[:40]!r}"
-        values.append(text)
+            return f"missing {name}"
+        if not is_valid_raw_id(raw):
+            return f"invalid {name} {raw[:40].decode(errors='replace')!r}"
+        values.append(raw)
     return values[0], values[1]
-
-
-def _entry_ms(entry_id: bytes) -> int:
-    return int(entry_id.split(b"-", 1)[0])

@@ -19,11 +19,17 @@ CONSUMER_GROUP: Final = "presence"
 
 ID_RULE: Final = "must be 1 to 128 letters, digits or ._:@-"
 _ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+_RAW_ID = re.compile(rb"[A-Za-z0-9._:@-]{1,128}")
 
 
 def is_valid_id(value: str) -> bool:
     """True for 1 to 128 letters, digits or ``._:@-`` (client and server ids)."""
     return _ID.fullmatch(value) is not None
+
+
+def is_valid_raw_id(value: bytes) -> bool:
+    """``is_valid_id`` for an id as Redis sent it: valid ones are ASCII."""
+    return _RAW_ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)

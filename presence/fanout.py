@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, cast
+from typing import Any
 
-from .connection import BLOCK_MS, Redis, stream_entries, text
-from .contract import OFFLINE, ONLINE, Status, is_valid_id
+from .connection import BLOCK_MS, Redis, stream_entries, text, unparsed_streams
+from .contract import OFFLINE, ONLINE, Status, is_valid_raw_id
 from .events import PresenceEvent, stream_position
 from .local import Delivery, LocalState
 from .settings import Settings
@@ -23,11 +23,12 @@ from .supervise import Worker
 log = logging.getLogger(__name__)
 
 BATCH = 1000
+_STATUSES: dict[bytes, Status] = {b"ONLINE": ONLINE, b"OFFLINE": OFFLINE}
 
 
 class PresenceReader:
     def __init__(self, redis: Redis, settings: Settings, local: LocalState) -> None:
-        self._redis = redis
+        self._redis = unparsed_streams(redis)
         self._stream = settings.keys.presence
         self._local = local
         self.position: str | None = None
@@ -62,7 +63,7 @@ class PresenceReader:
             newest = position
             for entry_id, fields in stream_entries(reply):
                 newest = entry_id.decode()
-                event = parse_event(newest, fields or {})
+                event = parse_event(newest, fields)
                 if event is None:
                     log.warning("ignored malformed presence entry %s", newest)
                     continue
@@ -82,25 +83,24 @@ class PresenceReader:
             self.lag = max(0.0, time.time() - stream_position(newest)[0] / 1000) if batch else 0.0
 
 
-def parse_event(entry_id: str, fields: dict[bytes, bytes]) -> PresenceEvent | None:
-    """The event of a presence entry; None unless it is well formed (ids valid)."""
-    try:
-        client = fields[b"client"].decode()
-        status = fields[b"status"].decode()
-        server = fields[b"server"].decode()
-    except (KeyError, UnicodeDecodeError):
+def parse_event(entry_id: str, fields: list[bytes] | None) -> PresenceEvent | None:
+    """The event of an unparsed presence entry; None unless it is well formed (ids valid)."""
+    found = dict(zip(fields[::2], fields[1::2], strict=False)) if fields else {}
+    client, status, server = found.get(b"client"), found.get(b"status"), found.get(b"server")
+    if client is None or server is None or status not in _STATUSES:
         return None
-    if status not in (ONLINE, OFFLINE) or not is_valid_id(client):
+    if not is_valid_raw_id(client):
         return None
-    if server and not is_valid_id(server):  # empty: OFFLINE of a client with no server
+    if server and not is_valid_raw_id(server):  # empty: OFFLINE of a client with no server
         return None
-    return PresenceEvent(entry_id, client, cast(Status, status), server)
+    # Valid ids are ASCII.
+    return PresenceEvent(entry_id, client.decode(), _STATUSES[status], server.decode())
 
 
 def sse_frame(event: PresenceEvent) -> bytes:
     """The SSE frame of a parsed event, encoded once for every connection.
 
-    Its ids passed ``is_valid_id``, so they need no JSON escaping: formatting
+    Its ids passed ``is_valid_raw_id``, so they need no JSON escaping: formatting
     beats ``json.dumps`` on the busiest path of a burst.
     """
     data = f'{{"client":"{event.client}","status":"{event.status}","server":"{event.server}"}}'

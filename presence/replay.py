@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from redis.exceptions import ResponseError
 
-from .connection import Redis, text
+from .connection import Redis, text, unparsed_streams
 from .fanout import parse_event, sse_frame
 from .local import Delivery
 
@@ -39,7 +38,7 @@ def valid_entry_id(value: str) -> bool:
 
 class Replayer:
     def __init__(self, redis: Redis, stream: str, limit: int) -> None:
-        self._redis = redis
+        self._redis = unparsed_streams(redis)
         self._stream = stream
         self._limit = limit
         self._turns = asyncio.Semaphore(CONCURRENT)
@@ -60,12 +59,8 @@ class Replayer:
             return None
         deliveries = []
         for raw_id, fields in missed:
-            event = parse_event(text(raw_id), _fields(fields))
+            event = parse_event(text(raw_id), fields)
             if event is not None:
                 deliveries.append(Delivery(event, sse_frame(event)))
         position = text(missed[-1][0]) if missed else entry_id
         return Replay(deliveries, position)
-
-
-def _fields(fields: Any) -> dict[bytes, bytes]:
-    return fields if isinstance(fields, dict) else {}

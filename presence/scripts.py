@@ -17,19 +17,20 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# Any number of heartbeats in one call, each packed into one argument: one
-# round of script overhead, and little to encode, for a whole batch read from
+# Any number of heartbeats in one call, all in one argument: one round of
+# script overhead, and next to nothing to encode, for a whole batch read from
 # the stream. The per-client keys are built here from their prefixes (this is
 # a standalone-Redis script: its keys live in different slots anyway).
 # KEYS[1] online.deadlines  KEYS[2] online.servers  KEYS[3] presence stream
 # ARGV[1] ttl ms  ARGV[2] presence stream cap
 # ARGV[3] online.clients. prefix  ARGV[4] online.holders. prefix
-# ARGV[5...] one heartbeat each: "<client> <server> <sent>", sent = when it was
-# sent, Unix ms (its stream entry id), 0 = now
+# ARGV[5] one line per heartbeat: "<client> <server> <sent>", sent = when it
+# was sent, Unix ms or the heartbeat's stream entry id (its ms count), 0 = now
 # Returns one code per heartbeat: 1 when the client came online, 0 for a
 # refresh, -1 for a heartbeat older than the ttl or sent before its server
 # announced the client left it (nothing is written), -2 when Redis failed it
-# (then the last element is that error); the others are applied regardless.
+# or the line was malformed (then the last element is that error); the
+# others are applied regardless.
 HEARTBEAT: Final = (
     _NOW
     + """
@@ -62,10 +63,13 @@ local function apply(online, holders, client, server, sent)
   return 1
 end
 local results, failure = {}, nil
-for i = 5, #ARGV do
-  local client, server, sent = string.match(ARGV[i], '^(%S+) (%S+) (%d+)$')
-  local ok, result = pcall(apply, ARGV[3] .. client, ARGV[4] .. client, client, server,
-    tonumber(sent))
+for line in string.gmatch(ARGV[5], '[^\\n]+') do
+  local client, server, sent = string.match(line, '^(%S+) (%S+) (%d+)%-?%d*$')
+  local ok, result = false, 'malformed heartbeat ' .. line
+  if client then
+    ok, result = pcall(apply, ARGV[3] .. client, ARGV[4] .. client, client, server,
+      tonumber(sent))
+  end
   if ok then
     results[#results + 1] = result
   else

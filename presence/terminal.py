@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from redis.exceptions import RedisError
 
-from .connection import BLOCK_MS, Redis, open_redis, stream_entries, text
+from .connection import BLOCK_MS, Redis, open_redis, stream_entries, text, unparsed_streams
 from .errors import PresenceError, RedisUnavailable
 from .fanout import parse_event
 from .settings import Settings
@@ -35,17 +35,18 @@ async def watch(
     """
     stop = stop or asyncio.Event()
     redis = await _connect(settings)
+    streams = unparsed_streams(redis)
     stream = settings.keys.presence
     try:
-        history: Any = await redis.xrevrange(stream, count=last) if last else []
+        history: Any = await streams.xrevrange(stream, count=last) if last else []
         for entry_id, fields in reversed(history):
             _print(out, text(entry_id), fields)
-        head: Any = await redis.xrevrange(stream, count=1)
+        head: Any = await streams.xrevrange(stream, count=1)
         position = text(head[0][0]) if head else "0-0"
         delay = 0.2
         while not stop.is_set():
             try:
-                reply = await redis.xread({stream: position}, count=500, block=BLOCK_MS)
+                reply = await streams.xread({stream: position}, count=500, block=BLOCK_MS)
             except RedisError as exc:
                 print(f"lost Redis ({exc}); retrying", file=sys.stderr, flush=True)
                 await asyncio.sleep(delay)
@@ -92,8 +93,8 @@ async def _connect(settings: Settings) -> Redis:
     return redis
 
 
-def _print(out: TextIO, entry_id: str, fields: dict[bytes, bytes] | None) -> None:
-    event = parse_event(entry_id, fields or {})
+def _print(out: TextIO, entry_id: str, fields: list[bytes] | None) -> None:
+    event = parse_event(entry_id, fields)
     if event is None:
         return
     ms = int(entry_id.split("-")[0])

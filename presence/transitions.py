@@ -28,15 +28,15 @@ class Transitions:
         self._due = redis.register_script(scripts.DUE)
         self._snapshot = redis.register_script(scripts.SNAPSHOT)
 
-    def heartbeats(self, pipe: Pipeline, batch: Sequence[tuple[str, str, int]]) -> None:
-        """Queue ``(client, server, sent_ms)`` heartbeats as one script call.
+    def heartbeats(self, pipe: Pipeline, lines: Sequence[bytes]) -> None:
+        """Queue heartbeats, each a line ``b"<client> <server> <sent>"``, as one script call.
 
-        Its result is one code per heartbeat (1 came online, 0 refreshed, -1 too
-        old, -2 failed in Redis), then the error of the last failure, if any.
+        ``sent`` is when it was sent: Unix ms, or its stream entry id, or 0 for
+        now. The result is one code per heartbeat (1 came online, 0 refreshed,
+        -1 too old, -2 failed in Redis), then the error of the last failure, if any.
         """
         k = self._keys
-        args: list[str | int] = [self._ttl_ms, self._maxlen, k.online_prefix, k.holders_prefix]
-        args += [f"{client} {server} {sent_ms}" for client, server, sent_ms in batch]
+        args = (self._ttl_ms, self._maxlen, k.online_prefix, k.holders_prefix, b"\n".join(lines))
         pipe.evalsha(self._heartbeat.sha, 3, k.deadlines, k.servers, k.presence, *args)
 
     def leave(self, pipe: Pipeline, client: str, server: str) -> None:

@@ -37,7 +37,8 @@ async def statuses(redis: Redis, stream: str = "presence") -> list[tuple[str, st
 
 
 async def heartbeat(t: Transitions, client: str, server: str, sent_ms: int = 0) -> int:
-    [[result]] = await t.execute(lambda pipe: t.heartbeats(pipe, [(client, server, sent_ms)]))
+    line = f"{client} {server} {sent_ms}".encode()
+    [[result]] = await t.execute(lambda pipe: t.heartbeats(pipe, [line]))
     return int(result)
 
 
@@ -263,8 +264,21 @@ async def test_a_batch_applies_every_heartbeat_but_the_one_redis_fails(
 ) -> None:
     t = Transitions(redis, settings)
     await redis.hset("online.clients.broken", "x", "1")  # the wrong type for SET
-    batch = [("alice", "s1", 0), ("broken", "s1", 0), ("bob", "s1", 0)]
+    batch = [b"alice s1 0", b"broken s1 0", b"bob s1 0"]
     [reply] = await t.execute(lambda pipe: t.heartbeats(pipe, batch))
     assert reply[:3] == [1, -2, 1]
     assert b"WRONGTYPE" in reply[3]
     assert [c for c, _, _ in await statuses(redis)] == ["alice", "bob"]
+
+
+async def test_a_heartbeat_may_carry_its_stream_entry_id_as_its_send_time(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings)
+    now = await redis_ms(redis)
+    old = now - settings.ttl_ms - 1000
+    batch = [f"fresh s1 {now}-7".encode(), f"old s1 {old}-0".encode(), b"bad line"]
+    [reply] = await t.execute(lambda pipe: t.heartbeats(pipe, batch))
+    assert reply[:3] == [1, -1, -2]
+    assert b"malformed heartbeat bad line" in reply[3]
+    assert await redis.pttl("online.clients.fresh") > settings.ttl_ms - 1000

@@ -245,9 +245,11 @@ async def _value(value: bool) -> bool:
 def test_presence_frames_are_the_compact_json_of_the_event() -> None:
     from presence.fanout import parse_event, sse_frame
 
-    fields = {b"client": b"a.b:c@d-e_1", b"status": b"OFFLINE", b"server": b""}
+    fields = [b"client", b"a.b:c@d-e_1", b"status", b"OFFLINE", b"server", b""]
     event = parse_event("1-2", fields)
     assert event is not None
     assert sse_frame(event) == f"id: 1-2\nevent: presence\ndata: {event.to_json()}\n\n".encode()
     for bad in (b'x"y', b"a\\b", b"\xff", b""):
-        assert parse_event("1-2", {**fields, b"client": bad}) is None
+        assert parse_event("1-2", [b"client", bad, *fields[2:]]) is None
+    for broken in (fields[:4], [*fields[:3], b"AWAY", *fields[4:]], None, []):
+        assert parse_event("1-2", broken) is None
