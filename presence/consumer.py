@@ -119,7 +119,9 @@ class HeartbeatConsumer:
                 start_id=start,
                 count=BATCH,
             )
-            start, entries = text(reply[0]), reply[1]
+            # Redis 6.2 answers nil for an entry deleted while pending (7.0
+            # drops it from the reply): there is nothing to apply.
+            start, entries = text(reply[0]), [e for e in reply[1] if e is not None]
             if entries:
                 self.claimed += len(entries)
                 log.warning(
