@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from presence import PRESENCE, Presence, Settings, create_app
+from presence.contract import is_valid_raw_id
 
 from .support import Redis, poll
 
@@ -103,15 +104,21 @@ async def test_any_heartbeat_entries_are_applied_or_skipped_and_nothing_dies(
     entries: list[dict[bytes, bytes]], server: TestServer, redis: Redis
 ) -> None:
     presence = presence_of(server)
-    before = presence.consumer.applied + presence.consumer.malformed
+    applied, malformed = presence.consumer.applied, presence.consumer.malformed
     pipe = redis.pipeline(transaction=False)
     for entry in entries:
         pipe.xadd(f"{NAMESPACE}heartbeat", entry)
     await pipe.execute()
+    # Exactly the entries with an invalid or missing id are skipped.
+    bad = sum(
+        not (is_valid_raw_id(e.get(b"client", b"")) and is_valid_raw_id(e.get(b"server", b"")))
+        for e in entries
+    )
 
     async def consumed() -> bool:
-        done = presence.consumer.applied + presence.consumer.malformed - before
+        done = presence.consumer.applied - applied + presence.consumer.malformed - malformed
         return done == len(entries)
 
     await poll(consumed, what="every entry applied or skipped")
+    assert presence.consumer.malformed - malformed == bad
     await healthy(presence)
