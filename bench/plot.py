@@ -51,10 +51,11 @@ def _online(results: dict[str, Any], ax: Axes) -> None:
 
 
 def _fanout(results: dict[str, Any], ax: Axes) -> None:
-    for row in results.get("fanout", []):
-        n = f"{row['connections']:,}"
-        _curve(ax, row["presence"].get("percentiles_ms", []), f"presence, {n} conns")
-        _curve(ax, row["nchan"].get("percentiles_ms", []), f"nchan, {n} conns", linestyle="--")
+    for i, row in enumerate(results.get("fanout", [])):
+        n, color = f"{row['connections']:,}", f"C{i}"  # one color per N, nchan dashed
+        _curve(ax, row["presence"].get("percentiles_ms", []), f"presence, {n} conns", color=color)
+        _curve(ax, row["nchan"].get("percentiles_ms", []), f"nchan, {n} conns", color=color,
+               linestyle="--")  # fmt: skip
     ax.set_title("fan-out: send to delivery, every connection")
     ax.set_xlabel("ms")
 
