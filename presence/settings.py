@@ -266,8 +266,10 @@ def _check_redis_url(url: str) -> None:
         options = parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as exc:
         raise ConfigError(f"redis url: {exc}") from None
-    if options.get("protocol", 2) not in (2, "2"):
-        raise ConfigError("redis url: presence speaks RESP2; remove protocol=3")
+    if "protocol" in options:
+        raise ConfigError(
+            "redis url: remove protocol=: presence uses the protocol redis-py negotiates"
+        )
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:

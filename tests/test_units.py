@@ -52,7 +52,7 @@ def test_environment_is_read_and_overrides_win() -> None:
         ({"ttl_factor": 0.9}, "ttl factor"),
         ({"ttl_factor": 1}, "ttl factor must be greater than 1"),
         ({"redis_url": "redis://h/0?socket_timeout=abc"}, "socket_timeout"),
-        ({"redis_url": "redis://h/0?protocol=3"}, "RESP2"),
+        ({"redis_url": "redis://h/0?protocol=3"}, "remove protocol="),
         ({"port": 70000}, "port"),
         ({"redis_url": "http://x"}, "redis://"),
         ({"redis_url": "redis://h:notaport"}, "not a valid URL"),
