@@ -345,21 +345,11 @@ def ingest_round(clients: int) -> dict[str, Any]:
     """One burst of ``clients`` heartbeats: Redis's ceiling, then one presence process."""
     with redis_server() as (url, rport, rpid):
         r = redis.Redis(port=rport)
-        sha = r.script_load(scripts.HEARTBEAT)
-        # The consumer's own call: SCRIPT_BATCH heartbeats of random clients.
-        batch = "\n".join("c__rand_int__ ext 0" for _ in range(SCRIPT_BATCH))
         redis_cpu0 = cpu_seconds(rpid)
-        requests = max(1000, clients // SCRIPT_BATCH)
-        calls = redis_benchmark(
-            rport, requests, clients,
-            "EVALSHA", sha, "3", "online.deadlines", "online.servers", "presence",
-            str(int(5 * TTL_FACTOR * 1000)), "100000", "online.clients.", "online.holders.",
-            batch,
-        )  # fmt: skip
-        ceiling = calls * SCRIPT_BATCH
+        ceiling, heartbeats = script_ceiling(r, rport, clients)
         # Redis's CPU per heartbeat applied: the script's alone, against the
         # script's plus the stream reads, acknowledgements and XADDs presence needs.
-        ceiling_redis_us = (cpu_seconds(rpid) - redis_cpu0) / (requests * SCRIPT_BATCH) * 1e6
+        ceiling_redis_us = (cpu_seconds(rpid) - redis_cpu0) / heartbeats * 1e6
         r.flushall()
         packed = burst_commands(clients)
         with presence_server(url, "--heartbeat-interval", "5") as (port, pid):
@@ -383,6 +373,20 @@ def ingest_round(clients: int) -> dict[str, Any]:
         "redis_cpu_us_per_heartbeat": round(redis_us, 1),
         "ceiling_redis_cpu_us_per_heartbeat": round(ceiling_redis_us, 1),
     }
+
+
+def script_ceiling(r: redis.Redis, port: int, clients: int) -> tuple[float, int]:
+    """(heartbeats/s, heartbeats applied) of Redis running the consumer's own script
+    call, SCRIPT_BATCH heartbeats of random clients, from redis-benchmark."""
+    sha = r.script_load(scripts.HEARTBEAT)
+    batch = "\n".join("c__rand_int__ ext 0" for _ in range(SCRIPT_BATCH))
+    requests = max(1000, clients // SCRIPT_BATCH)
+    calls = redis_benchmark(
+        port, requests, clients,
+        "EVALSHA", sha, "3", "online.deadlines", "online.servers", "presence",
+        str(int(5 * TTL_FACTOR * 1000)), "100000", "online.clients.", "online.holders.", batch,
+    )  # fmt: skip
+    return calls * SCRIPT_BATCH, requests * SCRIPT_BATCH
 
 
 def bench_steady(scale: Scale) -> dict[str, Any]:
