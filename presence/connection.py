@@ -185,14 +185,9 @@ def stream_entries(reply: Any) -> list[StreamEntry]:
     return [entry for entries in streams for entry in entries]
 
 
-def field(fields: list[bytes] | None, name: bytes) -> bytes | None:
-    """The value of field ``name`` of an unparsed entry (the last, if repeated)."""
-    value = None
-    if fields:
-        for i in range(0, len(fields) - 1, 2):
-            if fields[i] == name:
-                value = fields[i + 1]
-    return value
+def field_map(fields: list[bytes] | None) -> dict[bytes, bytes]:
+    """The fields of an unparsed entry by name (a repeated name: its last value)."""
+    return dict(zip(fields[::2], fields[1::2], strict=False)) if fields else {}
 
 
 def database(redis: Redis) -> int:

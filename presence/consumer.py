@@ -20,7 +20,15 @@ from typing import Any
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
-from .connection import BLOCK_MS, Redis, StreamEntry, field, stream_entries, text, unparsed_streams
+from .connection import (
+    BLOCK_MS,
+    Redis,
+    StreamEntry,
+    field_map,
+    stream_entries,
+    text,
+    unparsed_streams,
+)
 from .contract import CONSUMER_GROUP, is_valid_raw_id
 from .settings import Settings
 from .supervise import Worker
@@ -224,9 +232,10 @@ class HeartbeatConsumer:
 
 def parse_heartbeat(fields: list[bytes] | None) -> tuple[bytes, bytes] | str:
     """``(client, server)`` of an unparsed heartbeat entry, or why it is malformed."""
+    found = field_map(fields)
     values = []
     for name in ("client", "server"):
-        raw = field(fields, name.encode())
+        raw = found.get(name.encode())
         if raw is None:
             return f"missing {name}"
         if not is_valid_raw_id(raw):

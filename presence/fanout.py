@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from .connection import BLOCK_MS, Redis, stream_entries, text, unparsed_streams
+from .connection import BLOCK_MS, Redis, field_map, stream_entries, text, unparsed_streams
 from .contract import OFFLINE, ONLINE, Status, is_valid_raw_id
 from .events import PresenceEvent, stream_position
 from .local import Delivery, LocalState
@@ -85,7 +85,7 @@ class PresenceReader:
 
 def parse_event(entry_id: str, fields: list[bytes] | None) -> PresenceEvent | None:
     """The event of an unparsed presence entry; None unless it is well formed (ids valid)."""
-    found = dict(zip(fields[::2], fields[1::2], strict=False)) if fields else {}
+    found = field_map(fields)
     client, status, server = found.get(b"client"), found.get(b"status"), found.get(b"server")
     if client is None or server is None or status not in _STATUSES:
         return None
