@@ -288,14 +288,21 @@ def send_raw(port: int, packed: bytes, replies: int) -> None:
 
 def _read_replies(sock: socket.socket, count: int, lines: int = 2) -> None:
     """Reads ``count`` replies of so many ``lines`` each (XADD's: "$<n>" and the id)."""
+    _read_until(sock, b"\n", lines * count)
+
+
+def _read_until(sock: socket.socket, token: bytes, count: int) -> None:
+    """Reads until ``token`` has come ``count`` times, wherever reads split it."""
     sock.settimeout(60)  # a reply miscounted fails the run instead of hanging it
-    seen = 0
-    while seen < lines * count:
+    tail, seen = b"", 0
+    while seen < count:
         chunk = sock.recv(1 << 16)
         if not chunk:
-            raise RuntimeError("Redis closed the connection")
-        # Counting b"\n", not b"\r\n": a chunk may end between the two.
-        seen += chunk.count(b"\n")
+            raise RuntimeError(f"connection closed after {seen} of {count} {token!r}")
+        # A tail shorter than the token cannot hold one already counted.
+        data = tail + chunk
+        seen += data.count(token)
+        tail = data[len(data) - len(token) + 1 :]
 
 
 def publisher(
@@ -517,24 +524,12 @@ def nchan_sender(port: int) -> Callable[[int], None]:
         with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
             # Responses are read while requests are written: nginx stops reading
             # requests while it cannot write their responses.
-            reader = threading.Thread(target=_read_responses, args=(sock, events))
+            reader = threading.Thread(target=_read_until, args=(sock, b"HTTP/1.1 ", events))
             reader.start()
             sock.sendall(requests)
             reader.join()
 
     return send
-
-
-def _read_responses(sock: socket.socket, count: int) -> None:
-    status, tail, seen = b"HTTP/1.1 ", b"", 0
-    while seen < count:
-        chunk = sock.recv(1 << 16)
-        if not chunk:
-            raise RuntimeError(f"nchan closed after {seen} of {count} responses")
-        # A status line may span two chunks; a tail shorter than it is never counted twice.
-        data = tail + chunk
-        seen += data.count(status)
-        tail = data[-(len(status) - 1) :]
 
 
 def frame_body(n: int) -> bytes:

@@ -234,11 +234,11 @@ def parse_heartbeat(fields: list[bytes] | None) -> tuple[bytes, bytes] | str:
     """``(client, server)`` of an unparsed heartbeat entry, or why it is malformed."""
     found = field_map(fields)
     values = []
-    for name in ("client", "server"):
-        raw = found.get(name.encode())
+    for name in (b"client", b"server"):
+        raw = found.get(name)
         if raw is None:
-            return f"missing {name}"
+            return f"missing {name.decode()}"
         if not is_valid_raw_id(raw):
-            return f"invalid {name} {raw[:40].decode(errors='replace')!r}"
+            return f"invalid {name.decode()} {raw[:40].decode(errors='replace')!r}"
         values.append(raw)
     return values[0], values[1]
