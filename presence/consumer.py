@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +30,7 @@ from .connection import (
     text,
     unparsed_streams,
 )
-from .contract import CONSUMER_GROUP, is_valid_raw_id
+from .contract import CONSUMER_GROUP, ID_PATTERN, is_valid_raw_id
 from .settings import Settings
 from .supervise import Worker
 from .transitions import Transitions
@@ -176,16 +177,7 @@ class HeartbeatConsumer:
         return stream_entries(reply)
 
     async def _apply(self, entries: Sequence[StreamEntry]) -> None:
-        good: list[bytes] = []
-        bad: list[tuple[bytes, str]] = []
-        for entry_id, fields in entries:
-            parsed = parse_heartbeat(fields)
-            if isinstance(parsed, str):
-                bad.append((entry_id, parsed))
-            else:
-                # The entry id is when it was sent (its ms part): the script
-                # ignores a heartbeat that is older than the TTL.
-                good.append(b"%s %s %s" % (*parsed, entry_id))
+        good, bad = heartbeat_lines(entries)
 
         def fill(pipe: Pipeline) -> None:
             for start in range(0, len(good), SCRIPT_BATCH):
@@ -228,6 +220,42 @@ class HeartbeatConsumer:
         )
         self._unlogged = 0
         self._next_log = now + MALFORMED_LOG_EVERY
+
+
+# A batch of script lines, matched at once: ids of valid characters only,
+# so no field can have added a line or a separator of its own.
+_LINE = rb"%s %s \d+-\d+" % (ID_PATTERN, ID_PATTERN)
+_LINES = re.compile(rb"%s(?:\n%s)*" % (_LINE, _LINE))
+
+
+def heartbeat_lines(
+    entries: Sequence[StreamEntry],
+) -> tuple[list[bytes], list[tuple[bytes, str]]]:
+    """The script lines (``b"<client> <server> <entry id>"``) of the well-formed
+    entries, and the id of each malformed one with why.
+
+    The entry id is when the heartbeat was sent (its ms part): the script
+    ignores one that is older than the TTL.
+    """
+    # Entries as every publisher writes them, client then server: one pass
+    # builds the lines and one regex checks them all.
+    lines = [
+        b"%b %b %b" % (fields[1], fields[3], entry_id)
+        for entry_id, fields in entries
+        if fields and len(fields) == 4 and fields[0] == b"client" and fields[2] == b"server"
+    ]
+    if len(lines) == len(entries) and lines:
+        joined = b"\n".join(lines)
+        if joined.count(b"\n") == len(lines) - 1 and _LINES.fullmatch(joined):
+            return lines, []
+    lines, bad = [], []
+    for entry_id, fields in entries:
+        parsed = parse_heartbeat(fields)
+        if isinstance(parsed, str):
+            bad.append((entry_id, parsed))
+        else:
+            lines.append(b"%b %b %b" % (*parsed, entry_id))
+    return lines, bad
 
 
 def parse_heartbeat(fields: list[bytes] | None) -> tuple[bytes, bytes] | str:

@@ -18,8 +18,10 @@ OFFLINE: Final = "OFFLINE"
 CONSUMER_GROUP: Final = "presence"
 
 ID_RULE: Final = "must be 1 to 128 letters, digits or ._:@-"
-_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
-_RAW_ID = re.compile(rb"[A-Za-z0-9._:@-]{1,128}")
+#: The regex of a valid id, as bytes (valid ids are ASCII).
+ID_PATTERN: Final = rb"[A-Za-z0-9._:@-]{1,128}"
+_ID = re.compile(ID_PATTERN.decode())
+_RAW_ID = re.compile(ID_PATTERN)
 
 
 def is_valid_id(value: str) -> bool:

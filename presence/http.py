@@ -139,7 +139,7 @@ async def _stream(
     if isinstance(start, Snapshot):
         # A resume that cannot be exact gets a snapshot marked as a reset.
         await sse.write(start.sse_frame(exclude=client_id, reset=resumed))
-    elif missed := [d.frame for d in start.deliveries if d.event.client != client_id]:
+    elif missed := [d.frame for d in start.deliveries if d.client != client_id]:
         await sse.write(b"".join(missed))
     # Events up to that position were sent already.
     after: tuple[int, int] | None = stream_position(start.position)
@@ -154,7 +154,7 @@ async def _stream(
         if not batch:
             return
         if after is not None:
-            batch = [d for d in batch if stream_position(d.event.id) > after]
+            batch = [d for d in batch if stream_position(d.id) > after]
             if not batch:
                 continue
             after = None

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
+from .contract import Status
 from .events import PresenceEvent
 
 log = logging.getLogger(__name__)
@@ -31,12 +32,24 @@ log = logging.getLogger(__name__)
 CloseReason = Literal["closed", "overflow", "gone", "shutdown"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delivery:
-    """One presence event, with its SSE frame encoded once for every subscriber."""
+    """One presence event, with its SSE frame encoded once for every subscriber.
 
-    event: PresenceEvent
+    Never changed once made. It holds the event's fields rather than a
+    ``PresenceEvent``: a burst makes one per entry, and SSE subscribers only
+    need the frame.
+    """
+
+    id: str
+    client: str
+    status: Status
+    server: str
     frame: bytes
+
+    @property
+    def event(self) -> PresenceEvent:
+        return PresenceEvent(self.id, self.client, self.status, self.server)
 
 
 class Resync(Exception):
@@ -107,7 +120,7 @@ class Subscriber:
             batch = self._local.read(self.cursor, limit)
             self.cursor += len(batch)
             if self.client is not None:
-                batch = [d for d in batch if d.event.client != self.client]
+                batch = [d for d in batch if d.client != self.client]
             if batch:
                 return batch
 

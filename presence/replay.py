@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from redis.exceptions import ResponseError
 
 from .connection import Redis, text, unparsed_streams
-from .fanout import parse_event, sse_frame
+from .fanout import parse_delivery
 from .local import Delivery
 
 _ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
@@ -59,8 +59,8 @@ class Replayer:
             return None
         deliveries = []
         for raw_id, fields in missed:
-            event = parse_event(text(raw_id), fields)
-            if event is not None:
-                deliveries.append(Delivery(event, sse_frame(event)))
+            delivery = parse_delivery(text(raw_id), fields)
+            if delivery is not None:
+                deliveries.append(delivery)
         position = text(missed[-1][0]) if missed else entry_id
         return Replay(deliveries, position)

@@ -151,8 +151,7 @@ def run(argv: list[str]) -> int | str | None:
 
 
 def _delivery(client: str, n: int = 1) -> Delivery:
-    event = PresenceEvent(f"{n}-0", client, "ONLINE", "s")
-    return Delivery(event, b"frame")
+    return Delivery(f"{n}-0", client, "ONLINE", "s", b"frame")
 
 
 async def test_subscriber_that_falls_behind_the_log_is_closed() -> None:
@@ -174,9 +173,9 @@ async def test_local_state_delivers_to_all_but_the_client_itself() -> None:
     alice, bob, everyone = (Subscriber(local, c) for c in ("alice", "bob", None))
     local.subscribers |= {alice, bob, everyone}
     local.deliver([_delivery("alice", 1), _delivery("bob", 2)])
-    assert [d.event.client for d in await bob.get_many()] == ["alice"]
-    assert [d.event.client for d in await everyone.get_many()] == ["alice", "bob"]
-    assert [d.event.client for d in await alice.get_many()] == ["bob"]
+    assert [d.client for d in await bob.get_many()] == ["alice"]
+    assert [d.client for d in await everyone.get_many()] == ["alice", "bob"]
+    assert [d.client for d in await alice.get_many()] == ["bob"]
     waiting = asyncio.create_task(alice.get_many())
     await asyncio.sleep(0)
     local.deliver([_delivery("alice", 3)])  # about alice only: she keeps waiting
@@ -243,13 +242,51 @@ async def _value(value: bool) -> bool:
 
 
 def test_presence_frames_are_the_compact_json_of_the_event() -> None:
-    from presence.fanout import parse_event, sse_frame
+    from presence.fanout import parse_delivery, parse_event
 
     fields = [b"client", b"a.b:c@d-e_1", b"status", b"OFFLINE", b"server", b""]
-    event = parse_event("1-2", fields)
-    assert event is not None
-    assert sse_frame(event) == f"id: 1-2\nevent: presence\ndata: {event.to_json()}\n\n".encode()
+    for shuffled in (fields, [*fields[4:], *fields[:4]]):
+        delivery = parse_delivery("1-2", shuffled)
+        assert delivery is not None
+        event = delivery.event
+        assert event == PresenceEvent("1-2", "a.b:c@d-e_1", "OFFLINE", "")
+        data = event.to_json()
+        assert delivery.frame == f"id: 1-2\nevent: presence\ndata: {data}\n\n".encode()
     for bad in (b'x"y', b"a\\b", b"\xff", b""):
         assert parse_event("1-2", [b"client", bad, *fields[2:]]) is None
     for broken in (fields[:4], [*fields[:3], b"AWAY", *fields[4:]], None, []):
         assert parse_event("1-2", broken) is None
+
+
+def test_heartbeat_lines_are_client_server_and_entry_id() -> None:
+    from presence.consumer import heartbeat_lines
+
+    entries = [(b"%d-0" % n, [b"client", b"c%d" % n, b"server", b"s.1"]) for n in range(1, 300)]
+    lines, bad = heartbeat_lines(entries)
+    assert (lines, bad) == ([b"c%d s.1 %d-0" % (n, n) for n in range(1, 300)], [])
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [b"client", b"x s 1-1\nvictim", b"server", b"s"],  # a field adding a line
+        [b"client", b"x y", b"server", b"s"],
+        [b"client", b"a", b"server", b"s\n"],
+        [b"client", b"", b"server", b"s"],
+        [b"client", b"a" * 129, b"server", b"s"],
+        [b"client", b"a"],
+        None,
+    ],
+)
+def test_heartbeat_lines_set_aside_each_malformed_entry_and_keep_the_rest(
+    fields: list[bytes] | None,
+) -> None:
+    from presence.consumer import heartbeat_lines
+
+    good = [(b"1-%d" % n, [b"client", b"c%d" % n, b"server", b"s"]) for n in range(3)]
+    lines, bad = heartbeat_lines([good[0], (b"2-0", fields), *good[1:]])
+    assert lines == [b"c0 s 1-0", b"c1 s 1-1", b"c2 s 1-2"]
+    assert [entry_id for entry_id, _ in bad] == [b"2-0"]
+    # Fields in another order, or repeated, still make a heartbeat.
+    lines, bad = heartbeat_lines([(b"3-0", [b"server", b"s", b"client", b"a"])])
+    assert (lines, bad) == ([b"a s 3-0"], [])
