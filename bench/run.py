@@ -268,14 +268,14 @@ def _publish(
     sock.close()
 
 
-def burst_commands(clients: int) -> bytes:
-    """XADDs of ``clients`` heartbeats of random clients among as many ids, the
-    way ``redis-benchmark -r`` draws them for the ceiling (12 digits)."""
+def burst_commands(heartbeats: int, clients: int) -> bytes:
+    """XADDs of ``heartbeats`` heartbeats of random clients among ``clients`` ids,
+    the way ``redis-benchmark -r`` draws them for the ceiling (12 digits)."""
     draw = random.Random(clients).randrange
     return b"".join(
         _resp(b"XADD", b"heartbeat", b"*", b"client", b"c%012d" % draw(clients),
               b"server", b"ext")
-        for _ in range(clients)
+        for _ in range(heartbeats)
     )  # fmt: skip
 
 
@@ -349,7 +349,8 @@ def bench_ingest(scale: Scale) -> dict[str, Any]:
 
 
 def ingest_round(clients: int) -> dict[str, Any]:
-    """One burst of ``clients`` heartbeats: Redis's ceiling, then one presence process."""
+    """One burst of heartbeats of ``clients`` random clients: Redis's ceiling, then
+    one presence process, each applying as many heartbeats drawn the same way."""
     with redis_server() as (url, rport, rpid):
         r = redis.Redis(port=rport)
         redis_cpu0 = cpu_seconds(rpid)
@@ -358,21 +359,22 @@ def ingest_round(clients: int) -> dict[str, Any]:
         # script's plus the stream reads, acknowledgements and XADDs presence needs.
         ceiling_redis_us = (cpu_seconds(rpid) - redis_cpu0) / heartbeats * 1e6
         r.flushall()
-        packed = burst_commands(clients)
+        packed = burst_commands(heartbeats, clients)
         with presence_server(url, "--heartbeat-interval", "5") as (port, pid):
             cpu0, redis_cpu0, t0 = cpu_seconds(pid), cpu_seconds(rpid), time.monotonic()
-            sender = threading.Thread(target=send_raw, args=(rport, packed, clients))
+            sender = threading.Thread(target=send_raw, args=(rport, packed, heartbeats))
             sender.start()
-            poll(drained(r, clients), timeout=120, what="every heartbeat applied", every=0.005)
+            poll(drained(r, heartbeats), timeout=120, what="every heartbeat applied", every=0.005)
             seconds = time.monotonic() - t0
             sender.join()
             # Acknowledged in the scripts' pipeline: counted once their replies are read.
-            poll(applied(port, clients), timeout=5, what="the applied count")
+            poll(applied(port, heartbeats), timeout=5, what="the applied count")
             cpu = cpu_seconds(pid) - cpu0
-            redis_us = (cpu_seconds(rpid) - redis_cpu0) / clients * 1e6
-    rate = clients / seconds
+            redis_us = (cpu_seconds(rpid) - redis_cpu0) / heartbeats * 1e6
+    rate = heartbeats / seconds
     return {
-        "heartbeats": clients,
+        "clients": clients,
+        "heartbeats": heartbeats,
         "applied_per_s": round(rate),
         "redis_evalsha_per_s": round(ceiling),
         "ratio": round(rate / ceiling, 3),
@@ -384,7 +386,11 @@ def ingest_round(clients: int) -> dict[str, Any]:
 
 def script_ceiling(r: redis.Redis, port: int, clients: int) -> tuple[float, int]:
     """(heartbeats/s, heartbeats applied) of Redis running the consumer's own script
-    call, SCRIPT_BATCH heartbeats of random clients, from redis-benchmark."""
+    call, SCRIPT_BATCH heartbeats of random clients, from redis-benchmark.
+
+    At least 100,000 heartbeats, so that the run is long enough to time; a
+    burst applies as many, so that both sides create and refresh alike.
+    """
     sha = r.script_load(scripts.HEARTBEAT)
     batch = "\n".join("c__rand_int__ ext 0" for _ in range(SCRIPT_BATCH))
     requests = max(1000, clients // SCRIPT_BATCH)
