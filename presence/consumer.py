@@ -3,11 +3,13 @@
 Entries come from outside (other platforms), so each is validated; a bad one is
 acknowledged, counted and logged, and never stops the loop.
 
-A server that dies between reading entries and acknowledging them leaves them
-pending on its consumer: every server periodically claims entries pending for
-longer than ``claim_after`` (XAUTOCLAIM) and applies them (the script ignores
-those that have gone stale), then removes consumers idle for ``forget_after``
-with nothing pending.
+The script that applies a heartbeat also acknowledges its entry, so an entry
+is applied and acknowledged, or neither. Entries stay pending when a server
+dies after reading them, or when Redis fails their call: every server
+periodically claims entries pending for longer than ``claim_after``
+(XAUTOCLAIM) and applies them (the script acknowledges those that have gone
+stale without applying them), then removes consumers idle for
+``forget_after`` with nothing pending.
 """
 
 from __future__ import annotations
@@ -134,7 +136,9 @@ class HeartbeatConsumer:
             if entries:
                 self.claimed += len(entries)
                 log.warning(
-                    "claimed %d heartbeat entries a stopped server left pending", len(entries)
+                    "claimed %d heartbeat entries left pending by a stopped server "
+                    "or by a failure in Redis",
+                    len(entries),
                 )
                 await self._apply(entries)
             if start == "0-0":
@@ -180,13 +184,16 @@ class HeartbeatConsumer:
         good, bad = heartbeat_lines(entries)
 
         def fill(pipe: Pipeline) -> None:
+            # Each script call acknowledges its own entries.
             for start in range(0, len(good), SCRIPT_BATCH):
                 self._transitions.heartbeats(pipe, good[start : start + SCRIPT_BATCH])
-            pipe.xack(self._stream, CONSUMER_GROUP, *(entry_id for entry_id, _ in entries))
+            if bad:
+                pipe.xack(self._stream, CONSUMER_GROUP, *(entry_id for entry_id, _ in bad))
 
+        calls = -(-len(good) // SCRIPT_BATCH)
         outcomes: list[int] = []
         errors: list[str] = []
-        for reply in (await self._transitions.execute(fill))[:-1]:
+        for reply in (await self._transitions.execute(fill))[:calls]:
             if isinstance(reply, Exception):  # the whole call: a batch's worth
                 errors.append(str(reply))
                 outcomes += [-2] * SCRIPT_BATCH
@@ -200,8 +207,11 @@ class HeartbeatConsumer:
         self.online += outcomes.count(1)
         self.stale += outcomes.count(-1)
         if failed:
+            # Not acknowledged: claimed and applied again until they apply or go stale.
             self.failed += failed
-            log.warning("%d heartbeat(s) failed in Redis: %s", failed, errors[0])
+            log.warning(
+                "%d heartbeat(s) failed in Redis, left pending to retry: %s", failed, errors[0]
+            )
         if bad:
             self.malformed += len(bad)
             self._log_malformed(len(bad), *bad[-1])

@@ -22,10 +22,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # the stream. The per-client keys are built here from their prefixes (this is
 # a standalone-Redis script: its keys live in different slots anyway).
 # KEYS[1] online.deadlines  KEYS[2] online.servers  KEYS[3] presence stream
+# KEYS[4] heartbeat stream
 # ARGV[1] ttl ms  ARGV[2] presence stream cap
 # ARGV[3] online.clients. prefix  ARGV[4] online.holders. prefix
 # ARGV[5] one line per heartbeat: "<client> <server> <sent>", sent = when it
 # was sent, Unix ms or the heartbeat's stream entry id (its ms count), 0 = now
+# ARGV[6] the consumer group: a heartbeat sent as an entry id is acknowledged
+# in the same call unless Redis failed it, so an entry is either applied (or
+# found stale) and acknowledged, or still pending, to be claimed and retried.
 # Returns one code per heartbeat: 1 when the client came online, 0 for a
 # refresh, -1 for a heartbeat older than the ttl or sent before its server
 # announced the client left it (nothing is written), -2 when Redis failed it
@@ -62,19 +66,24 @@ local function apply(online, holders, client, server, sent)
     'status', 'ONLINE', 'server', server)
   return 1
 end
-local results, failure = {}, nil
+local results, acks, failure = {}, {}, nil
 for line in string.gmatch(ARGV[5], '[^\\n]+') do
-  local client, server, sent = string.match(line, '^(%S+) (%S+) (%d+)%-?%d*$')
+  local client, server, sent, ms = string.match(line, '^(%S+) (%S+) ((%d+)%-?%d*)$')
   local ok, result = false, 'malformed heartbeat ' .. line
   if client then
     ok, result = pcall(apply, ARGV[3] .. client, ARGV[4] .. client, client, server,
-      tonumber(sent))
+      tonumber(ms))
+    if ok and ms ~= sent then acks[#acks + 1] = sent end
   end
   if ok then
     results[#results + 1] = result
   else
     results[#results + 1], failure = -2, result
   end
+end
+-- In slices: unpack's stack is limited.
+for i = 1, #acks, 1000 do
+  redis.call('XACK', KEYS[4], ARGV[6], unpack(acks, i, math.min(i + 999, #acks)))
 end
 if failure then
   results[#results + 1] = type(failure) == 'table' and failure.err or tostring(failure)

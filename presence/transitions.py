@@ -10,6 +10,7 @@ from redis.exceptions import NoScriptError
 
 from . import scripts
 from .connection import Redis, text
+from .contract import CONSUMER_GROUP
 from .events import OnlineClient
 from .settings import Settings
 
@@ -31,13 +32,16 @@ class Transitions:
     def heartbeats(self, pipe: Pipeline, lines: Sequence[bytes]) -> None:
         """Queue heartbeats, each a line ``b"<client> <server> <sent>"``, as one script call.
 
-        ``sent`` is when it was sent: Unix ms, or its stream entry id, or 0 for
-        now. The result is one code per heartbeat (1 came online, 0 refreshed,
-        -1 too old, -2 failed in Redis), then the error of the last failure, if any.
+        ``sent`` is when it was sent: Unix ms, or 0 for now, or its heartbeat
+        stream entry id, which the call then acknowledges unless Redis failed
+        the heartbeat. The result is one code per heartbeat (1 came online,
+        0 refreshed, -1 too old, -2 failed in Redis), then the error of the
+        last failure, if any.
         """
         k = self._keys
-        args = (self._ttl_ms, self._maxlen, k.online_prefix, k.holders_prefix, b"\n".join(lines))
-        pipe.evalsha(self._heartbeat.sha, 3, k.deadlines, k.servers, k.presence, *args)
+        keys = (k.deadlines, k.servers, k.presence, k.heartbeat)
+        args = (self._ttl_ms, self._maxlen, k.online_prefix, k.holders_prefix)
+        pipe.evalsha(self._heartbeat.sha, 4, *keys, *args, b"\n".join(lines), CONSUMER_GROUP)
 
     def leave(self, pipe: Pipeline, client: str, server: str) -> None:
         """Queue a leave: 1 = published OFFLINE, 0 = held elsewhere or not online."""

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from presence import Presence, PresenceEvent, RedisMisconfigured, Settings
+from presence.consumer import HeartbeatConsumer
 from presence.contract import CONSUMER_GROUP
+from presence.transitions import Transitions
 
 from .support import Redis, RedisServer, StartPresence, StartRedis, entry_ms, poll, truthy
 
@@ -249,17 +251,26 @@ async def test_unix_socket_url(start_redis: StartRedis, settings: Settings, tmp_
         assert await presence.problems() == []
 
 
-async def test_a_key_of_the_wrong_type_fails_its_heartbeat_only(
+async def test_a_key_of_the_wrong_type_fails_its_heartbeat_only_until_it_is_stale(
     redis: Redis, settings: Settings, start_presence: StartPresence
 ) -> None:
-    presence = await start_presence(settings.replace(heartbeat_interval=30))
+    """The failed entry stays pending and is retried until it goes stale (TTL 1.5 s)."""
+    settings = settings.replace(heartbeat_interval=1, claim_after=0.2)
+    presence = await start_presence(settings)
     await redis.hset("online.clients.broken", "field", "value")
     await redis.xadd("heartbeat", {"client": "broken", "server": "ext"})
     await redis.xadd("heartbeat", {"client": "fine", "server": "ext"})
     await poll(lambda: _has_status(redis, "ONLINE"), what="fine ONLINE")
-    await poll(lambda: truthy(presence.consumer.failed == 1), what="failure counted")
-    assert [c for c, _, _, _ in await presence_entries(redis)] == ["fine"]
-    assert (await redis.xinfo_groups("heartbeat"))[0]["pending"] == 0
+    await poll(lambda: truthy(presence.consumer.failed >= 2), what="failed, claimed, failed")
+    assert (await redis.xinfo_groups("heartbeat"))[0]["pending"] == 1
+
+    async def acknowledged() -> bool:
+        return bool((await redis.xinfo_groups("heartbeat"))[0]["pending"] == 0)
+
+    await poll(acknowledged, timeout=10, what="the stale entry acknowledged")
+    assert presence.consumer.stale == 1
+    entries = await presence_entries(redis)
+    assert [c for c, status, _, _ in entries if status == "ONLINE"] == ["fine"]
     assert await presence.problems() == []
 
 
@@ -359,6 +370,37 @@ async def test_entries_pending_on_a_dead_consumer_are_claimed_and_it_is_forgotte
         return [c["name"] for c in consumers] == [b"test-1"]
 
     await poll(forgotten, timeout=5, what="dead consumer removed")
+    assert (await redis.xinfo_groups("heartbeat"))[0]["pending"] == 0
+
+
+async def test_a_script_call_redis_refuses_leaves_its_entries_pending_to_retry(
+    redis: Redis, settings: Settings
+) -> None:
+    """Applying and acknowledging happen in one call: both or neither."""
+    settings = settings.replace(heartbeat_interval=30, claim_after=0.001)
+    consumer = HeartbeatConsumer(redis, settings, Transitions(redis, settings))
+    await consumer.ensure_group()
+    for client in ("m1", "m2"):
+        await redis.xadd("heartbeat", {"client": client, "server": "s"})
+    reply = await redis.xreadgroup(CONSUMER_GROUP, settings.server_id, {"heartbeat": ">"})
+    entries = [(i, [b"client", f[b"client"], b"server", f[b"server"]]) for i, f in reply[0][1]]
+    # Out of memory, Redis refuses any script that may write.
+    await redis.config_set("maxmemory", 1)
+    try:
+        await consumer._apply(entries)
+    finally:
+        await redis.config_set("maxmemory", 0)
+    assert (consumer.failed, consumer.applied) == (2, 0)
+    assert await redis.xlen("presence") == 0
+    assert (await redis.xinfo_groups("heartbeat"))[0]["pending"] == 2
+
+    async def reclaimed() -> bool:
+        await consumer.reclaim()
+        return consumer.claimed == 2
+
+    await poll(reclaimed, what="the refused entries claimed")
+    assert consumer.applied == 2
+    assert [c for c, _, _, _ in await presence_entries(redis)] == ["m1", "m2"]
     assert (await redis.xinfo_groups("heartbeat"))[0]["pending"] == 0
 
 
