@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--claim-after",
         type=float,
         metavar="SECONDS",
-        help="claim heartbeats a dead server left unacknowledged (default 1)",
+        help="retry heartbeats pending this long: a dead server's, or failed (default 1)",
     )
     opt(
         "--forget-after",

@@ -73,9 +73,12 @@ class HeartbeatConsumer:
 
     async def run(self, worker: Worker) -> None:
         await self.ensure_group()  # at every start: Redis may have lost it
-        # Entries this consumer read but did not acknowledge before a restart.
-        while entries := await self._read("0", block=None):
+        # Entries this consumer read but did not acknowledge before a restart,
+        # each once: one that fails again stays pending, for reclaim() to retry.
+        after = "0"
+        while entries := await self._read(after, block=None):
             await self._apply(entries)
+            after = entries[-1][0].decode()
         worker.ok()
         loop = asyncio.get_running_loop()
         next_claim = loop.time() + self._claim_after

@@ -46,7 +46,9 @@ class PresenceCollector(Collector):
             "heartbeats_stale", "Heartbeat entries ignored as older than the TTL", c.stale
         )
         yield _counter(
-            "heartbeats_claimed", "Heartbeat entries claimed from stopped servers", c.claimed
+            "heartbeats_claimed",
+            "Heartbeat entries claimed after staying pending (a stopped server, a failure)",
+            c.claimed,
         )
         transitions = CounterMetricFamily(
             "presence_transitions_published",

@@ -73,7 +73,7 @@ for line in string.gmatch(ARGV[5], '[^\\n]+') do
   if client then
     ok, result = pcall(apply, ARGV[3] .. client, ARGV[4] .. client, client, server,
       tonumber(ms))
-    if ok and ms ~= sent then acks[#acks + 1] = sent end
+    if ok and string.find(sent, '^%d+%-%d+$') then acks[#acks + 1] = sent end
   end
   if ok then
     results[#results + 1] = result

@@ -373,6 +373,23 @@ async def test_entries_pending_on_a_dead_consumer_are_claimed_and_it_is_forgotte
     assert (await redis.xinfo_groups("heartbeat"))[0]["pending"] == 0
 
 
+async def test_at_start_its_own_pending_entries_are_applied_once_even_if_one_fails(
+    redis: Redis, settings: Settings, start_presence: StartPresence
+) -> None:
+    """A restarted consumer replays what it left pending, and a failing entry does
+    not keep it from starting: it stays pending, for claims to retry."""
+    await redis.xgroup_create("heartbeat", CONSUMER_GROUP, id="0", mkstream=True)
+    await redis.hset("online.clients.broken", "field", "value")
+    for client in ("broken", "fine"):
+        await redis.xadd("heartbeat", {"client": client, "server": "ext"})
+    await redis.xreadgroup(CONSUMER_GROUP, settings.server_id, {"heartbeat": ">"})
+    presence = await start_presence(settings.replace(heartbeat_interval=30, claim_after=60))
+    await poll(lambda: _has_status(redis, "ONLINE"), what="fine ONLINE")
+    await poll(lambda: _no_problems(presence), what="healthy")
+    assert (presence.consumer.applied, presence.consumer.failed) == (1, 1)
+    assert (await redis.xinfo_groups("heartbeat"))[0]["pending"] == 1
+
+
 async def test_a_script_call_redis_refuses_leaves_its_entries_pending_to_retry(
     redis: Redis, settings: Settings
 ) -> None:
