@@ -765,9 +765,14 @@ def main(argv: list[str] | None = None) -> int:
     scale = FULL if args.full else SHORT
     chosen = args.only or ["ingest", "fanout", "offline"]
     started = time.time()
+    command = "make bench-full" if args.full else "make bench"
+    if args.only:
+        command = "python -m bench" + " --full" * args.full
+        command += "".join(f" --only {name}" for name in args.only)
     results: dict[str, Any] = {
         "mode": "full" if args.full else "short",
-        "command": "make bench-full" if args.full else "make bench",
+        "command": command,
+        "code": code_version(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
@@ -788,6 +793,18 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, out.with_suffix(".png"))
     print(f"wrote {out.relative_to(ROOT)} and its plot in {results['seconds']} s")
     return 0
+
+
+def code_version() -> str:
+    """The commit measured, with ``-dirty`` when tracked files differ from it."""
+    try:
+        described = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"  # not a git checkout
+    return described.stdout.strip()
 
 
 if __name__ == "__main__":
