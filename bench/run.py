@@ -342,7 +342,8 @@ def bench_ingest(scale: Scale) -> dict[str, Any]:
         )
         print(
             f"  ingest {clients}: {median['applied_per_s']:,}/s vs EVALSHA ceiling "
-            f"{median['redis_evalsha_per_s']:,}/s (ratios {[r['ratio'] for r in rounds]})"
+            f"{median['redis_evalsha_per_s']:,}/s (ratios {[r['ratio'] for r in rounds]}); "
+            f"CPU: presence {median['server_cpu_s']} s, load {median['load_cpu_s']} s"
         )
     results["steady"] = bench_steady(scale)
     return results
@@ -362,11 +363,14 @@ def ingest_round(clients: int) -> dict[str, Any]:
         packed = burst_commands(heartbeats, clients)
         with presence_server(url, "--heartbeat-interval", "5") as (port, pid):
             cpu0, redis_cpu0, t0 = cpu_seconds(pid), cpu_seconds(rpid), time.monotonic()
+            # The load: this process's sending thread and its polling of Redis.
+            load_cpu0 = time.process_time()
             sender = threading.Thread(target=send_raw, args=(rport, packed, heartbeats))
             sender.start()
             poll(drained(r, heartbeats), timeout=120, what="every heartbeat applied", every=0.005)
             seconds = time.monotonic() - t0
             sender.join()
+            load_cpu = time.process_time() - load_cpu0
             # Acknowledged in the scripts' pipeline: counted once their replies are read.
             poll(applied(port, heartbeats), timeout=5, what="the applied count")
             cpu = cpu_seconds(pid) - cpu0
@@ -379,6 +383,7 @@ def ingest_round(clients: int) -> dict[str, Any]:
         "redis_evalsha_per_s": round(ceiling),
         "ratio": round(rate / ceiling, 3),
         "server_cpu_s": round(cpu, 2),
+        "load_cpu_s": round(load_cpu, 2),
         "redis_cpu_us_per_heartbeat": round(redis_us, 1),
         "ceiling_redis_cpu_us_per_heartbeat": round(ceiling_redis_us, 1),
     }
@@ -419,7 +424,7 @@ def bench_steady(scale: Scale) -> dict[str, Any]:
         time.sleep(3)  # the first round's ONLINEs fanned out: steady state from here
         watcher.reset()
         r = redis.Redis.from_url(url)
-        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        cpu0, pub_cpu0, t0 = cpu_seconds(pid), cpu_seconds(pub.pid), time.monotonic()
         n = 0
         while time.monotonic() - t0 < scale.steady_seconds:
             # ONLINE probes: new clients, their send time in their id.
@@ -428,6 +433,7 @@ def bench_steady(scale: Scale) -> dict[str, Any]:
             time.sleep(0.05)
         seconds = time.monotonic() - t0
         cpu = cpu_seconds(pid) - cpu0
+        pub_cpu = cpu_seconds(pub.pid) - pub_cpu0
         time.sleep(0.5)
         stats = watcher.stats()
         watcher.close()
@@ -436,7 +442,8 @@ def bench_steady(scale: Scale) -> dict[str, Any]:
     core = cpu / seconds
     latencies = stats.latencies_ms
     print(
-        f"  steady {clients} clients / {interval:g} s: {core:.0%} of a core; "
+        f"  steady {clients} clients / {interval:g} s: {core:.0%} of a core "
+        f"(publisher {pub_cpu / seconds:.0%}); "
         f"ONLINE p50 {percentile(latencies, 50):.1f} ms p99 {percentile(latencies, 99):.1f} ms"
     )
     return {
@@ -444,6 +451,7 @@ def bench_steady(scale: Scale) -> dict[str, Any]:
         "interval_s": interval,
         "heartbeats_per_s": round(clients / interval),
         "server_core_fraction": round(core, 3),
+        "publisher_core_fraction": round(pub_cpu / seconds, 3),
         "online_probes": n,
         "online_received": len(latencies),
         "online_p50_ms": round(percentile(latencies, 50), 1),
