@@ -371,7 +371,7 @@ def ingest_round(clients: int) -> dict[str, Any]:
             seconds = time.monotonic() - t0
             sender.join()
             load_cpu = time.process_time() - load_cpu0
-            # Acknowledged in the scripts' pipeline: counted once their replies are read.
+            # Acknowledged by the scripts: counted once their replies are read.
             poll(applied(port, heartbeats), timeout=5, what="the applied count")
             cpu = cpu_seconds(pid) - cpu0
             redis_us = (cpu_seconds(rpid) - redis_cpu0) / heartbeats * 1e6

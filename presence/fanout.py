@@ -87,6 +87,25 @@ class PresenceReader:
 def parse_delivery(entry_id: str, fields: list[bytes] | None) -> Delivery | None:
     """The event of an unparsed presence entry with its SSE frame; None unless it
     is well formed (ids valid)."""
+    if (valid := _valid_fields(fields)) is None:
+        return None
+    client, status, server = valid
+    # Valid ids are ASCII and need no JSON escaping: formatting beats
+    # json.dumps on the busiest path of a burst.
+    frame = _FRAME % (entry_id.encode(), client, status, server)
+    return Delivery(entry_id, client.decode(), _STATUSES[status], server.decode(), frame)
+
+
+def parse_event(entry_id: str, fields: list[bytes] | None) -> PresenceEvent | None:
+    """The event of an unparsed presence entry; None unless it is well formed."""
+    if (valid := _valid_fields(fields)) is None:
+        return None
+    client, status, server = valid
+    return PresenceEvent(entry_id, client.decode(), _STATUSES[status], server.decode())
+
+
+def _valid_fields(fields: list[bytes] | None) -> tuple[bytes, bytes, bytes] | None:
+    """``(client, status, server)`` of an unparsed presence entry, if valid."""
     client: bytes | None
     status: bytes | None
     server: bytes | None
@@ -107,13 +126,4 @@ def parse_delivery(entry_id: str, fields: list[bytes] | None) -> Delivery | None
         return None
     if server and not is_valid_raw_id(server):  # empty: OFFLINE of a client with no server
         return None
-    # Valid ids are ASCII and need no JSON escaping: formatting beats
-    # json.dumps on the busiest path of a burst.
-    frame = _FRAME % (entry_id.encode(), client, status, server)
-    return Delivery(entry_id, client.decode(), _STATUSES[status], server.decode(), frame)
-
-
-def parse_event(entry_id: str, fields: list[bytes] | None) -> PresenceEvent | None:
-    """The event of an unparsed presence entry; None unless it is well formed."""
-    delivery = parse_delivery(entry_id, fields)
-    return None if delivery is None else delivery.event
+    return client, status, server
