@@ -122,7 +122,8 @@ class HeartbeatConsumer:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def reclaim(self) -> None:
-        """Apply entries left pending by dead consumers; forget consumers gone for good."""
+        """Apply entries left pending (by dead consumers, or failed in Redis); forget
+        consumers gone for good."""
         start = "0-0"
         for _ in range(CLAIM_ROUNDS):
             reply = await self._streams.xautoclaim(
