@@ -41,8 +41,8 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from presence import scripts
-from presence.consumer import SCRIPT_BATCH
+from presence.heartbeats.consumer import SCRIPT_BATCH
+from presence.transitions import scripts
 
 from .plot import plot
 from .sse_load import Load
@@ -404,8 +404,8 @@ def script_ceiling(r: redis.Redis, port: int, clients: int) -> tuple[float, int]
     calls = redis_benchmark(
         port, requests, clients,
         "EVALSHA", sha, "4", "online.deadlines", "online.servers", "presence", "heartbeat",
-        str(int(5 * TTL_FACTOR * 1000)), "100000", "online.clients.", "online.holders.", batch,
-        "presence",
+        str(int(5 * TTL_FACTOR * 1000)), "100000", "online.clients.", "online.holders.",
+        "presence", batch,
     )  # fmt: skip
     return calls * SCRIPT_BATCH, requests * SCRIPT_BATCH
 

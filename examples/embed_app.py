@@ -80,6 +80,9 @@ async def log_changes(app: web.Application) -> AsyncIterator[None]:
     async def watch() -> None:
         async with service.changes() as events:
             async for event in events:
+                if isinstance(event, presence.Reset):  # entries were lost: start over
+                    log.info("%d clients online", len(event.clients))
+                    continue
                 log.info("%s is %s (server %s)", event.client, event.status, event.server)
 
     task = asyncio.create_task(watch(), name="log presence changes")

@@ -1,6 +1,5 @@
 """Presence: who is online, in real time, through Redis and Server-Sent Events."""
 
-from .app import create_app, setup
 from .contract import OFFLINE, ONLINE, Keys, Status
 from .errors import (
     ConfigError,
@@ -9,10 +8,11 @@ from .errors import (
     RedisMisconfigured,
     RedisUnavailable,
 )
-from .events import OnlineClient, PresenceEvent
-from .http import PRESENCE
-from .service import Presence
+from .events import OnlineClient, PresenceEvent, Reset
+from .presence import Presence
 from .settings import Settings
+from .web.app import create_app, setup
+from .web.requests import PRESENCE
 
 __all__ = [
     "OFFLINE",
@@ -27,6 +27,7 @@ __all__ = [
     "PresenceEvent",
     "RedisMisconfigured",
     "RedisUnavailable",
+    "Reset",
     "Settings",
     "Status",
     "create_app",

@@ -13,11 +13,12 @@ from typing import NoReturn
 
 from aiohttp import web
 
-from . import auth, logs, terminal
-from .app import create_app
+from . import logs, terminal
 from .contract import ID_RULE, is_valid_id
 from .errors import PresenceError
 from .settings import Settings
+from .web import auth
+from .web.app import create_app
 
 log = logging.getLogger("presence")
 
@@ -58,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--claim-after",
         type=float,
         metavar="SECONDS",
-        help="retry heartbeats pending this long: a dead server's, or failed (default 1)",
+        help="claim heartbeats pending this long (a stopped server's, or failed); at most "
+        "half of TTL - interval (default: a third of it, at most 1)",
     )
     opt(
         "--forget-after",

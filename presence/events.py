@@ -33,7 +33,13 @@ class OnlineClient:
     server: str
 
 
-def stream_position(entry_id: str) -> tuple[int, int]:
-    """Order of a stream entry id (``"<ms>-<seq>"``) as a comparable tuple."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Who is online, replacing what a listener knew: the presence stream lost
+    entries it may not have seen (trimmed, or Redis restarted without its data).
+
+    Events after it follow from ``id``, the stream entry it is exact at.
+    """
+
+    id: str
+    clients: list[OnlineClient]

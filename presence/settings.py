@@ -66,9 +66,11 @@ class Settings:
     keepalive_interval: float = 15.0
     #: Events a connection may fall behind before it is disconnected (one shared buffer).
     queue_size: int = 1024
-    #: Seconds a heartbeat entry may stay unacknowledged (its server presumed
-    #: dead) before another server claims and applies it.
-    claim_after: float = 1.0
+    #: Seconds a heartbeat entry may stay unacknowledged (its server stopped,
+    #: froze or lost Redis) before another server claims and applies it; 0
+    #: (the default) picks a third of the TTL's slack over the interval, at
+    #: most 1 s. See ``claim_delay``.
+    claim_after: float = 0.0
     #: Seconds of inactivity after which a consumer with nothing pending is
     #: removed from the group (servers that are gone for good).
     forget_after: float = 60.0
@@ -115,12 +117,20 @@ class Settings:
             math.isfinite(self.keepalive_interval) and self.keepalive_interval > 0,
             "keep-alive interval must be a positive number of seconds",
         )
-        for name in ("claim_after", "forget_after"):
-            value = getattr(self, name)
-            _check(
-                math.isfinite(value) and value > 0,
-                f"{name.replace('_', ' ')} must be a positive number of seconds",
-            )
+        _check(
+            math.isfinite(self.forget_after) and self.forget_after > 0,
+            "forget after must be a positive number of seconds",
+        )
+        _check(
+            math.isfinite(self.claim_after) and self.claim_after >= 0,
+            "claim after must be zero (automatic) or a positive number of seconds",
+        )
+        _check(
+            self.claim_after <= self.slack / 2,
+            f"claim after must be at most half the TTL's slack over the heartbeat interval "
+            f"({self.slack / 2:g} s here): a stopped server's heartbeats are claimed within "
+            "twice it, before the keys they refresh expire",
+        )
         _check(
             math.isfinite(self.leave_grace) and self.leave_grace >= 0,
             "leave grace must be zero or a positive number of seconds",
@@ -183,6 +193,22 @@ class Settings:
     def ttl_ms(self) -> int:
         """TTL of ``online.clients.<id>`` in milliseconds."""
         return max(1, round(self.heartbeat_interval * self.ttl_factor * 1000))
+
+    @property
+    def slack(self) -> float:
+        """Seconds a key outlives the heartbeat interval: how late a heartbeat
+        may be applied before its client's key expires."""
+        return self.heartbeat_interval * (self.ttl_factor - 1)
+
+    @property
+    def claim_delay(self) -> float:
+        """Seconds before a pending heartbeat entry is claimed.
+
+        An entry found pending this long in two checks half of it apart is
+        claimed, so within twice it: kept within the slack, a heartbeat held
+        by a frozen or stopped server is applied before its key expires.
+        """
+        return self.claim_after or min(1.0, self.slack / 3)
 
     @property
     def in_memory(self) -> bool:

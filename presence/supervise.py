@@ -39,6 +39,11 @@ class Outage:
         #: Outages that ended.
         self.count = 0
 
+    @property
+    def active(self) -> bool:
+        """Whether some worker is failing to reach Redis now."""
+        return bool(self._failing)
+
     def lost(self, worker: str, exc: BaseException) -> None:
         if not self._failing:
             self._since = time.monotonic()

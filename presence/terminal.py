@@ -13,10 +13,10 @@ from typing import Any, TextIO
 
 from redis.exceptions import RedisError
 
-from .connection import BLOCK_MS, Redis, open_redis, stream_entries, text, unparsed_streams
 from .errors import PresenceError, RedisUnavailable
-from .fanout import parse_event
+from .redis_client import BLOCK_MS, Redis, open_redis, unparsed_streams
 from .settings import Settings
+from .wire import parse_event, stream_entries, text
 
 RETRY_MAX = 5.0
 

@@ -181,33 +181,56 @@ class Event:
 
 
 class EventStream:
-    """A Server-Sent Events reader over an aiohttp response."""
+    """A Server-Sent Events reader over an aiohttp response, as the spec parses one.
+
+    Lines end with CRLF, LF or CR; a field's value loses one leading space;
+    ``data`` lines are joined with LF; a line starting with ``:`` is a comment;
+    an empty line dispatches the event, unless it has no data.
+    """
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.response = response
         self.comments = 0
+        self._lines: list[str] = []
+        self._buffer = ""
+        #: The id of the last event, as a browser keeps it for ``Last-Event-ID``.
+        self.last_id: str | None = None
+
+    async def _line(self) -> str:
+        while not self._lines:
+            chunk = await self.response.content.readany()
+            if not chunk:
+                raise EOFError("stream closed")
+            self._buffer += chunk.decode()
+            parts = _LINE_END.split(self._buffer)
+            # The last part is unfinished; so is a trailing CR, which may be half a CRLF.
+            self._buffer = parts.pop()
+            self._lines.extend(parts)
+        return self._lines.pop(0)
 
     async def next(self, timeout: float = 5) -> Event:
         async with asyncio.timeout(timeout):
-            fields: dict[str, str] = {}
+            data: list[str] = []
+            kind = ""
             while True:
-                raw = await self.response.content.readline()
-                if not raw:
-                    raise EOFError("stream closed")
-                line = raw.decode().rstrip("\n")
+                line = await self._line()
                 if not line:
-                    if fields:
-                        return Event(
-                            fields.get("event", "message"),
-                            json.loads(fields["data"]),
-                            fields.get("id"),
-                        )
+                    if data:
+                        return Event(kind or "message", json.loads("\n".join(data)), self.last_id)
+                    kind = ""
                     continue
                 if line.startswith(":"):
                     self.comments += 1
                     continue
-                name, _, value = line.partition(": ")
-                fields[name] = value
+                name, colon, value = line.partition(":")
+                if colon and value.startswith(" "):
+                    value = value[1:]
+                if name == "data":
+                    data.append(value)
+                elif name == "event":
+                    kind = value
+                elif name == "id" and "\0" not in value:
+                    self.last_id = value
 
     async def until(self, match: Callable[[Event], bool], timeout: float = 5) -> Event:
         async with asyncio.timeout(timeout):
@@ -218,6 +241,9 @@ class EventStream:
 
     def close(self) -> None:
         self.response.close()
+
+
+_LINE_END = re.compile(r"\r\n|\r(?!$)|\n")
 
 
 class Follower:

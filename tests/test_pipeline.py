@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from presence import Presence, PresenceEvent, RedisMisconfigured, Settings
-from presence.consumer import HeartbeatConsumer
 from presence.contract import CONSUMER_GROUP
-from presence.transitions import Transitions
+from presence.heartbeats.claims import Claimer
+from presence.heartbeats.consumer import HeartbeatConsumer
+from presence.transitions.scripts import Transitions
 
 from .support import Redis, RedisServer, StartPresence, StartRedis, entry_ms, poll, truthy
 
@@ -116,7 +117,7 @@ async def test_malformed_heartbeats_are_skipped_counted_and_logged(
         {"client": "ok", "server": ""},
         {"other": "field"},
     ]
-    with caplog.at_level(logging.WARNING, logger="presence.consumer"):
+    with caplog.at_level(logging.WARNING, logger="presence.heartbeats.consumer"):
         for fields in bad:
             await redis.xadd("heartbeat", fields)
         await redis.xadd("heartbeat", {"client": "good", "server": "s", "extra": "ignored"})
@@ -178,7 +179,7 @@ async def test_slow_listener_is_dropped_instead_of_growing_memory(
         await poll(lambda: truthy(presence.reader.delivered == 20), what="deliveries")
         received = [event async for event in events]
     assert received == []  # dropped on overflow, its backlog freed
-    assert not presence.local.subscribers
+    assert not presence.deliveries.subscribers
 
 
 async def test_close_publishes_no_offline_for_local_clients(
@@ -363,7 +364,7 @@ async def test_entries_pending_on_a_dead_consumer_are_claimed_and_it_is_forgotte
         settings.replace(heartbeat_interval=2, claim_after=0.2, forget_after=0.5)
     )
     await poll(lambda: _online(presence, {"k1", "k2"}), timeout=5, what="claimed and applied")
-    assert presence.consumer.claimed == 2
+    assert presence.claimer.claimed == 2
 
     async def forgotten() -> bool:
         consumers = await redis.xinfo_consumers("heartbeat", CONSUMER_GROUP)
@@ -383,7 +384,7 @@ async def test_at_start_its_own_pending_entries_are_applied_once_even_if_one_fai
     for client in ("broken", "fine"):
         await redis.xadd("heartbeat", {"client": client, "server": "ext"})
     await redis.xreadgroup(CONSUMER_GROUP, settings.server_id, {"heartbeat": ">"})
-    presence = await start_presence(settings.replace(heartbeat_interval=30, claim_after=60))
+    presence = await start_presence(settings.replace(heartbeat_interval=30, claim_after=7))
     await poll(lambda: _has_status(redis, "ONLINE"), what="fine ONLINE")
     await poll(lambda: _no_problems(presence), what="healthy")
     assert (presence.consumer.applied, presence.consumer.failed) == (1, 1)
@@ -395,7 +396,9 @@ async def test_a_script_call_redis_refuses_leaves_its_entries_pending_to_retry(
 ) -> None:
     """Applying and acknowledging happen in one call: both or neither."""
     settings = settings.replace(heartbeat_interval=30, claim_after=0.001)
-    consumer = HeartbeatConsumer(redis, settings, Transitions(redis, settings))
+    transitions = Transitions(redis, settings)
+    consumer = HeartbeatConsumer(redis, settings, transitions)
+    claimer = Claimer(settings, transitions, consumer)
     await consumer.ensure_group()
     for client in ("m1", "m2"):
         await redis.xadd("heartbeat", {"client": client, "server": "s"})
@@ -404,7 +407,7 @@ async def test_a_script_call_redis_refuses_leaves_its_entries_pending_to_retry(
     # Out of memory, Redis refuses any script that may write.
     await redis.config_set("maxmemory", 1)
     try:
-        await consumer._apply(entries)
+        await consumer.apply(entries)
     finally:
         await redis.config_set("maxmemory", 0)
     assert (consumer.failed, consumer.applied) == (2, 0)
@@ -412,8 +415,8 @@ async def test_a_script_call_redis_refuses_leaves_its_entries_pending_to_retry(
     assert (await redis.xinfo_groups("heartbeat"))[0]["pending"] == 2
 
     async def reclaimed() -> bool:
-        await consumer.reclaim()
-        return consumer.claimed == 2
+        await claimer.reclaim()
+        return claimer.retried == 2
 
     await poll(reclaimed, what="the refused entries claimed")
     assert consumer.applied == 2

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from presence import Presence, Settings
+from presence import Presence, PresenceEvent, Settings
 
 from .support import RedisServer, poll
 
@@ -36,9 +36,11 @@ async def test_the_whole_pipeline_runs_on_redis_6_2(redis62: RedisServer) -> Non
     ):
         async with presence.track("alice"):
             online = await anext(aiter(events))
+            assert isinstance(online, PresenceEvent)
             assert (online.client, online.status) == ("alice", "ONLINE")
             assert await presence.redis.pttl("online.clients.alice") > 0
         offline = await anext(aiter(events))
+        assert isinstance(offline, PresenceEvent)
         assert (offline.client, offline.status) == ("alice", "OFFLINE")
         await poll(lambda: _none_online(presence), what="alice gone")
         assert await presence.problems() == []

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from presence import Presence, PresenceError, RedisMisconfigured, Settings
+from presence import Presence, PresenceError, PresenceEvent, RedisMisconfigured, Settings
 
 from .support import Redis, StartRedis, free_port, poll
 
@@ -52,9 +52,11 @@ async def test_an_acl_user_with_only_the_documented_commands_runs_everything(
         async with presence.changes() as events:
             async with presence.track("alice"):
                 first = await anext(events)
+                assert isinstance(first, PresenceEvent)
                 assert (first.client, first.status) == ("alice", "ONLINE")
             # The leave: the LEAVE script, run as the restricted user.
             last = await anext(events)
+            assert isinstance(last, PresenceEvent)
             assert (last.client, last.status) == ("alice", "OFFLINE")
         assert await presence.problems() == []
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from presence import Settings
-from presence.expiry import offline
-from presence.transitions import Transitions
+from presence.transitions.scripts import Transitions
+from presence.transitions.sweeper import offline
 
 from .support import Redis, RedisServer, entry_ms, poll
 
@@ -282,3 +282,88 @@ async def test_a_heartbeat_may_carry_its_stream_entry_id_as_its_send_time(
     assert reply[:3] == [1, -1, -2]
     assert b"malformed heartbeat bad line" in reply[3]
     assert await redis.pttl("online.clients.fresh") > settings.ttl_ms - 1000
+
+
+async def test_a_call_that_fails_writes_nothing(redis: Redis, settings: Settings) -> None:
+    """Redis has no rollback: every script checks before its first write."""
+    t = Transitions(redis, settings)
+    assert await heartbeat(t, "bob", "s1") == 1
+    await redis.delete("presence")
+    await redis.set("presence", "not a stream")
+    [failed] = await t.execute(lambda pipe: t.heartbeats(pipe, [b"alice s1 0"]))
+    assert isinstance(failed, Exception)
+    assert "WRONGTYPE" in str(failed)
+    for key in ("online.clients.alice", "online.holders.alice"):
+        assert await redis.exists(key) == 0
+    assert await redis.zscore("online.deadlines", "alice") is None
+    assert await redis.hget("online.servers", "alice") is None
+    # Nor does an OFFLINE or a leave take a client out of the index without its entry.
+    await redis.delete("online.clients.bob")
+    [failed] = await t.execute(lambda pipe: t.offline(pipe, ["bob"]))
+    assert isinstance(failed, Exception)
+    [failed] = await t.execute(lambda pipe: t.leave(pipe, "bob", "s1"))
+    assert isinstance(failed, Exception)
+    assert await redis.zscore("online.deadlines", "bob") is not None
+    assert await redis.hget("online.servers", "bob") == b"s1"
+
+
+async def test_a_heartbeat_added_after_a_leave_in_the_same_millisecond_counts(
+    redis: Redis, settings: Settings
+) -> None:
+    """The leave is placed in the heartbeat stream's order, not on the clock."""
+    t = Transitions(redis, settings)
+    assert await heartbeat(t, "alice", "s1") == 1
+    ms = await redis_ms(redis) + 10_000  # the stream's newest entry, in one millisecond
+    await redis.xadd("heartbeat", {"client": "alice", "server": "s1"}, id=f"{ms}-1")
+    assert await leave(t, "alice", "s1") == 1
+    [reply] = await t.execute(
+        lambda pipe: t.heartbeats(pipe, [f"alice s1 {ms}-1".encode(), f"alice s1 {ms}-2".encode()])
+    )
+    assert reply == [-1, 1]  # before the leave: ignored; after it: a new appearance
+    assert [s for _, s, _ in await statuses(redis)] == ["ONLINE", "OFFLINE", "ONLINE"]
+
+
+async def _pending_heartbeat(redis: Redis, client: str, server: str) -> bytes:
+    """A heartbeat entry a consumer read and has not applied (it froze)."""
+    await redis.xgroup_create("heartbeat", "presence", id="$", mkstream=True)
+    entry_id: bytes = await redis.xadd("heartbeat", {"client": client, "server": server})
+    await redis.xreadgroup("presence", "frozen", {"heartbeat": ">"})
+    return entry_id
+
+
+async def test_the_sweeper_waits_for_heartbeats_sent_before_a_deadline(
+    redis: Redis, settings: Settings
+) -> None:
+    """However late the consumers are, a client is not due while a heartbeat
+    sent before its deadline is still unapplied."""
+    t = Transitions(redis, settings)
+    now = await redis_ms(redis)
+    await heartbeat(t, "alice", "s1", sent_ms=now - settings.ttl_ms + 300)
+    entry_id = await _pending_heartbeat(redis, "alice", "s1")
+    await poll(lambda: _past(redis, now + 400), what="alice's deadline")
+    assert (await t.due(10))[1] == []
+    # Applied late, the heartbeat moves the deadline to what it proves.
+    line = f"alice s1 {entry_id.decode()}".encode()
+    await poll(lambda: _past(redis, entry_ms(entry_id) + settings.ttl_ms), what="the entry stale")
+    [reply] = await t.execute(lambda pipe: t.heartbeats(pipe, [line]))
+    assert reply == [-1]
+    assert await redis.zscore("online.deadlines", "alice") == entry_ms(entry_id) + settings.ttl_ms
+    assert [c for c, _ in (await t.due(10))[1]] == ["alice"]
+    assert await offline(t, ["alice"]) == 1
+
+
+async def test_a_leave_keeps_a_client_whose_other_server_has_a_heartbeat_on_its_way(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings)
+    now = await redis_ms(redis)
+    await heartbeat(t, "alice", "s2", sent_ms=now - settings.ttl_ms + 300)
+    await heartbeat(t, "alice", "s1")
+    await _pending_heartbeat(redis, "alice", "s2")
+    await poll(lambda: _score_passed(redis, "s2"), what="s2's deadline")
+    assert await leave(t, "alice", "s1") == 0
+    assert await redis.hget("online.servers", "alice") == b"s2"
+
+
+async def _past(redis: Redis, ms: int) -> bool:
+    return await redis_ms(redis) > ms

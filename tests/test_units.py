@@ -11,11 +11,13 @@ from presence import ConfigError, Keys, Settings
 from presence.cli import main
 from presence.contract import is_valid_id
 from presence.events import OnlineClient, PresenceEvent
-from presence.local import Delivery, LocalState, Subscriber
-from presence.snapshot import Snapshot
+from presence.heartbeats.held import HeldClients
 from presence.supervise import Worker
+from presence.updates.deliveries import STALL_TIMEOUT, DeliveryLog, Resync, Subscriber
+from presence.updates.snapshot import Snapshot
+from presence.wire import Delivery
 
-from .support import free_port, poll
+from .support import free_port, poll, truthy
 
 
 def test_defaults_match_the_documented_contract() -> None:
@@ -62,7 +64,8 @@ def test_environment_is_read_and_overrides_win() -> None:
         ({"server_id": "bad id"}, "server id"),
         ({"log_level": "LOUD"}, "log level"),
         ({"presence_maxlen": 0}, "presence stream cap"),
-        ({"claim_after": 0}, "claim after must be a positive"),
+        ({"claim_after": -1}, "claim after must be zero .automatic. or a positive"),
+        ({"claim_after": 1.5}, "claim after must be at most half the TTL's slack"),
         ({"forget_after": float("inf")}, "forget after must be a positive"),
     ],
 )
@@ -154,22 +157,35 @@ def _delivery(client: str, n: int = 1) -> Delivery:
     return Delivery(f"{n}-0", client, "ONLINE", "s", b"frame")
 
 
-async def test_subscriber_that_falls_behind_the_log_is_closed() -> None:
-    local = LocalState(backlog=2)
-    reasons: list[str] = []
-    slow = Subscriber(local, "me", on_close=reasons.append)
-    local.subscribers.add(slow)
-    local.deliver([_delivery("other", 1), _delivery("other", 2)])
-    assert reasons == []
-    local.deliver([_delivery("other", 3)])
-    assert reasons == ["overflow"]
-    assert await slow.get_many() == []
-    slow.close()
-    assert reasons == ["overflow"]
+async def test_a_subscriber_behind_the_log_resyncs_and_one_that_stopped_reading_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    local = DeliveryLog(backlog=2)
+    aborted: list[str] = []
+    slow = Subscriber(local, "slow", abort=lambda: aborted.append("slow"))
+    stalled = Subscriber(local, "stalled", abort=lambda: aborted.append("stalled"))
+    local.subscribers |= {slow, stalled}
+    worker = Worker("fan-out")
+    worker.start(local.fan_out)
+    with stalled.writing():
+        assert stalled.writing_since is not None
+        monkeypatch.setattr(stalled, "writing_since", stalled.writing_since - STALL_TIMEOUT)
+        for n in range(1, 5):
+            local.deliver([_delivery("other", n)])
+        await poll(lambda: truthy(aborted), what="the stalled one dropped")
+    assert (stalled.reason, aborted, local.overflows) == ("overflow", ["stalled"], 1)
+    # Behind but reading: a fresh snapshot instead of a backlog, then live events.
+    with pytest.raises(Resync):
+        await slow.segments()
+    assert local.resets == 1
+    local.deliver([_delivery("other", 5)])
+    assert [d.id for d in await slow.get_many()] == ["5-0"]
+    assert slow.reason is None
+    await worker.stop()
 
 
 async def test_local_state_delivers_to_all_but_the_client_itself() -> None:
-    local = LocalState()
+    local = DeliveryLog()
     alice, bob, everyone = (Subscriber(local, c) for c in ("alice", "bob", None))
     local.subscribers |= {alice, bob, everyone}
     local.deliver([_delivery("alice", 1), _delivery("bob", 2)])
@@ -186,7 +202,7 @@ async def test_local_state_delivers_to_all_but_the_client_itself() -> None:
 
 
 def test_hold_counts_connections_and_marks_new_clients_fresh() -> None:
-    local = LocalState()
+    local = HeldClients()
     local.hold("a")
     local.hold("a")
     assert local.take_fresh() == ["a"]
@@ -242,7 +258,7 @@ async def _value(value: bool) -> bool:
 
 
 def test_presence_frames_are_the_compact_json_of_the_event() -> None:
-    from presence.fanout import parse_delivery, parse_event
+    from presence.wire import parse_delivery, parse_event
 
     fields = [b"client", b"a.b:c@d-e_1", b"status", b"OFFLINE", b"server", b""]
     for shuffled in (fields, [*fields[4:], *fields[:4]]):
@@ -259,7 +275,7 @@ def test_presence_frames_are_the_compact_json_of_the_event() -> None:
 
 
 def test_heartbeat_lines_are_client_server_and_entry_id() -> None:
-    from presence.consumer import heartbeat_lines
+    from presence.wire import heartbeat_lines
 
     entries = [(b"%d-0" % n, [b"client", b"c%d" % n, b"server", b"s.1"]) for n in range(1, 300)]
     lines, bad = heartbeat_lines(entries)
@@ -281,7 +297,7 @@ def test_heartbeat_lines_are_client_server_and_entry_id() -> None:
 def test_heartbeat_lines_set_aside_each_malformed_entry_and_keep_the_rest(
     fields: list[bytes] | None,
 ) -> None:
-    from presence.consumer import heartbeat_lines
+    from presence.wire import heartbeat_lines
 
     good = [(b"1-%d" % n, [b"client", b"c%d" % n, b"server", b"s"]) for n in range(3)]
     lines, bad = heartbeat_lines([good[0], (b"2-0", fields), *good[1:]])

@@ -7,15 +7,15 @@ A thousand clients connecting at once cost one Redis round trip, not a thousand
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass, field
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .events import OnlineClient
-from .supervise import Worker
-from .transitions import Transitions
+from ..events import OnlineClient
+from ..supervise import Worker
+from ..transitions.scripts import Transitions
+from ..wire import SnapshotFrames
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,21 +24,18 @@ class Snapshot:
 
     position: str
     clients: list[OnlineClient]
-    _encoded: list[tuple[str, str]] = field(init=False, repr=False, compare=False)
+    _frames: SnapshotFrames = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        encoded = [
-            (c.client, json.dumps({"client": c.client, "server": c.server}, separators=(",", ":")))
-            for c in self.clients
-        ]
-        object.__setattr__(self, "_encoded", encoded)
+        object.__setattr__(self, "_frames", SnapshotFrames(self.position, self.clients))
 
     def sse_frame(self, exclude: str | None = None, *, reset: bool = False) -> bytes:
         """The ``snapshot`` SSE event, leaving out ``exclude``; ``reset`` marks a resync."""
-        body = ",".join(text for client, text in self._encoded if client != exclude)
-        extra = ',"reset":true' if reset else ""
-        data = f'{{"clients":[{body}]{extra}}}'
-        return f"id: {self.position}\nevent: snapshot\ndata: {data}\n\n".encode()
+        return self._frames.frame(exclude, reset=reset)
+
+
+#: Waiting connections answered per loop iteration.
+ANSWER_GROUP = 64
 
 
 class SnapshotReader:
@@ -68,9 +65,13 @@ class SnapshotReader:
                         future.set_exception(exc)
                 continue
             snapshot = Snapshot(position, clients)
-            for future in waiting:
-                if not future.done():
-                    future.set_result(snapshot)
+            for start in range(0, len(waiting), ANSWER_GROUP):
+                for future in waiting[start : start + ANSWER_GROUP]:
+                    if not future.done():
+                        future.set_result(snapshot)
+                # Each answer is a write of the whole list: a connect storm's
+                # are spread over loop iterations, as the fan-out's are.
+                await asyncio.sleep(0)
 
     async def _read(self) -> tuple[str, list[OnlineClient]]:
         try:

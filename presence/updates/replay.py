@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 from redis.exceptions import ResponseError
 
-from .connection import Redis, text, unparsed_streams
-from .fanout import parse_delivery
-from .local import Delivery
+from ..redis_client import Redis, unparsed_streams
+from ..wire import Delivery, parse_delivery, text
 
 _ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 #: Replays read Redis per connection: a reconnect storm takes turns.

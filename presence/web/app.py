@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 import aiohttp_cors
 from aiohttp import web
 
+from ..presence import Presence
+from ..settings import Settings
 from .auth import Verifier
-from .http import METRICS, PRESENCE, VERIFIER, add_routes
 from .metrics import registry_for
-from .service import Presence
-from .settings import Settings
+from .requests import METRICS, PRESENCE, VERIFIER
+from .routes import add_routes
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from .service import Presence
+    from ..presence import Presence
 
 
 class PresenceCollector(Collector):
@@ -25,59 +25,62 @@ class PresenceCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         p = self._presence
         yield GaugeMetricFamily(
-            "presence_sse_connections", "Open SSE connections", value=p.local.connections
+            "presence_sse_connections", "Open SSE connections", value=p.deliveries.connections
         )
         if not p.started:
             return
-        c = p.consumer
+        s = p.stats()
         yield _counter(
-            "heartbeats_published", "Heartbeats XADDed for local clients", p.publisher.published
+            "heartbeats_published", "Heartbeats XADDed for local clients", s.heartbeats_published
         )
         yield _counter(
-            "leaves",
-            "Clients announced gone from this server after the leave grace",
-            p.publisher.leaves,
+            "leaves", "Clients announced gone from this server after the leave grace", s.leaves
         )
-        yield _counter("heartbeats_applied", "Heartbeat entries applied", c.applied)
+        yield _counter("heartbeats_applied", "Heartbeat entries applied", s.heartbeats_applied)
         yield _counter(
-            "heartbeats_malformed", "Heartbeat entries skipped as malformed", c.malformed
+            "heartbeats_malformed", "Heartbeat entries skipped as malformed", s.heartbeats_malformed
         )
         yield _counter(
-            "heartbeats_stale", "Heartbeat entries ignored as older than the TTL", c.stale
+            "heartbeats_stale",
+            "Heartbeat entries that changed nothing: older than the TTL, or sent before a leave",
+            s.heartbeats_stale,
         )
         yield _counter(
             "heartbeats_claimed",
-            "Heartbeat entries claimed after staying pending (a stopped server, a failure)",
-            c.claimed,
+            "Heartbeat entries another server read but left pending for over the claim "
+            "delay in two checks (it stopped, froze or lost Redis), applied here",
+            s.heartbeats_claimed,
+        )
+        yield _counter(
+            "heartbeats_retried",
+            "Heartbeat entries this server applied again after Redis failed them",
+            s.heartbeats_retried,
         )
         transitions = CounterMetricFamily(
             "presence_transitions_published",
             "Transitions this process published to the presence stream",
             labels=["status"],
         )
-        transitions.add_metric(["ONLINE"], c.online)
-        offline = p.sweeper.published + p.listener.published + p.publisher.left
-        transitions.add_metric(["OFFLINE"], offline)
+        transitions.add_metric(["ONLINE"], s.online_published)
+        transitions.add_metric(["OFFLINE"], s.offline_published)
         yield transitions
         yield GaugeMetricFamily(
             "presence_sweeper_lag_seconds",
             "Now minus the oldest overdue deadline at the last sweep",
-            value=p.sweeper.lag,
+            value=s.sweeper_lag,
         )
         yield GaugeMetricFamily(
             "presence_fanout_lag_seconds",
             "Delivery time minus entry time of the newest presence entry of the last batch",
-            value=p.reader.lag,
+            value=s.fanout_lag,
         )
-        yield _counter(
-            "queue_overflows", "Connections closed for falling behind", p.local.overflows
-        )
-        yield _counter("redis_reconnects", "Worker recoveries after Redis failures", p.recoveries)
-        yield _counter("redis_outages", "Times Redis became reachable again", p.outage.count)
+        yield _counter("queue_overflows", "Connections closed for falling behind", s.overflows)
+        yield _counter("redis_reconnects", "Worker recoveries after Redis failures", s.reconnects)
+        yield _counter("redis_outages", "Times Redis became reachable again", s.outages)
         yield GaugeMetricFamily(
             "presence_keyspace_events",
             "1 when Redis publishes the keyspace events of online keys, else 0",
-            value=1 if p.listener.events else 0,
+            value=1 if s.keyspace_events else 0,
         )
 
 

@@ -1,11 +1,8 @@
-"""Transitions to OFFLINE: the deadline sweeper and the keyspace listener.
+"""OFFLINE at once for keys deleted outright: the keyspace listener.
 
-Redis expires keys lazily and its ``expired`` events can come tens of seconds
-late, or never while the listener is disconnected. So expiry is the sweeper's
-alone: it polls the deadline index, which is timely, and it can wait when
-deadlines passed only because Redis was unreachable. The listener adds prompt
-OFFLINEs for keys deleted outright. Both run the same idempotent script, so
-any number of them, on any number of servers, publish each OFFLINE once.
+It listens to ``del`` key events only (not ``expired``, which come late: the
+sweeper owns expiry), and reconciles what it may have missed whenever it
+(re)subscribes, including after redis-py reconnected it by itself.
 """
 
 from __future__ import annotations
@@ -14,62 +11,22 @@ import asyncio
 import logging
 from typing import Any
 
-from redis.asyncio.client import Pipeline, PubSub
+from redis.asyncio.client import PubSub
+from redis.exceptions import ResponseError
 
-from .connection import KEYSPACE_FLAGS, Redis, deleted_channel, enable_keyspace_events, text
-from .contract import is_valid_id
-from .settings import Settings
-from .supervise import Worker
-from .transitions import Transitions
+from ..contract import is_valid_id
+from ..redis_client import Redis, database
+from ..settings import Settings
+from ..supervise import Worker
+from ..wire import text
+from .scripts import Transitions
+from .sweeper import SWEEP_BATCH, offline
 
 log = logging.getLogger(__name__)
 
-SWEEP_INTERVAL = 0.1
-SWEEP_BATCH = 500
-#: Clients per OFFLINE script call.
-SCRIPT_BATCH = 100
-
-
-class Sweeper:
-    """Publishes OFFLINE for every client whose deadline has passed.
-
-    After losing Redis it waits ``grace`` seconds (one heartbeat interval)
-    once Redis answers again: clients that stayed connected could not be
-    heartbeated meanwhile, and their next heartbeat refreshes them without
-    any event. Those that left during the outage go OFFLINE after the grace.
-    """
-
-    def __init__(
-        self, transitions: Transitions, grace: float, interval: float = SWEEP_INTERVAL
-    ) -> None:
-        self._transitions = transitions
-        self._grace = grace
-        self._interval = interval
-        self._ran = False
-        self.published = 0
-        #: Seconds between the oldest overdue deadline and now, at the last pass.
-        self.lag = 0.0
-
-    async def run(self, worker: Worker) -> None:
-        if self._ran:
-            await self._transitions.due(0)  # Redis answers again
-            worker.ok()
-            await asyncio.sleep(self._grace)
-        self._ran = True
-        while True:
-            due, published = await self.sweep_once()
-            worker.ok()
-            # A full batch that published means more are due: go on at once.
-            if due < SWEEP_BATCH or not published:
-                await asyncio.sleep(self._interval)
-
-    async def sweep_once(self) -> tuple[int, int]:
-        """One pass; returns how many clients were due and how many OFFLINEs it published."""
-        now, due = await self._transitions.due(SWEEP_BATCH)
-        self.lag = (now - due[0][1]) / 1000 if due else 0.0
-        published = await offline(self._transitions, [c for c, _ in due]) if due else 0
-        self.published += published
-        return len(due), published
+#: Key-event notifications of generic commands: one channel per event type, so
+#: a listener of ``del`` hears nothing of the ``expire`` every SET ... PX makes.
+KEYSPACE_FLAGS = "Eg"
 
 
 class KeyspaceListener:
@@ -187,21 +144,59 @@ class KeyspaceListener:
         return client if is_valid_id(client) else None
 
 
-async def offline(transitions: Transitions, clients: list[str]) -> int:
-    """Run the OFFLINE script for each client; returns how many were published."""
+async def enable_keyspace_events(redis: Redis, settings: Settings) -> bool:
+    """Make Redis publish ``del`` keyspace events; False if it will not.
 
-    def fill(pipe: Pipeline) -> None:
-        for start in range(0, len(clients), SCRIPT_BATCH):
-            transitions.offline(pipe, clients[start : start + SCRIPT_BATCH])
+    Without them presence still works: the sweeper publishes every OFFLINE,
+    a deleted key's at its deadline instead of at once.
+    """
+    if settings.in_memory:
+        return True  # fakeredis publishes del without configuration
+    try:
+        reply = await redis.config_get("notify-keyspace-events")
+    except ResponseError:
+        # CONFIG is disabled (managed Redis): see whether the events come anyway.
+        return await _keyspace_events_arrive(redis, settings)
+    flags = text(next(iter(reply.values()), None) or b"")
+    if _has_keyspace_flags(flags):
+        return True
+    wanted = flags + "".join(f for f in KEYSPACE_FLAGS if f not in flags)
+    try:
+        await redis.config_set("notify-keyspace-events", wanted)
+    except ResponseError as exc:
+        log.debug("CONFIG SET notify-keyspace-events refused: %s", exc)
+        return False
+    log.info("set notify-keyspace-events to %r", wanted)
+    return True
 
-    published, failed, failure = 0, 0, ""
-    for reply in await transitions.execute(fill):
-        if isinstance(reply, Exception):
-            failed, failure = failed + 1, str(reply)
-            continue
-        published += int(reply[0])
-        if reply[1]:
-            failed, failure = failed + int(reply[1]), text(reply[2])
-    if failed:
-        log.warning("%d OFFLINE check(s) failed in Redis: %s", failed, failure)
-    return published
+
+async def _keyspace_events_arrive(redis: Redis, settings: Settings, wait: float = 2.0) -> bool:
+    # "#" is not allowed in client ids, so no listener mistakes the probe for one.
+    key = f"{settings.keys.online_prefix}#probe#{settings.server_id}"
+    channel = deleted_channel(redis)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    try:
+        await pubsub.subscribe(channel)
+        await redis.set(key, 1, px=1000)
+        await redis.delete(key)
+        async with asyncio.timeout(wait):
+            while True:
+                message = await pubsub.get_message(timeout=wait)
+                if message is not None and message["data"] == key.encode():
+                    break
+        arrived = True
+    except TimeoutError:
+        arrived = False
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    log.info("keyspace events %s without CONFIG", "arrive" if arrived else "do not arrive")
+    return arrived
+
+
+def _has_keyspace_flags(flags: str) -> bool:
+    return "E" in flags and ("g" in flags or "A" in flags)
+
+
+def deleted_channel(redis: Redis) -> str:
+    """The channel Redis announces each deleted key's name on."""
+    return f"__keyevent@{database(redis)}__:del"

@@ -5,37 +5,26 @@ acknowledged, counted and logged, and never stops the loop.
 
 The script that applies a heartbeat also acknowledges its entry, so an entry
 is applied and acknowledged, or neither. Entries stay pending when a server
-dies after reading them, or when Redis fails their call: every server
-periodically claims entries pending for longer than ``claim_after``
-(XAUTOCLAIM) and applies them (the script acknowledges those that have gone
-stale without applying them), then removes consumers idle for
-``forget_after`` with nothing pending.
+dies or freezes after reading them, or when Redis fails their call: then
+``claims`` takes them over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
-from .connection import (
-    BLOCK_MS,
-    Redis,
-    StreamEntry,
-    field_map,
-    stream_entries,
-    text,
-    unparsed_streams,
-)
-from .contract import CONSUMER_GROUP, ID_PATTERN, is_valid_raw_id
-from .settings import Settings
-from .supervise import Worker
-from .transitions import Transitions
+from ..contract import CONSUMER_GROUP
+from ..redis_client import BLOCK_MS, Redis, unparsed_streams
+from ..settings import Settings
+from ..supervise import Worker
+from ..transitions.scripts import CAME_ONLINE, FAILED, STALE, Transitions
+from ..wire import StreamEntry, heartbeat_lines, stream_entries, text
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +33,6 @@ BATCH = 200
 IN_FLIGHT = 2
 #: Heartbeats per script call: a call holds Redis for its whole duration.
 SCRIPT_BATCH = 100
-CLAIM_ROUNDS = 10
 MEMORY_POLL = 0.02
 #: A flood of malformed entries is logged at most once per this many seconds.
 MALFORMED_LOG_EVERY = 10.0
@@ -58,8 +46,6 @@ class HeartbeatConsumer:
         self._stream = settings.keys.heartbeat
         self._consumer = settings.server_id
         self._ttl_ms = settings.ttl_ms
-        self._claim_after = settings.claim_after
-        self._forget_ms = round(settings.forget_after * 1000)
         # fakeredis answers XREADGROUP BLOCK at once, so the in-process Redis is polled.
         self._block: int | None = None if settings.in_memory else BLOCK_MS
         self.applied = 0
@@ -67,21 +53,18 @@ class HeartbeatConsumer:
         self.stale = 0
         self.malformed = 0
         self.failed = 0
-        self.claimed = 0
         self._unlogged = 0
         self._next_log = 0.0
 
     async def run(self, worker: Worker) -> None:
         await self.ensure_group()  # at every start: Redis may have lost it
         # Entries this consumer read but did not acknowledge before a restart,
-        # each once: one that fails again stays pending, for reclaim() to retry.
+        # each once: one that fails again stays pending, for the claimer to retry.
         after = "0"
         while entries := await self._read(after, block=None):
-            await self._apply(entries)
+            await self.apply(entries)
             after = entries[-1][0].decode()
         worker.ok()
-        loop = asyncio.get_running_loop()
-        next_claim = loop.time() + self._claim_after
         # The next batch is asked for before this one's scripts are sent, so
         # Redis answers it first: Redis runs one batch's scripts on its core
         # while this process parses and packs the next on its own.
@@ -89,9 +72,6 @@ class HeartbeatConsumer:
         applying: set[asyncio.Task[None]] = set()
         try:
             while not worker.stopping:
-                if loop.time() >= next_claim:
-                    await self.reclaim()
-                    next_claim = loop.time() + self._claim_after / 2
                 if reading is None:
                     reading = asyncio.create_task(self._read(">", block=self._block))
                 try:
@@ -105,7 +85,7 @@ class HeartbeatConsumer:
                 reading = None
                 if entries:
                     reading = asyncio.create_task(self._read(">", block=self._block))
-                    applying.add(asyncio.create_task(self._apply(entries)))
+                    applying.add(asyncio.create_task(self.apply(entries)))
                     if len(applying) >= IN_FLIGHT:
                         await asyncio.wait(applying, return_when=asyncio.FIRST_COMPLETED)
                 elif self._block is None:
@@ -120,46 +100,6 @@ class HeartbeatConsumer:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-
-    async def reclaim(self) -> None:
-        """Apply entries left pending (by dead consumers, or failed in Redis); forget
-        consumers gone for good."""
-        start = "0-0"
-        for _ in range(CLAIM_ROUNDS):
-            reply = await self._streams.xautoclaim(
-                self._stream,
-                CONSUMER_GROUP,
-                self._consumer,
-                min_idle_time=round(self._claim_after * 1000),
-                start_id=start,
-                count=BATCH,
-            )
-            # Redis 6.2 answers nil for an entry deleted while pending (7.0
-            # drops it from the reply): there is nothing to apply.
-            start, entries = text(reply[0]), [e for e in reply[1] if e is not None]
-            if entries:
-                self.claimed += len(entries)
-                log.warning(
-                    "claimed %d heartbeat entries left pending by a stopped server "
-                    "or by a failure in Redis",
-                    len(entries),
-                )
-                await self._apply(entries)
-            if start == "0-0":
-                break
-        for consumer in await self._redis.xinfo_consumers(self._stream, CONSUMER_GROUP):
-            name = text(consumer["name"])
-            if (
-                name != self._consumer
-                and not consumer["pending"]
-                and consumer["idle"] >= self._forget_ms
-            ):
-                await self._redis.xgroup_delconsumer(self._stream, CONSUMER_GROUP, name)
-                log.info(
-                    "removed consumer %r: idle for %d s, nothing pending",
-                    name,
-                    consumer["idle"] // 1000,
-                )
 
     async def ensure_group(self) -> None:
         """Create the consumer group unless it exists."""
@@ -184,7 +124,8 @@ class HeartbeatConsumer:
         )
         return stream_entries(reply)
 
-    async def _apply(self, entries: Sequence[StreamEntry]) -> None:
+    async def apply(self, entries: Sequence[StreamEntry]) -> None:
+        """Apply heartbeat entries; those Redis fails stay pending."""
         good, bad = heartbeat_lines(entries)
 
         def fill(pipe: Pipeline) -> None:
@@ -200,16 +141,16 @@ class HeartbeatConsumer:
         for reply in (await self._transitions.execute(fill))[:calls]:
             if isinstance(reply, Exception):  # the whole call: a batch's worth
                 errors.append(str(reply))
-                outcomes += [-2] * SCRIPT_BATCH
+                outcomes += [FAILED] * SCRIPT_BATCH
                 continue
             codes = [c for c in reply if isinstance(c, int)]
             errors += [text(e) for e in reply[len(codes) :]]
             outcomes += codes
         outcomes = outcomes[: len(good)]
-        failed = outcomes.count(-2)
+        failed = outcomes.count(FAILED)
         self.applied += len(good) - failed
-        self.online += outcomes.count(1)
-        self.stale += outcomes.count(-1)
+        self.online += outcomes.count(CAME_ONLINE)
+        self.stale += outcomes.count(STALE)
         if failed:
             # Not acknowledged: claimed and applied again until they apply or go stale.
             self.failed += failed
@@ -234,53 +175,3 @@ class HeartbeatConsumer:
         )
         self._unlogged = 0
         self._next_log = now + MALFORMED_LOG_EVERY
-
-
-# A batch of script lines, matched at once: ids of valid characters only,
-# so no field can have added a line or a separator of its own.
-_LINE = rb"%s %s \d+-\d+" % (ID_PATTERN, ID_PATTERN)
-_LINES = re.compile(rb"%s(?:\n%s)*" % (_LINE, _LINE))
-
-
-def heartbeat_lines(
-    entries: Sequence[StreamEntry],
-) -> tuple[list[bytes], list[tuple[bytes, str]]]:
-    """The script lines (``b"<client> <server> <entry id>"``) of the well-formed
-    entries, and the id of each malformed one with why.
-
-    The entry id is when the heartbeat was sent (its ms part): the script
-    ignores one that is older than the TTL.
-    """
-    # Entries as every publisher writes them, client then server: one pass
-    # builds the lines and one regex checks them all.
-    lines = [
-        b"%b %b %b" % (fields[1], fields[3], entry_id)
-        for entry_id, fields in entries
-        if fields and len(fields) == 4 and fields[0] == b"client" and fields[2] == b"server"
-    ]
-    if len(lines) == len(entries) and lines:
-        joined = b"\n".join(lines)
-        if joined.count(b"\n") == len(lines) - 1 and _LINES.fullmatch(joined):
-            return lines, []
-    lines, bad = [], []
-    for entry_id, fields in entries:
-        parsed = parse_heartbeat(fields)
-        if isinstance(parsed, str):
-            bad.append((entry_id, parsed))
-        else:
-            lines.append(b"%b %b %b" % (*parsed, entry_id))
-    return lines, bad
-
-
-def parse_heartbeat(fields: list[bytes] | None) -> tuple[bytes, bytes] | str:
-    """``(client, server)`` of an unparsed heartbeat entry, or why it is malformed."""
-    found = field_map(fields)
-    values = []
-    for name in (b"client", b"server"):
-        raw = found.get(name)
-        if raw is None:
-            return f"missing {name.decode()}"
-        if not is_valid_raw_id(raw):
-            return f"invalid {name.decode()} {raw[:40].decode(errors='replace')!r}"
-        values.append(raw)
-    return values[0], values[1]

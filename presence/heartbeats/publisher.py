@@ -6,9 +6,9 @@ so it comes online without waiting for the next tick. Each server's ticks run
 at a random phase, so servers started together spread their batches.
 
 A leave waits for the leave grace, so a reload changes nothing; then the LEAVE
-script publishes OFFLINE unless another server still holds the client.
-Closed connections are looked for every ``PRUNE_INTERVAL``, which bounds how
-late a leave can start.
+script publishes OFFLINE unless another server still holds the client. After
+Redis was unreachable, leaves wait one more interval: see
+``HeldClients.postpone_leaves``.
 """
 
 from __future__ import annotations
@@ -19,24 +19,27 @@ import random
 
 from redis.asyncio.client import Pipeline
 
-from .connection import Redis
-from .local import LocalState
-from .settings import Settings
-from .supervise import Worker
-from .transitions import Transitions
+from ..redis_client import Redis
+from ..settings import Settings
+from ..supervise import Outage, Worker
+from ..transitions.scripts import LEFT, Transitions
+from .held import HeldClients
 
 log = logging.getLogger(__name__)
-
-PRUNE_INTERVAL = 0.25
 
 
 class HeartbeatPublisher:
     def __init__(
-        self, redis: Redis, settings: Settings, local: LocalState, transitions: Transitions
+        self,
+        redis: Redis,
+        settings: Settings,
+        held: HeldClients,
+        transitions: Transitions,
+        outage: Outage,
     ) -> None:
         self._redis = redis
         self._transitions = transitions
-        self._local = local
+        self._held = held
         self._stream = settings.keys.heartbeat
         self._server = settings.server_id
         self._maxlen = settings.heartbeat_maxlen
@@ -46,6 +49,8 @@ class HeartbeatPublisher:
         self.leaves = 0
         self.left = 0
         self._ran = False
+        self._outage = outage
+        self._outages = outage.count
 
     async def run(self, worker: Worker) -> None:
         loop = asyncio.get_running_loop()
@@ -54,33 +59,33 @@ class HeartbeatPublisher:
         phase = 0.0 if self._ran else random.uniform(0, self._interval)
         self._ran = True
         next_tick = loop.time() + phase
-        next_prune = loop.time()
         while True:
+            if self._outage.active or self._outage.count != self._outages:
+                self._outages = self._outage.count
+                self._held.postpone_leaves(self._interval)
             now = loop.time()
-            if now >= next_prune:
-                next_prune = now + PRUNE_INTERVAL
-                self._local.prune()
             if now >= next_tick:
                 next_tick = now + self._interval
-                batch = list({*self._local.take_fresh(), *self._local.clients})
+                batch = list({*self._held.take_fresh(), *self._held.heartbeated()})
             else:
-                batch = self._local.take_fresh()
+                batch = self._held.take_fresh()
             if batch:
                 await self.publish(batch)
-            if leaves := self._local.take_leaves():
+            if leaves := self._held.take_leaves():
                 try:
                     await self.leave(leaves)
                 except BaseException:
-                    self._local.retry_leaves(leaves)
+                    self._held.retry_leaves(leaves)
+                    self._held.postpone_leaves(self._interval)
                     raise
             worker.ok()
-            wake_at = min(next_tick, next_prune)
-            if (leave_at := self._local.next_leave()) is not None:
+            wake_at = next_tick
+            if (leave_at := self._held.next_leave()) is not None:
                 # next_leave is on the monotonic clock, which the loop's clock is too.
                 wake_at = min(wake_at, leave_at)
             try:
                 async with asyncio.timeout(max(0.0, wake_at - loop.time())):
-                    await self._local.wake.wait()
+                    await self._held.wake.wait()
             except TimeoutError:
                 pass
 
@@ -106,4 +111,4 @@ class HeartbeatPublisher:
         if failed:
             log.warning("%d leave(s) failed in Redis: %s", len(failed), failed[0])
         self.leaves += len(results) - len(failed)
-        self.left += sum(r for r in results if isinstance(r, int))
+        self.left += sum(1 for r in results if r == LEFT)

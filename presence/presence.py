@@ -1,31 +1,42 @@
-"""The presence service of one process: Redis, the background workers, local state."""
+"""``Presence``: one process's part of the service, the stages wired together.
+
+Heartbeats in (``heartbeats``), transitions in Lua (``transitions``), presence
+out (``updates``); ``web`` serves it over HTTP. Holding a client online and
+subscribing to others are separate calls: a connection that cannot start
+(Redis unreachable) holds nothing, so it leaves nothing to announce.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from types import TracebackType
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .connection import BLOCK_MS, Redis, check_version, open_redis, text, wait_for_redis
-from .consumer import HeartbeatConsumer
 from .contract import ID_RULE, is_valid_id
 from .errors import InvalidClientId, RedisMisconfigured, RedisUnavailable
-from .events import OnlineClient, PresenceEvent
-from .expiry import KeyspaceListener, Sweeper
-from .fanout import PresenceReader
-from .local import CloseReason, LocalState, Subscriber
-from .publisher import HeartbeatPublisher
-from .replay import Replay, Replayer
+from .events import OnlineClient, PresenceEvent, Reset
+from .heartbeats.claims import Claimer
+from .heartbeats.consumer import HeartbeatConsumer
+from .heartbeats.held import HeldClients
+from .heartbeats.publisher import HeartbeatPublisher
+from .redis_client import BLOCK_MS, Redis, check_version, open_redis, wait_for_redis
 from .settings import Settings
-from .snapshot import Snapshot, SnapshotReader
 from .supervise import MAX_BACKOFF, Outage, Worker
-from .transitions import Transitions
+from .transitions.keyspace import KeyspaceListener
+from .transitions.scripts import Transitions
+from .transitions.sweeper import Sweeper
+from .updates.deliveries import DeliveryLog, Resync, Subscriber
+from .updates.reader import PresenceReader
+from .updates.replay import Replay, Replayer
+from .updates.snapshot import Snapshot, SnapshotReader
+from .wire import stream_position, text
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +57,12 @@ class Presence:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
-        self.local = LocalState(self.settings.queue_size, self.settings.leave_grace)
+        #: The clients this process holds online.
+        self.held = HeldClients(self.settings.leave_grace)
+        #: The subscribers of this process and their deliveries.
+        self.deliveries = DeliveryLog(self.settings.queue_size)
+        # Set once closing begins: a client released after it leaves no leave.
+        self._closing = False
         self._redis: Redis | None = None
         self._workers: list[Worker] = []
         self._snapshots: SnapshotReader | None = None
@@ -81,7 +97,7 @@ class Presence:
             await transitions.load()
             consumer = HeartbeatConsumer(redis, settings, transitions)
             await consumer.ensure_group()  # fails fast on a key of the wrong type
-            reader = PresenceReader(redis, settings, self.local)
+            reader = PresenceReader(redis, settings, self.deliveries)
             await reader.start()
             listener = KeyspaceListener(redis, settings, transitions)
             await listener.start()
@@ -96,9 +112,10 @@ class Presence:
         self._snapshots = SnapshotReader(transitions)
         self._replayer = Replayer(redis, settings.keys.presence, settings.queue_size)
         self.consumer = consumer
+        self.claimer = Claimer(settings, transitions, consumer)
         self.sweeper = Sweeper(transitions, grace=settings.heartbeat_interval)
         self.listener = listener
-        self.publisher = HeartbeatPublisher(redis, settings, self.local, transitions)
+        self.publisher = HeartbeatPublisher(redis, settings, self.held, transitions, self.outage)
         self.reader = reader
         # Loops blocked in a Redis read get one block's time to end by themselves.
         grace = BLOCK_MS / 1000 + 0.5
@@ -107,10 +124,13 @@ class Presence:
         loops: list[tuple[str, Callable[[Worker], Awaitable[None]], float]] = [
             ("heartbeat publisher", self.publisher.run, 0),  # first: close() relies on it
             ("heartbeat consumer", self.consumer.run, grace),
+            ("heartbeat claimer", self.claimer.run, 0),
             ("deadline sweeper", self.sweeper.run, 0),
             ("keyspace listener", self.listener.run, grace),
             ("presence reader", reader.run, grace),
+            ("fan-out", self.deliveries.fan_out, 0),
             ("snapshot reader", self._snapshots.run, 0),
+            ("connection pruner", self.deliveries.prune_closed, 0),
         ]
         for name, loop, stop_grace in loops:
             worker = Worker(name, stop_grace, self.outage, backoff)
@@ -119,7 +139,7 @@ class Presence:
 
     async def close(self) -> None:
         """Close every subscriber, stop the workers (publisher first), close Redis."""
-        self.local.close_all("shutdown")
+        self.close_streams()
         workers, self._workers = self._workers, []
         if workers:
             # The publisher first: no heartbeat leaves after close() begins.
@@ -141,60 +161,113 @@ class Presence:
     ) -> None:
         await self.close()
 
-    @asynccontextmanager
-    async def track(self, client_id: str) -> AsyncIterator[None]:
-        """Keep ``client_id`` online, heartbeated by this server, while the block runs."""
+    def close_streams(self) -> None:
+        """End every subscription, as at shutdown: their clients get no leave.
+
+        They may be reconnecting to another server; the TTL decides.
+        """
+        self._closing = True
+        self.deliveries.close_all("shutdown")
+
+    @contextmanager
+    def held_online(self, client_id: str) -> Iterator[None]:
+        """Keep ``client_id`` online, heartbeated by this server, while the block runs.
+
+        After the block, once no other block holds the client here and the
+        leave grace has passed, this server announces that it left (OFFLINE
+        unless another server holds it).
+        """
         _check_id(client_id)
-        self.local.hold(client_id)
+        self.held.hold(client_id)
         try:
             yield
         finally:
-            self.local.release(client_id)
+            self.held.release(client_id, leave=not self._closing)
 
     @asynccontextmanager
-    async def changes(self) -> AsyncIterator[AsyncIterator[PresenceEvent]]:
+    async def track(self, client_id: str) -> AsyncIterator[None]:
+        """Keep ``client_id`` online, heartbeated by this server, while the block runs."""
+        with self.held_online(client_id):
+            yield
+
+    @asynccontextmanager
+    async def changes(self) -> AsyncIterator[AsyncIterator[PresenceEvent | Reset]]:
         """Presence events from now on, in stream order.
 
         >>> async with presence.changes() as events:
         ...     async for event in events:
-        ...         print(event.client, event.status)
+        ...         print(event)
 
-        A listener that falls ``queue_size`` events behind is stopped.
+        When this listener may have missed entries (the presence stream lost
+        some: trimmed, or Redis restarted without its data; or it fell
+        ``queue_size`` events behind), a ``Reset`` comes instead, with
+        everyone online; events go on after it.
         """
-        subscriber = Subscriber(self.local, None)
+        subscriber = Subscriber(self.deliveries, None)
 
-        async def events() -> AsyncIterator[PresenceEvent]:
-            while batch := await subscriber.get_many():
+        async def events() -> AsyncIterator[PresenceEvent | Reset]:
+            after: tuple[int, int] | None = None
+            while True:
+                try:
+                    batch = await subscriber.get_many()
+                except Resync:
+                    snapshot = await self.snapshot()
+                    after = stream_position(snapshot.position)
+                    yield Reset(snapshot.position, snapshot.clients)
+                    continue
+                if not batch:
+                    return
                 for delivery in batch:
+                    if after is not None and stream_position(delivery.id) <= after:
+                        continue  # in the reset already
+                    after = None
                     yield delivery.event
 
-        with self.local.subscribed(subscriber):
+        with self.deliveries.subscribed(subscriber):
             yield events()
 
-    @asynccontextmanager
-    async def connect(
+    @contextmanager
+    def subscribed(
         self,
         client_id: str,
         *,
         alive: Callable[[], bool] | None = None,
         abort: Callable[[], None] | None = None,
-    ) -> AsyncIterator[Subscriber]:
-        """Hold ``client_id`` online and subscribe it to everyone else's events.
+    ) -> Iterator[Subscriber]:
+        """Subscribe a connection of ``client_id`` to everyone else's events.
 
-        ``alive`` tells whether the underlying connection is still open (checked
-        every heartbeat tick); ``abort`` drops it when its reader falls behind.
+        ``alive`` tells whether the underlying connection is still open (a
+        closed one is dropped within ``PRUNE_INTERVAL``); ``abort`` drops the
+        connection when its reader falls behind.
         """
         _check_id(client_id)
-        self.local.hold(client_id)
-
-        def closed(reason: CloseReason) -> None:
-            self.local.release(client_id, leave=reason != "shutdown")
-            if reason == "overflow" and abort is not None:
-                abort()
-
-        subscriber = Subscriber(self.local, client_id, alive=alive, on_close=closed)
-        with self.local.subscribed(subscriber):
+        subscriber = Subscriber(self.deliveries, client_id, alive=alive, abort=abort)
+        with self.deliveries.subscribed(subscriber):
             yield subscriber
+
+    def stats(self) -> Stats:
+        """The counters ``/metrics`` reports."""
+        c = self.consumer
+        return Stats(
+            connections=self.deliveries.connections,
+            heartbeats_published=self.publisher.published,
+            leaves=self.publisher.leaves,
+            heartbeats_applied=c.applied,
+            heartbeats_malformed=c.malformed,
+            heartbeats_stale=c.stale,
+            heartbeats_claimed=self.claimer.claimed,
+            heartbeats_retried=self.claimer.retried,
+            online_published=c.online,
+            offline_published=self.sweeper.published
+            + self.listener.published
+            + self.publisher.left,
+            sweeper_lag=self.sweeper.lag,
+            fanout_lag=self.reader.lag,
+            overflows=self.deliveries.overflows,
+            reconnects=self.recoveries,
+            outages=self.outage.count,
+            keyspace_events=bool(self.listener.events),
+        )
 
     async def snapshot(self) -> Snapshot:
         """Who is online, with the presence stream position it is exact at."""
@@ -241,3 +314,25 @@ class Presence:
 def _check_id(client_id: str) -> None:
     if not is_valid_id(client_id):
         raise InvalidClientId(ID_RULE)
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Counters since start, and gauges at the moment they were read."""
+
+    connections: int
+    heartbeats_published: int
+    leaves: int
+    heartbeats_applied: int
+    heartbeats_malformed: int
+    heartbeats_stale: int
+    heartbeats_claimed: int
+    heartbeats_retried: int
+    online_published: int
+    offline_published: int
+    sweeper_lag: float
+    fanout_lag: float
+    overflows: int
+    reconnects: int
+    outages: int
+    keyspace_events: bool

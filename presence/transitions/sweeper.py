@@ -1,0 +1,89 @@
+"""OFFLINE at the deadline: the sweeper.
+
+Redis expires keys lazily and its ``expired`` events can come tens of seconds
+late, or never while nobody listens. So expiry is the sweeper's alone: it
+polls the deadline index, which is timely, and it can wait when deadlines
+passed only because Redis was unreachable or the heartbeat consumers are
+behind. Every OFFLINE check runs the same idempotent script, so any number of
+sweepers and listeners, on any number of servers, publish each OFFLINE once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.asyncio.client import Pipeline
+
+from ..supervise import Worker
+from ..wire import text
+from .scripts import Transitions
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 0.1
+SWEEP_BATCH = 500
+#: Clients per OFFLINE script call.
+SCRIPT_BATCH = 100
+
+
+class Sweeper:
+    """Publishes OFFLINE for every client whose deadline has passed.
+
+    After losing Redis it waits ``grace`` seconds (one heartbeat interval)
+    once Redis answers again: clients that stayed connected could not be
+    heartbeated meanwhile, and their next heartbeat refreshes them without
+    any event. Those that left during the outage go OFFLINE after the grace.
+    """
+
+    def __init__(
+        self, transitions: Transitions, grace: float, interval: float = SWEEP_INTERVAL
+    ) -> None:
+        self._transitions = transitions
+        self._grace = grace
+        self._interval = interval
+        self._ran = False
+        self.published = 0
+        #: Seconds between the oldest overdue deadline and now, at the last pass.
+        self.lag = 0.0
+
+    async def run(self, worker: Worker) -> None:
+        if self._ran:
+            await self._transitions.due(0)  # Redis answers again
+            worker.ok()
+            await asyncio.sleep(self._grace)
+        self._ran = True
+        while True:
+            due, published = await self.sweep_once()
+            worker.ok()
+            # A full batch that published means more are due: go on at once.
+            if due < SWEEP_BATCH or not published:
+                await asyncio.sleep(self._interval)
+
+    async def sweep_once(self) -> tuple[int, int]:
+        """One pass; returns how many clients were due and how many OFFLINEs it published."""
+        now, due = await self._transitions.due(SWEEP_BATCH)
+        self.lag = (now - due[0][1]) / 1000 if due else 0.0
+        published = await offline(self._transitions, [c for c, _ in due]) if due else 0
+        self.published += published
+        return len(due), published
+
+
+async def offline(transitions: Transitions, clients: list[str]) -> int:
+    """Run the OFFLINE script for each client; returns how many were published."""
+
+    def fill(pipe: Pipeline) -> None:
+        for start in range(0, len(clients), SCRIPT_BATCH):
+            transitions.offline(pipe, clients[start : start + SCRIPT_BATCH])
+
+    published, failed, failure = 0, 0, ""
+    for reply in await transitions.execute(fill):
+        if isinstance(reply, Exception):
+            failed, failure = failed + 1, str(reply)
+            continue
+        published += int(reply[0])
+        if reply[1]:
+            failed, failure = failed + int(reply[1]), text(reply[2])
+    if failed:
+        log.warning("%d OFFLINE check(s) failed in Redis: %s", failed, failure)
+    return published

@@ -1,0 +1,295 @@
+"""The subscribers of this process and the one log they read deliveries from.
+
+Plain synchronous state, touched only from the event loop; Redis is never
+called from here.
+
+Deliveries go to one shared, bounded log, not to a queue per subscriber. Each
+batch the reader delivers becomes one segment whose frames are joined once,
+so a subscriber's read is a copy of the segments it has not seen (minus the
+frames about its own client, when it has some): its cost does not grow with
+the number of events in them. Memory is one log whatever the number of
+connections.
+
+Liveness comes before throughput (the heartbeat consumer runs on this event
+loop too): one fan-out task wakes the subscribers a ``WAKE_GROUP`` at a
+time and yields between groups, so a burst is spread over many short loop
+iterations instead of one that holds everything else back. A subscriber
+woken late reads every segment it missed at once: under load, fan-out
+coalesces instead of queueing.
+
+A subscriber that falls off the log's start is not closed: it gets a fresh
+snapshot instead of the events it missed. Only one that has also stopped
+reading (its last write blocked for ``STALL_TIMEOUT``) is dropped: a
+stalled reader costs a reconnect, never unbounded memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..supervise import Worker
+from ..wire import Delivery, stream_position
+
+log = logging.getLogger(__name__)
+
+PRUNE_INTERVAL = 0.25
+#: Subscribers woken per loop iteration.
+WAKE_GROUP = 128
+#: Seconds a write may stay blocked before a subscriber that fell behind is
+#: taken for one that stopped reading, and dropped.
+STALL_TIMEOUT = 10.0
+
+CloseReason = Literal["closed", "overflow", "gone", "shutdown"]
+
+
+class Resync(Exception):
+    """This subscriber may have missed entries (the presence stream lost some,
+    or it fell behind the log): it needs a fresh snapshot."""
+
+
+@dataclass(slots=True)
+class Segment:
+    """One batch of deliveries, its frames joined once for every subscriber."""
+
+    #: Sequence number of its first delivery.
+    start: int
+    deliveries: list[Delivery]
+    data: bytes = field(init=False)
+    clients: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.data = b"".join(d.frame for d in self.deliveries)
+        self.clients = frozenset(d.client for d in self.deliveries)
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.deliveries)
+
+    def frames(self, exclude: str | None, after: tuple[int, int] | None) -> bytes:
+        """The frames, but those about ``exclude`` and those up to entry ``after``."""
+        if after is None and (exclude is None or exclude not in self.clients):
+            return self.data
+        return b"".join(
+            d.frame
+            for d in self.deliveries
+            if d.client != exclude and (after is None or stream_position(d.id) > after)
+        )
+
+
+class Subscriber:
+    """One SSE connection or in-process listener, reading the shared log."""
+
+    __slots__ = (
+        "_abort",
+        "_alive",
+        "_local",
+        "_wake",
+        "client",
+        "cursor",
+        "reason",
+        "stale",
+        "writing_since",
+    )
+
+    def __init__(
+        self,
+        local: DeliveryLog,
+        client: str | None,
+        *,
+        alive: Callable[[], bool] | None = None,
+        abort: Callable[[], None] | None = None,
+    ) -> None:
+        #: Events about this client are not delivered to it; None receives all.
+        self.client = client
+        self.reason: CloseReason | None = None
+        #: Set when it may have missed entries; the next read raises ``Resync``.
+        self.stale = False
+        #: Sequence number of the next delivery to read.
+        self.cursor = local.end
+        #: When (monotonic) its pending write began, while one is pending.
+        self.writing_since: float | None = None
+        self._local = local
+        self._alive = alive
+        self._abort = abort
+        self._wake = asyncio.Event()
+
+    def alive(self) -> bool:
+        return self._alive is None or self._alive()
+
+    def wake(self) -> None:
+        """New deliveries are in the log."""
+        self._wake.set()
+
+    def resync(self) -> None:
+        """Skip whatever is in the log; a fresh snapshot comes first."""
+        self.stale = True
+        self._wake.set()
+
+    def close(self, reason: CloseReason = "closed") -> None:
+        if self.reason is not None:
+            return
+        self.reason = reason
+        self._wake.set()
+        if reason == "overflow" and self._abort is not None:
+            # Dropped, not ended cleanly: nothing buffered for it is kept.
+            self._abort()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Mark a write as pending while the block runs."""
+        self.writing_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self.writing_since = None
+
+    async def segments(self) -> list[Segment]:
+        """The segments not read yet, once there are some; empty once closed.
+
+        Raises ``Resync`` (once) when it may have missed entries.
+        """
+        while self.reason is None and not self.stale and self.cursor >= self._local.end:
+            self._wake.clear()
+            await self._wake.wait()
+        if self.reason is not None:
+            return []
+        if self.cursor < self._local.start:
+            self._local.resets += 1  # it fell behind: a snapshot, not a backlog
+            self.stale = True
+        if self.stale:
+            self.stale = False
+            self.cursor = self._local.end
+            raise Resync
+        found = self._local.segments_from(self.cursor)
+        self.cursor = self._local.end
+        return found
+
+    async def get_many(self) -> list[Delivery]:
+        """The next deliveries not about this client; empty once closed.
+
+        Raises ``Resync`` (once) when it may have missed entries.
+        """
+        while batch := await self.segments():
+            deliveries = [d for s in batch for d in s.deliveries if d.client != self.client]
+            if deliveries:
+                return deliveries
+        return []
+
+
+class DeliveryLog:
+    """Deliveries for this process's subscribers (SSE connections, ``changes()``)."""
+
+    def __init__(self, backlog: int = 1024) -> None:
+        self._backlog = backlog
+        self._segments: deque[Segment] = deque()
+        #: Sequence number one past the newest delivery.
+        self.end = 0
+        self.subscribers: set[Subscriber] = set()
+        #: Subscribers dropped: they fell behind the log and stopped reading.
+        self.overflows = 0
+        #: Subscribers sent a fresh snapshot because they fell behind the log.
+        self.resets = 0
+        #: Open client connections (in-process ``changes()`` listeners not counted).
+        self.connections = 0
+        self._delivered = asyncio.Event()
+
+    @property
+    def start(self) -> int:
+        """Sequence number of the oldest delivery still in the log."""
+        return self._segments[0].start if self._segments else self.end
+
+    @contextmanager
+    def subscribed(self, subscriber: Subscriber) -> Iterator[None]:
+        """Deliver to ``subscriber`` while the block runs; close it after."""
+        self.subscribers.add(subscriber)
+        counted = subscriber.client is not None
+        self.connections += counted
+        try:
+            yield
+        finally:
+            subscriber.close()
+            self.subscribers.discard(subscriber)
+            self.connections -= counted
+
+    def deliver(self, deliveries: Sequence[Delivery]) -> None:
+        """Append a batch to the log; the fan-out wakes the subscribers."""
+        if not deliveries:
+            return
+        self._segments.append(Segment(self.end, list(deliveries)))
+        self.end += len(deliveries)
+        # Keep at least the backlog: whole segments go once it holds more without them.
+        while self.end - self._segments[0].end >= self._backlog:
+            self._segments.popleft()
+        self._delivered.set()
+
+    def segments_from(self, cursor: int) -> list[Segment]:
+        """The segments from sequence number ``cursor`` on (a segment's start)."""
+        found: list[Segment] = []
+        for segment in reversed(self._segments):
+            if segment.end <= cursor:
+                break
+            found.append(segment)
+        found.reverse()
+        return found
+
+    async def fan_out(self, worker: Worker) -> None:
+        """Wake the subscribers after each delivery, a group per loop iteration."""
+        while True:
+            await self._delivered.wait()
+            self._delivered.clear()
+            subscribers = [s for s in self.subscribers if s.cursor < self.end]
+            for start in range(0, len(subscribers), WAKE_GROUP):
+                now = time.monotonic()
+                for subscriber in subscribers[start : start + WAKE_GROUP]:
+                    if subscriber.reason is None:
+                        self._wake(subscriber, now)
+                await asyncio.sleep(0)
+            worker.ok()
+
+    def _wake(self, subscriber: Subscriber, now: float) -> None:
+        since = subscriber.writing_since
+        if subscriber.cursor < self.start and since is not None and now - since >= STALL_TIMEOUT:
+            log.warning(
+                "dropping a subscriber of %s: it stopped reading (a write blocked for %.0f s) "
+                "and fell more than %d events behind",
+                subscriber.client,
+                now - since,
+                self._backlog,
+            )
+            self.overflows += 1
+            subscriber.close("overflow")
+        else:
+            subscriber.wake()
+
+    async def prune_closed(self, worker: Worker) -> None:
+        """Close, every ``PRUNE_INTERVAL``, the subscribers whose connection is gone.
+
+        An SSE handler waiting for deliveries would notice its client left
+        only at its next write; this bounds how late a leave can start.
+        """
+        while True:
+            self.prune()
+            worker.ok()
+            await asyncio.sleep(PRUNE_INTERVAL)
+
+    def prune(self) -> int:
+        """Close subscribers whose connection is gone; returns how many."""
+        gone = [s for s in self.subscribers if not s.alive()]
+        for subscriber in gone:
+            subscriber.close("gone")
+        return len(gone)
+
+    def resync_all(self) -> None:
+        for subscriber in self.subscribers:
+            subscriber.resync()
+
+    def close_all(self, reason: CloseReason) -> None:
+        for subscriber in list(self.subscribers):
+            subscriber.close(reason)

@@ -1,0 +1,118 @@
+"""HTTP routes: the read endpoints, ``/healthz``, ``/metrics``, the demo page,
+and the JSON error middleware (every error leaves as ``{"error": ...}``; no
+traceback reaches a client). The SSE stream itself is in ``sse``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from ..contract import OFFLINE, ONLINE
+from .requests import METRICS, PRESENCE, authorize, client_id_of, fail, presence_of
+from .sse import client_events
+
+log = logging.getLogger(__name__)
+
+_ID_PATH = "{client_id:[^/]*}"
+
+
+STATIC = Path(__file__).parent.parent / "static"
+#: The demo page's files: served by name, nothing else from the directory.
+_ASSETS = {"demo.js", "demo.css"}
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", demo_page)
+    app.router.add_get("/static/{name}", demo_asset)
+    app.router.add_get("/clients", list_clients)
+    app.router.add_get(f"/clients/{_ID_PATH}", get_client)
+    app.router.add_get(f"/clients/{_ID_PATH}/events", client_events, allow_head=False)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.middlewares.append(json_errors)
+    app.on_shutdown.append(_close_streams)
+
+
+async def demo_page(request: web.Request) -> web.FileResponse:
+    """A page to look at: who is online, live, in plain HTML and JavaScript."""
+    return web.FileResponse(STATIC / "index.html")
+
+
+async def demo_asset(request: web.Request) -> web.FileResponse:
+    name = request.match_info["name"]
+    if name not in _ASSETS:
+        fail(web.HTTPNotFound, "not found")
+    return web.FileResponse(STATIC / name)
+
+
+async def list_clients(request: web.Request) -> web.Response:
+    _authorize_read(request)
+    online = await presence_of(request).online()
+    clients = [{"client": c.client, "server": c.server} for c in online]
+    return web.json_response({"clients": clients, "count": len(clients)})
+
+
+async def get_client(request: web.Request) -> web.Response:
+    client_id = client_id_of(request)
+    _authorize_read(request)
+    found = await presence_of(request).status(client_id)
+    if found is None:
+        return web.json_response({"client": client_id, "status": OFFLINE, "server": None})
+    return web.json_response({"client": client_id, "status": ONLINE, "server": found.server})
+
+
+def _authorize_read(request: web.Request) -> None:
+    if presence_of(request).settings.auth_reads:
+        authorize(request)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    presence = presence_of(request)
+    problems = await presence.problems()
+    body: dict[str, Any] = {"server": presence.settings.server_id}
+    if problems:
+        body.update(status="unavailable", problems=problems)
+        return web.json_response(body, status=503)
+    body.update(status="ok", connections=presence.deliveries.connections)
+    return web.json_response(body)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    _authorize_read(request)
+    body = generate_latest(request.config_dict[METRICS])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return web.json_response({"error": exc.reason.lower()}, status=exc.status, headers=headers)
+    except asyncio.CancelledError:
+        raise
+    except (RedisError, OSError) as exc:
+        log.warning("%s %s: Redis failed: %s", request.method, request.path, exc)
+        return web.json_response(
+            {"error": "presence is unavailable: cannot read Redis"}, status=503
+        )
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return web.json_response({"error": "internal server error"}, status=500)
+
+
+async def _close_streams(app: web.Application) -> None:
+    # Open SSE responses would otherwise hold shutdown for its whole timeout.
+    app[PRESENCE].close_streams()

@@ -1,0 +1,115 @@
+"""The SSE stream of one client: ``GET /clients/{id}/events``.
+
+The connection subscribes first, so that nothing published while its start
+is read is missed; it reads its start (a snapshot, or the events after its
+``Last-Event-ID``); only then does it hold its client online. A request
+refused with 503 because Redis cannot be read has held nothing, so it leaves
+nothing to announce when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse, sse_response
+from redis.exceptions import RedisError
+
+from ..presence import Presence
+from ..updates.deliveries import Resync, Subscriber
+from ..updates.replay import Replay
+from ..updates.snapshot import Snapshot
+from ..wire import SEPARATOR, stream_position
+from .requests import authorize, client_id_of, fail, presence_of
+
+log = logging.getLogger(__name__)
+
+#: How long a new SSE connection waits for its snapshot before a 503.
+SNAPSHOT_TIMEOUT = 10.0
+
+
+async def client_events(request: web.Request) -> web.StreamResponse:
+    """SSE: a ``snapshot`` event (or, resuming, the missed events), then every
+    ``presence`` event about others."""
+    client_id = client_id_of(request)
+    presence = presence_of(request)
+    claims = authorize(request)
+    if claims is not None and claims.sub != client_id:
+        fail(web.HTTPForbidden, "the token is for another client id")
+    settings = presence.settings
+    if presence.deliveries.connections >= settings.max_connections:
+        fail(web.HTTPServiceUnavailable, "this server holds all the connections it may")
+    if presence.held.holds(client_id) >= settings.max_connections_per_client:
+        fail(web.HTTPTooManyRequests, "too many connections for this client id")
+    # The stream ends when its token expires; the client reconnects with a fresh one.
+    loop = asyncio.get_running_loop()
+    expiry = None if claims is None else loop.time() + claims.exp - time.time()
+    # Browsers resend the last id they saw by themselves when they reconnect.
+    resume = request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or None
+
+    def alive() -> bool:
+        return request.transport is not None and not request.transport.is_closing()
+
+    transport = request.transport
+    abort = transport.abort if transport is not None else None
+    with presence.subscribed(client_id, alive=alive, abort=abort) as subscriber:
+        try:
+            async with asyncio.timeout(SNAPSHOT_TIMEOUT):
+                replay = await presence.replay(resume) if resume else None
+                start = replay or await presence.snapshot()
+        except (TimeoutError, RedisError, OSError) as exc:
+            log.debug("no snapshot for %s: %s", client_id, exc)  # healthz says why
+            fail(web.HTTPServiceUnavailable, "presence is unavailable: cannot read Redis")
+        with presence.held_online(client_id):
+            async with sse_response(
+                request, sep=SEPARATOR, ping_interval=settings.keepalive_interval
+            ) as sse:
+                try:
+                    async with asyncio.timeout_at(expiry):
+                        await _stream(
+                            sse, presence, subscriber, client_id, start, resumed=bool(resume)
+                        )
+                except TimeoutError:
+                    log.debug("the token of %s expired: closing its stream", client_id)
+                except ConnectionError:
+                    pass  # the client left
+                except (RedisError, OSError) as exc:
+                    log.debug("no fresh snapshot for %s: %s", client_id, exc)  # it reconnects
+            return sse
+
+
+async def _stream(
+    sse: EventSourceResponse,
+    presence: Presence,
+    subscriber: Subscriber,
+    client_id: str,
+    start: Snapshot | Replay,
+    *,
+    resumed: bool,
+) -> None:
+    """Write the start (a snapshot, or the replayed events), then live events."""
+    if isinstance(start, Snapshot):
+        # A resume that cannot be exact gets a snapshot marked as a reset.
+        first = start.sse_frame(exclude=client_id, reset=resumed)
+    else:
+        first = b"".join(d.frame for d in start.deliveries if d.client != client_id)
+    # Events up to that position were sent already.
+    after: tuple[int, int] | None = stream_position(start.position)
+    while True:
+        if first:
+            with subscriber.writing():
+                await sse.write(first)
+        try:
+            segments = await subscriber.segments()
+        except Resync:
+            snapshot = await presence.snapshot()
+            first = snapshot.sse_frame(exclude=client_id, reset=True)
+            after = stream_position(snapshot.position)
+            continue
+        if not segments:
+            return
+        first = b"".join(s.frames(client_id, after) for s in segments)
+        if after is not None and stream_position(segments[-1].deliveries[-1].id) > after:
+            after = None  # past the start: no more filtering

