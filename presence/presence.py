@@ -264,6 +264,7 @@ class Presence:
             sweeper_lag=self.sweeper.lag,
             fanout_lag=self.reader.lag,
             overflows=self.deliveries.overflows,
+            resets=self.deliveries.resets,
             reconnects=self.recoveries,
             outages=self.outage.count,
             keyspace_events=bool(self.listener.events),
@@ -333,6 +334,7 @@ class Stats:
     sweeper_lag: float
     fanout_lag: float
     overflows: int
+    resets: int
     reconnects: int
     outages: int
     keyspace_events: bool

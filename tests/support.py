@@ -310,6 +310,31 @@ async def truthy(value: object) -> bool:
     return bool(value)
 
 
+async def exists(redis: Redis, key: str) -> bool:
+    return bool(await redis.exists(key))
+
+
+async def redis_ms(redis: Redis) -> int:
+    """Redis's clock, which the scripts use, in Unix ms."""
+    seconds, micros = await redis.time()
+    return int(seconds * 1000 + micros // 1000)
+
+
+async def redis_past(redis: Redis, ms: int) -> bool:
+    """Whether Redis's clock is past ``ms``."""
+    return await redis_ms(redis) > ms
+
+
+async def announced(redis: Redis, client: str) -> bool:
+    """Whether ``client`` is announced online (in ``online.servers``)."""
+    return await redis.hget("online.servers", client) is not None
+
+
+async def tracked_online(presence: Presence, client: str) -> bool:
+    """Whether ``presence.online()`` lists ``client``."""
+    return client in {c.client for c in await presence.online()}
+
+
 async def open_events(
     session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
 ) -> EventStream:

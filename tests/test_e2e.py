@@ -11,7 +11,7 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 
-from .support import Redis, RedisServer, ServerProcess, entry_ms, open_events, poll
+from .support import Redis, RedisServer, ServerProcess, entry_ms, exists, open_events, poll
 
 Spawn = Callable[..., ServerProcess]
 INTERVAL = 0.4
@@ -46,7 +46,7 @@ async def test_two_clients_see_each_other_online_then_offline(
     server = await started(spawn, *real_redis_args(redis_server, "e2e-1"))
     alice = await open_events(session, f"{server.url}/clients/alice/events")
     assert (await alice.next()).data == {"clients": []}
-    await poll(lambda: _exists(redis, "online.clients.alice"), what="alice ONLINE")
+    await poll(lambda: exists(redis, "online.clients.alice"), what="alice ONLINE")
     bob = await open_events(session, f"{server.url}/clients/bob/events")
     assert (await bob.next()).data == {"clients": [{"client": "alice", "server": "e2e-1"}]}
     joined = await alice.next()
@@ -76,7 +76,7 @@ async def test_external_heartbeats_make_a_client_online_then_offline_on_time(
     await watcher.next()
     for _ in range(4):  # an external platform heartbeats "ext" for a while
         last = await redis.xadd("heartbeat", {"client": "ext", "server": "node-7"})
-        await poll(lambda: _exists(redis, "online.clients.ext"), what="ext applied")
+        await poll(lambda: exists(redis, "online.clients.ext"), what="ext applied")
     online = await watcher.next()
     assert online.data == {"client": "ext", "status": "ONLINE", "server": "node-7"}
     offline = await watcher.next(timeout=5)
@@ -149,7 +149,7 @@ async def test_sigterm_closes_open_streams_promptly_without_offline(
     server = await started(spawn, *args)
     stream = await open_events(session, f"{server.url}/clients/alice/events")
     await stream.next()
-    await poll(lambda: _exists(redis, "online.clients.alice"), what="alice online")
+    await poll(lambda: exists(redis, "online.clients.alice"), what="alice online")
     began = time.monotonic()
     assert server.terminate(timeout=10) == 0
     assert time.monotonic() - began < 5
@@ -158,10 +158,6 @@ async def test_sigterm_closes_open_streams_promptly_without_offline(
     assert [s for _, s, _ in await sessions(redis)] == ["ONLINE"]
     assert await redis.get("online.clients.alice") == b"e2e-1"
     stream.close()
-
-
-async def _exists(redis: Redis, key: str) -> bool:
-    return bool(await redis.exists(key))
 
 
 async def _online_count(redis: Redis, count: int) -> bool:

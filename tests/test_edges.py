@@ -27,8 +27,11 @@ from .support import (
     Serve,
     StartPresence,
     StartRedis,
+    announced,
     open_events,
     poll,
+    redis_ms,
+    redis_past,
     truthy,
 )
 
@@ -55,23 +58,16 @@ async def test_reloads_across_heartbeat_ticks_never_flap_the_client(
         await asyncio.sleep(rng.uniform(0.06, 0.14))
         stream = await open_events(session, url)
     # Past the deadline of any heartbeat before the last reload, and a sweep.
-    reopened = await _redis_ms(redis)
-    await poll(lambda: _passed(redis, reopened + settings.ttl_ms + 200), timeout=5, what="deadline")
+    reopened = await redis_ms(redis)
+    await poll(
+        lambda: redis_past(redis, reopened + settings.ttl_ms + 200), timeout=5, what="deadline"
+    )
     marker = await open_events(session, await _events_url(server, "marker"))
     seen = await observer.until(lambda e: e.data.get("client") in ("alice", "marker"))
     assert seen.data == {"client": "marker", "status": "ONLINE", "server": "test-1"}
     stream.close()
     marker.close()
     observer.close()
-
-
-async def _redis_ms(redis: Redis) -> int:
-    seconds, micros = await redis.time()
-    return int(seconds * 1000 + micros // 1000)
-
-
-async def _passed(redis: Redis, ms: int) -> bool:
-    return await _redis_ms(redis) > ms
 
 
 async def test_a_lost_presence_stream_resets_each_stream_once(
@@ -175,11 +171,7 @@ async def test_a_consumer_that_reads_as_it_is_forgotten_keeps_what_it_read(
     presence.redis.execute_command = racing_command  # type: ignore[method-assign]
     await poll(lambda: truthy(woke.is_set()), timeout=5, what="a removal attempt")
     # Its heartbeat stays pending, then is claimed and applied: never lost with it.
-    await poll(lambda: _online(redis, "late"), timeout=5, what="the late heartbeat applied")
-
-
-async def _online(redis: Redis, client: str) -> bool:
-    return await redis.hget("online.servers", client) is not None
+    await poll(lambda: announced(redis, "late"), timeout=5, what="the late heartbeat applied")
 
 
 async def test_entries_that_look_old_once_are_not_claimed_from_a_live_server(

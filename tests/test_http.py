@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from presence import PRESENCE, Presence, Settings, create_app, setup
 
-from .support import Redis, Serve, StartRedis, open_events, poll
+from .support import Redis, Serve, StartRedis, exists, open_events, poll
 
 
 async def test_clients_see_each_other_come_and_go(
@@ -201,7 +201,7 @@ async def test_shutdown_closes_streams_promptly(
     server = await serve(create_app(settings.replace(keepalive_interval=60, heartbeat_interval=30)))
     stream = await open_events(session, str(server.make_url("/clients/alice/events")))
     await stream.next()
-    await poll(lambda: _exists(redis, "online.clients.alice"), what="alice online")
+    await poll(lambda: exists(redis, "online.clients.alice"), what="alice online")
     await server.close()  # would wait for the stream without on_shutdown
     with pytest.raises((EOFError, aiohttp.ClientPayloadError)):
         await stream.next(timeout=5)
@@ -257,10 +257,6 @@ async def test_presence_key_gives_the_service(settings: Settings) -> None:
 async def _online(session: aiohttp.ClientSession, server: TestServer, client: str) -> bool:
     async with session.get(server.make_url(f"/clients/{client}")) as response:
         return bool((await response.json())["status"] == "ONLINE")
-
-
-async def _exists(redis: Redis, key: str) -> bool:
-    return bool(await redis.exists(key))
 
 
 async def test_metrics_in_prometheus_text_format(

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from presence import Presence, PresenceEvent, RedisMisconfigured, Settings
+from presence import Presence, PresenceEvent, RedisMisconfigured, Reset, Settings
 from presence.contract import CONSUMER_GROUP
 from presence.heartbeats.claims import Claimer
 from presence.heartbeats.consumer import HeartbeatConsumer
 from presence.transitions.scripts import Transitions
 
-from .support import Redis, RedisServer, StartPresence, StartRedis, entry_ms, poll, truthy
+from .support import Redis, RedisServer, StartPresence, StartRedis, entry_ms, exists, poll, truthy
 
 
 async def presence_entries(redis: Redis) -> list[tuple[str, str, str, int]]:
@@ -154,7 +154,7 @@ async def test_without_config_and_keyspace_events_the_sweeper_publishes_every_of
         client: Redis = presence.redis
         for name in ("deleted", "expired"):
             await client.xadd("heartbeat", {"client": name, "server": "ext"})
-        await poll(lambda: _exists(client, "online.clients.deleted"), what="ONLINE")
+        await poll(lambda: exists(client, "online.clients.deleted"), what="ONLINE")
         await client.delete("online.clients.deleted")
 
         async def both_offline() -> bool:
@@ -169,7 +169,7 @@ async def test_without_config_and_keyspace_events_the_sweeper_publishes_every_of
         await presence.close()
 
 
-async def test_slow_listener_is_dropped_instead_of_growing_memory(
+async def test_a_listener_that_falls_behind_gets_a_reset_instead_of_a_backlog(
     redis: Redis, settings: Settings, start_presence: StartPresence
 ) -> None:
     presence = await start_presence(settings.replace(queue_size=5, heartbeat_interval=30))
@@ -177,8 +177,13 @@ async def test_slow_listener_is_dropped_instead_of_growing_memory(
         for n in range(20):
             await redis.xadd("heartbeat", {"client": f"c{n}", "server": "ext"})
         await poll(lambda: truthy(presence.reader.delivered == 20), what="deliveries")
-        received = [event async for event in events]
-    assert received == []  # dropped on overflow, its backlog freed
+        reset = await anext(events)
+        assert isinstance(reset, Reset)  # not 20 events: the log keeps about 5
+        assert {c.client for c in reset.clients} == {f"c{n}" for n in range(20)}
+        await redis.xadd("heartbeat", {"client": "late", "server": "ext"})
+        after = await anext(events)
+        assert isinstance(after, PresenceEvent)
+        assert after.client == "late"
     assert not presence.deliveries.subscribers
 
 
@@ -326,7 +331,7 @@ async def test_redis_restart_without_data_recovers_everything(
         await poll(lambda: _no_problems(presence), timeout=15, what="recovered")
         client: Redis = presence.redis
         await client.xadd("heartbeat", {"client": "bob", "server": "ext"})
-        await poll(lambda: _exists(client, "online.clients.bob"), timeout=10, what="bob back")
+        await poll(lambda: exists(client, "online.clients.bob"), timeout=10, what="bob back")
         # The listener notices the lost connection at its own pace: wait for its resubscribe.
         await poll(lambda: _subscribed(client), timeout=10, what="listener resubscribed")
         await client.delete("online.clients.bob")  # only the listener can act in time
@@ -346,10 +351,6 @@ async def _subscribed(redis: Redis) -> bool:
 
 async def _problems(presence: Presence) -> bool:
     return bool(await presence.problems())
-
-
-async def _exists(redis: Redis, key: str) -> bool:
-    return bool(await redis.exists(key))
 
 
 async def test_entries_pending_on_a_dead_consumer_are_claimed_and_it_is_forgotten(

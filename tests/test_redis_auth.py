@@ -15,14 +15,15 @@ from cryptography.x509.oid import NameOID
 
 from presence import Presence, PresenceError, PresenceEvent, RedisMisconfigured, Settings
 
-from .support import Redis, StartRedis, free_port, poll
+from .support import Redis, StartRedis, free_port, poll, tracked_online
 
 #: The commands the README lists for an ACL user, and nothing else.
 DOCUMENTED = (
-    "ping xadd xgroup xreadgroup xack xautoclaim xinfo info time xread xrevrange xrange "
+    "ping xadd xgroup xreadgroup xack xinfo info time xread xrevrange xrange "
     "hget hgetall evalsha script|load subscribe zscan config|get config|set "
     # what the scripts call
-    "set get exists del pttl pexpire zadd zscore zrem zrangebyscore zremrangebyscore hset hdel"
+    "set get exists del pttl pexpire zadd zscore zrem zrangebyscore zremrangebyscore hset hdel "
+    "type xpending xclaim"
 )
 
 
@@ -32,7 +33,7 @@ async def test_a_password_protected_redis_works_and_a_wrong_password_fails_at_on
     locked = start_redis("--requirepass", "hunter2")
     url = locked.url.replace("redis://", "redis://:hunter2@")
     async with Presence(settings.replace(redis_url=url)) as presence, presence.track("alice"):
-        await poll(lambda: _online(presence, "alice"), what="alice ONLINE")
+        await poll(lambda: tracked_online(presence, "alice"), what="alice ONLINE")
     wrong = settings.replace(redis_url=locked.url.replace("redis://", "redis://:nope@"))
     with pytest.raises(RedisMisconfigured, match="refused the connection") as raised:
         await Presence(wrong).start()
@@ -70,10 +71,6 @@ def _acl(rules: list[str]) -> dict[str, object]:
         "channels": ["*"],
         "commands": [r for r in rules if r[0] in "+-"],
     }
-
-
-async def _online(presence: Presence, client: str) -> bool:
-    return client in {c.client for c in await presence.online()}
 
 
 def _certificates(tmp: Path) -> tuple[Path, Path, Path]:
@@ -138,7 +135,7 @@ async def test_redis_over_tls_with_a_password(
     url = f"rediss://:pw@127.0.0.1:{port}/0?ssl_ca_certs={ca}"
     async with Presence(settings.replace(redis_url=url)) as presence:
         async with presence.track("alice"):
-            await poll(lambda: _online(presence, "alice"), what="alice ONLINE over TLS")
+            await poll(lambda: tracked_online(presence, "alice"), what="alice ONLINE over TLS")
         assert await presence.problems() == []
     untrusted = f"rediss://:pw@127.0.0.1:{port}/0"  # the system CAs do not know ours
     with pytest.raises(PresenceError, match="certificate verify failed"):

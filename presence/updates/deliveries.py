@@ -246,30 +246,14 @@ class DeliveryLog:
             self._delivered.clear()
             subscribers = [s for s in self.subscribers if s.cursor < self.end]
             for start in range(0, len(subscribers), WAKE_GROUP):
-                now = time.monotonic()
                 for subscriber in subscribers[start : start + WAKE_GROUP]:
-                    if subscriber.reason is None:
-                        self._wake(subscriber, now)
+                    subscriber.wake()
                 await asyncio.sleep(0)
             worker.ok()
 
-    def _wake(self, subscriber: Subscriber, now: float) -> None:
-        since = subscriber.writing_since
-        if subscriber.cursor < self.start and since is not None and now - since >= STALL_TIMEOUT:
-            log.warning(
-                "dropping a subscriber of %s: it stopped reading (a write blocked for %.0f s) "
-                "and fell more than %d events behind",
-                subscriber.client,
-                now - since,
-                self._backlog,
-            )
-            self.overflows += 1
-            subscriber.close("overflow")
-        else:
-            subscriber.wake()
-
     async def prune_closed(self, worker: Worker) -> None:
-        """Close, every ``PRUNE_INTERVAL``, the subscribers whose connection is gone.
+        """Close, every ``PRUNE_INTERVAL``, the subscribers whose connection is
+        gone, and drop those that stopped reading.
 
         An SSE handler waiting for deliveries would notice its client left
         only at its next write; this bounds how late a leave can start.
@@ -280,11 +264,28 @@ class DeliveryLog:
             await asyncio.sleep(PRUNE_INTERVAL)
 
     def prune(self) -> int:
-        """Close subscribers whose connection is gone; returns how many."""
-        gone = [s for s in self.subscribers if not s.alive()]
-        for subscriber in gone:
-            subscriber.close("gone")
-        return len(gone)
+        """Close subscribers whose connection is gone, and drop those behind the
+        log whose write has been blocked for ``STALL_TIMEOUT``; returns how many."""
+        now, start = time.monotonic(), self.start
+        closed = 0
+        for subscriber in list(self.subscribers):
+            since = subscriber.writing_since
+            if not subscriber.alive():
+                subscriber.close("gone")
+            elif subscriber.cursor < start and since is not None and now - since >= STALL_TIMEOUT:
+                log.warning(
+                    "dropping a subscriber of %s: it stopped reading (a write blocked for "
+                    "%.0f s) and fell more than %d events behind",
+                    subscriber.client,
+                    now - since,
+                    self._backlog,
+                )
+                self.overflows += 1
+                subscriber.close("overflow")
+            else:
+                continue
+            closed += 1
+        return closed
 
     def resync_all(self) -> None:
         for subscriber in self.subscribers:

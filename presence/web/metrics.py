@@ -74,7 +74,16 @@ class PresenceCollector(Collector):
             "Delivery time minus entry time of the newest presence entry of the last batch",
             value=s.fanout_lag,
         )
-        yield _counter("queue_overflows", "Connections closed for falling behind", s.overflows)
+        yield _counter(
+            "queue_overflows",
+            "Connections dropped: they fell behind and stopped reading",
+            s.overflows,
+        )
+        yield _counter(
+            "fanout_resets",
+            "Fresh snapshots sent to subscribers that fell behind, instead of what they missed",
+            s.resets,
+        )
         yield _counter("redis_reconnects", "Worker recoveries after Redis failures", s.reconnects)
         yield _counter("redis_outages", "Times Redis became reachable again", s.outages)
         yield GaugeMetricFamily(
