@@ -393,10 +393,14 @@ class Transitions:
             keys += (self._keys.online(client), self._keys.holders(client))
         pipe.evalsha(self._scripts[source].sha, len(keys), *keys, *args)
 
-    def heartbeat_args(self, lines: Sequence[bytes]) -> list[Arg]:
-        """The keys and arguments of a HEARTBEAT call, after its key count."""
+    def heartbeat_command(self, lines: Sequence[bytes]) -> list[Arg]:
+        """The whole ``EVALSHA`` of a HEARTBEAT call: what ``heartbeats`` sends,
+        for a load generator to send the same."""
         k = self._keys
         return [
+            "EVALSHA",
+            self._scripts[HEARTBEAT].sha,
+            len(self._shared),
             *self._shared,
             self._ttl_ms,
             self._maxlen,
@@ -405,10 +409,6 @@ class Transitions:
             CONSUMER_GROUP,
             b"\n".join(lines),
         ]
-
-    @property
-    def heartbeat_sha(self) -> str:
-        return self._scripts[HEARTBEAT].sha
 
     def heartbeats(self, pipe: Pipeline, lines: Sequence[bytes]) -> None:
         """Apply heartbeats, each a line ``b"<client> <server> <sent>"``.
@@ -419,7 +419,7 @@ class Transitions:
         ``REFRESHED``, ``STALE``, ``FAILED``), then the error of the last
         failure, if any.
         """
-        pipe.evalsha(self.heartbeat_sha, len(self._shared), *self.heartbeat_args(lines))
+        pipe.execute_command(*self.heartbeat_command(lines))
 
     def leave(self, pipe: Pipeline, client: str, server: str) -> None:
         """This server stops holding ``client``: ``LEFT`` or ``KEPT``."""
