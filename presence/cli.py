@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--heartbeat-maxlen", type=int, metavar="N", help="heartbeat stream cap (default 100000)")
     opt("--presence-maxlen", type=int, metavar="N", help="presence stream cap (default 100000)")
     opt("--keepalive-interval", type=float, metavar="SECONDS", help="SSE keep-alive (default 15)")
-    opt("--queue-size", type=int, metavar="N", help="events a connection may lag (default 1024)")
+    opt("--queue-size", type=int, metavar="N", help="events a connection may lag (default 16384)")
     opt(
         "--leave-grace",
         type=float,

@@ -233,15 +233,19 @@ class Presence:
         *,
         alive: Callable[[], bool] | None = None,
         abort: Callable[[], None] | None = None,
+        buffered: Callable[[], int] | None = None,
     ) -> Iterator[Subscriber]:
         """Subscribe a connection of ``client_id`` to everyone else's events.
 
         ``alive`` tells whether the underlying connection is still open (a
         closed one is dropped within ``PRUNE_INTERVAL``); ``abort`` drops the
-        connection when its reader falls behind.
+        connection when its reader falls behind and stops reading, which
+        ``buffered`` (the bytes not yet sent) tells.
         """
         _check_id(client_id)
-        subscriber = Subscriber(self.deliveries, client_id, alive=alive, abort=abort)
+        subscriber = Subscriber(
+            self.deliveries, client_id, alive=alive, abort=abort, buffered=buffered
+        )
         with self.deliveries.subscribed(subscriber):
             yield subscriber
 

@@ -64,8 +64,9 @@ class Settings:
     presence_maxlen: int = 100_000
     #: Seconds between SSE keep-alive comments.
     keepalive_interval: float = 15.0
-    #: Events a connection may fall behind before it is disconnected (one shared buffer).
-    queue_size: int = 1024
+    #: Events a connection may fall behind before it gets a fresh snapshot
+    #: instead (one buffer for the process: about 5 MB at the default).
+    queue_size: int = 16384
     #: Seconds a heartbeat entry may stay unacknowledged (its server stopped,
     #: froze or lost Redis) before another server claims and applies it; 0
     #: (the default) picks a third of the TTL's slack over the interval, at

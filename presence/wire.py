@@ -193,8 +193,13 @@ class SnapshotFrames:
         self._spans: dict[str, tuple[int, int]] = {}
         offset = 0
         for c in clients:
-            part = json.dumps({"client": c.client, "server": c.server}, separators=(",", ":"))
-            encoded = (part + ",").encode()
+            client, server = c.client.encode(), c.server.encode()
+            if is_valid_raw_id(client) and (not server or is_valid_raw_id(server)):
+                # ASCII without escapes: formatting beats json.dumps per member.
+                encoded = b'{"client":"%b","server":"%b"},' % (client, server)
+            else:
+                part = json.dumps({"client": c.client, "server": c.server}, separators=(",", ":"))
+                encoded = (part + ",").encode()
             self._spans[c.client] = (offset, offset + len(encoded))
             parts.append(encoded)
             offset += len(encoded)

@@ -19,8 +19,8 @@ coalesces instead of queueing.
 
 A subscriber that falls off the log's start is not closed: it gets a fresh
 snapshot instead of the events it missed. Only one that has also stopped
-reading (its last write blocked for ``STALL_TIMEOUT``) is dropped: a
-stalled reader costs a reconnect, never unbounded memory.
+reading (its pending write drained nothing for ``STALL_TIMEOUT``) is
+dropped: a stalled reader costs a reconnect, never unbounded memory.
 """
 
 from __future__ import annotations
@@ -42,8 +42,11 @@ log = logging.getLogger(__name__)
 PRUNE_INTERVAL = 0.25
 #: Subscribers woken per loop iteration.
 WAKE_GROUP = 128
-#: Seconds a write may stay blocked before a subscriber that fell behind is
-#: taken for one that stopped reading, and dropped.
+#: Bytes of segments one write takes, at most (or one segment): what a
+#: connection that stops reading holds at most, past the transport's buffer.
+WRITE_BYTES = 256 * 1024
+#: Seconds a pending write may drain nothing before a subscriber that fell
+#: behind is taken for one that stopped reading, and dropped.
 STALL_TIMEOUT = 10.0
 
 CloseReason = Literal["closed", "overflow", "gone", "shutdown"]
@@ -63,10 +66,15 @@ class Segment:
     deliveries: list[Delivery]
     data: bytes = field(init=False)
     clients: frozenset[str] = field(init=False)
+    #: Stream positions of its first and last entries.
+    first: tuple[int, int] = field(init=False)
+    last: tuple[int, int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.data = b"".join(d.frame for d in self.deliveries)
         self.clients = frozenset(d.client for d in self.deliveries)
+        self.first = stream_position(self.deliveries[0].id)
+        self.last = stream_position(self.deliveries[-1].id)
 
     @property
     def end(self) -> int:
@@ -74,6 +82,11 @@ class Segment:
 
     def frames(self, exclude: str | None, after: tuple[int, int] | None) -> bytes:
         """The frames, but those about ``exclude`` and those up to entry ``after``."""
+        if after is not None:
+            if self.last <= after:
+                return b""
+            if self.first > after:
+                after = None
         if after is None and (exclude is None or exclude not in self.clients):
             return self.data
         return b"".join(
@@ -89,6 +102,8 @@ class Subscriber:
     __slots__ = (
         "_abort",
         "_alive",
+        "_buffered",
+        "_left",
         "_local",
         "_wake",
         "client",
@@ -105,6 +120,7 @@ class Subscriber:
         *,
         alive: Callable[[], bool] | None = None,
         abort: Callable[[], None] | None = None,
+        buffered: Callable[[], int] | None = None,
     ) -> None:
         #: Events about this client are not delivered to it; None receives all.
         self.client = client
@@ -113,8 +129,11 @@ class Subscriber:
         self.stale = False
         #: Sequence number of the next delivery to read.
         self.cursor = local.end
-        #: When (monotonic) its pending write began, while one is pending.
+        #: Since when (monotonic) its pending write has made no progress.
         self.writing_since: float | None = None
+        # Bytes still buffered for the connection, and how many at the last look.
+        self._buffered = buffered
+        self._left = 0
         self._local = local
         self._alive = alive
         self._abort = abort
@@ -145,10 +164,22 @@ class Subscriber:
     def writing(self) -> Iterator[None]:
         """Mark a write as pending while the block runs."""
         self.writing_since = time.monotonic()
+        self._left = self._buffered() if self._buffered is not None else 0
         try:
             yield
         finally:
             self.writing_since = None
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds its pending write has drained nothing (0 without one)."""
+        since = self.writing_since
+        if since is None:
+            return 0.0
+        left = self._buffered() if self._buffered is not None else self._left
+        if left < self._left:  # the client is reading, however slowly
+            self._left, self.writing_since = left, now
+            return 0.0
+        return now - since
 
     async def segments(self) -> list[Segment]:
         """The segments not read yet, once there are some; empty once closed.
@@ -168,7 +199,7 @@ class Subscriber:
             self.cursor = self._local.end
             raise Resync
         found = self._local.segments_from(self.cursor)
-        self.cursor = self._local.end
+        self.cursor = found[-1].end
         return found
 
     async def get_many(self) -> list[Delivery]:
@@ -230,13 +261,19 @@ class DeliveryLog:
         self._delivered.set()
 
     def segments_from(self, cursor: int) -> list[Segment]:
-        """The segments from sequence number ``cursor`` on (a segment's start)."""
+        """The segments from sequence number ``cursor`` on (a segment's start), at
+        least one and up to about ``WRITE_BYTES``: one write's worth."""
+        first = len(self._segments)
+        while first > 0 and self._segments[first - 1].end > cursor:
+            first -= 1
         found: list[Segment] = []
-        for segment in reversed(self._segments):
-            if segment.end <= cursor:
+        size = 0
+        for index in range(first, len(self._segments)):
+            segment = self._segments[index]
+            if found and size + len(segment.data) > WRITE_BYTES:
                 break
             found.append(segment)
-        found.reverse()
+            size += len(segment.data)
         return found
 
     async def fan_out(self, worker: Worker) -> None:
@@ -269,15 +306,14 @@ class DeliveryLog:
         now, start = time.monotonic(), self.start
         closed = 0
         for subscriber in list(self.subscribers):
-            since = subscriber.writing_since
             if not subscriber.alive():
                 subscriber.close("gone")
-            elif subscriber.cursor < start and since is not None and now - since >= STALL_TIMEOUT:
+            elif subscriber.cursor < start and subscriber.stalled_for(now) >= STALL_TIMEOUT:
                 log.warning(
-                    "dropping a subscriber of %s: it stopped reading (a write blocked for "
-                    "%.0f s) and fell more than %d events behind",
+                    "dropping a subscriber of %s: it stopped reading (nothing written to "
+                    "it for %.0f s) and fell more than %d events behind",
                     subscriber.client,
-                    now - since,
+                    subscriber.stalled_for(now),
                     self._backlog,
                 )
                 self.overflows += 1

@@ -54,7 +54,8 @@ async def client_events(request: web.Request) -> web.StreamResponse:
 
     transport = request.transport
     abort = transport.abort if transport is not None else None
-    with presence.subscribed(client_id, alive=alive, abort=abort) as subscriber:
+    buffered = transport.get_write_buffer_size if transport is not None else None
+    with presence.subscribed(client_id, alive=alive, abort=abort, buffered=buffered) as subscriber:
         try:
             async with asyncio.timeout(SNAPSHOT_TIMEOUT):
                 replay = await presence.replay(resume) if resume else None
