@@ -42,9 +42,13 @@ log = logging.getLogger(__name__)
 PRUNE_INTERVAL = 0.25
 #: Subscribers woken per loop iteration.
 WAKE_GROUP = 128
-#: Bytes of segments one write takes, at most (or one segment): what a
-#: connection that stops reading holds at most, past the transport's buffer.
-WRITE_BYTES = 256 * 1024
+#: Bytes of segments one write takes, at most (or one segment).
+WRITE_BYTES = 32 * 1024
+#: A subscriber with more than this still to send waits for it to drain
+#: before it reads more: per connection, memory stays within about twice it
+#: (and the kernel's buffer), and a slow reader's events coalesce in the
+#: shared log instead.
+BUFFERED_BYTES = 32 * 1024
 #: Seconds a pending write may drain nothing before a subscriber that fell
 #: behind is taken for one that stopped reading, and dropped.
 STALL_TIMEOUT = 10.0
@@ -107,6 +111,7 @@ class Subscriber:
         "_local",
         "_wake",
         "client",
+        "congested",
         "cursor",
         "reason",
         "stale",
@@ -134,6 +139,8 @@ class Subscriber:
         # Bytes still buffered for the connection, and how many at the last look.
         self._buffered = buffered
         self._left = 0
+        #: Waiting for what it has to send to drain; the pruner wakes it.
+        self.congested = False
         self._local = local
         self._alive = alive
         self._abort = abort
@@ -164,29 +171,37 @@ class Subscriber:
     def writing(self) -> Iterator[None]:
         """Mark a write as pending while the block runs."""
         self.writing_since = time.monotonic()
-        self._left = self._buffered() if self._buffered is not None else 0
+        self._left = self.buffered()
         try:
             yield
         finally:
             self.writing_since = None
 
-    def stalled_for(self, now: float) -> float:
-        """Seconds its pending write has drained nothing (0 without one)."""
-        since = self.writing_since
-        if since is None:
+    def stalled(self, now: float) -> float:
+        """Seconds it has sent nothing while it had something to send."""
+        if self.writing_since is None and not self.congested:
             return 0.0
-        left = self._buffered() if self._buffered is not None else self._left
-        if left < self._left:  # the client is reading, however slowly
+        left = self.buffered() if self._buffered is not None else self._left
+        if self.writing_since is None or left < self._left:
+            # Reading, however slowly (or only now congested): measured from here.
             self._left, self.writing_since = left, now
             return 0.0
-        return now - since
+        return now - self.writing_since
+
+    def buffered(self) -> int:
+        """Bytes written to the connection and not sent yet."""
+        return self._buffered() if self._buffered is not None else 0
 
     async def segments(self) -> list[Segment]:
-        """The segments not read yet, once there are some; empty once closed.
+        """The segments not read yet, once there are some (and the connection
+        has drained what it had to send); empty once closed.
 
         Raises ``Resync`` (once) when it may have missed entries.
         """
-        while self.reason is None and not self.stale and self.cursor >= self._local.end:
+        while self.reason is None:
+            self.congested = self.buffered() > BUFFERED_BYTES
+            if not self.congested and (self.stale or self.cursor < self._local.end):
+                break
             self._wake.clear()
             await self._wake.wait()
         if self.reason is not None:
@@ -306,14 +321,16 @@ class DeliveryLog:
         now, start = time.monotonic(), self.start
         closed = 0
         for subscriber in list(self.subscribers):
+            if subscriber.congested and subscriber.buffered() <= BUFFERED_BYTES:
+                subscriber.wake()
             if not subscriber.alive():
                 subscriber.close("gone")
-            elif subscriber.cursor < start and subscriber.stalled_for(now) >= STALL_TIMEOUT:
+            elif subscriber.cursor < start and subscriber.stalled(now) >= STALL_TIMEOUT:
                 log.warning(
                     "dropping a subscriber of %s: it stopped reading (nothing written to "
                     "it for %.0f s) and fell more than %d events behind",
                     subscriber.client,
-                    subscriber.stalled_for(now),
+                    subscriber.stalled(now),
                     self._backlog,
                 )
                 self.overflows += 1
