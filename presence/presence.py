@@ -115,7 +115,7 @@ class Presence:
         self.claimer = Claimer(settings, transitions, consumer)
         self.sweeper = Sweeper(transitions, grace=settings.heartbeat_interval)
         self.listener = listener
-        self.publisher = HeartbeatPublisher(redis, settings, self.held, transitions, self.outage)
+        self.publisher = HeartbeatPublisher(settings, self.held, transitions, self.outage)
         self.reader = reader
         # Loops blocked in a Redis read get one block's time to end by themselves.
         grace = BLOCK_MS / 1000 + 0.5

@@ -19,7 +19,6 @@ import random
 
 from redis.asyncio.client import Pipeline
 
-from ..redis_client import Redis
 from ..settings import Settings
 from ..supervise import Outage, Worker
 from ..transitions.scripts import LEFT, Transitions
@@ -27,20 +26,20 @@ from .held import HeldClients
 
 log = logging.getLogger(__name__)
 
+#: Heartbeats per script call: a call holds Redis for its whole duration.
+PUBLISH_BATCH = 1000
+
 
 class HeartbeatPublisher:
     def __init__(
         self,
-        redis: Redis,
         settings: Settings,
         held: HeldClients,
         transitions: Transitions,
         outage: Outage,
     ) -> None:
-        self._redis = redis
         self._transitions = transitions
         self._held = held
-        self._stream = settings.keys.heartbeat
         self._server = settings.server_id
         self._maxlen = settings.heartbeat_maxlen
         self._interval = settings.heartbeat_interval
@@ -90,15 +89,16 @@ class HeartbeatPublisher:
                 pass
 
     async def publish(self, clients: list[str]) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        for client in clients:
-            pipe.xadd(
-                self._stream,
-                {"client": client, "server": self._server},
-                maxlen=self._maxlen,
-                approximate=True,
-            )
-        await pipe.execute()
+        """XADD one heartbeat per client, in script calls of ``PUBLISH_BATCH``."""
+
+        def fill(pipe: Pipeline) -> None:
+            for start in range(0, len(clients), PUBLISH_BATCH):
+                batch = clients[start : start + PUBLISH_BATCH]
+                self._transitions.publish(pipe, self._server, batch, self._maxlen)
+
+        for reply in await self._transitions.execute(fill):
+            if isinstance(reply, Exception):
+                raise reply
         self.published += len(clients)
 
     async def leave(self, clients: list[str]) -> None:

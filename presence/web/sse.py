@@ -49,12 +49,15 @@ async def client_events(request: web.Request) -> web.StreamResponse:
     # Browsers resend the last id they saw by themselves when they reconnect.
     resume = request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or None
 
-    def alive() -> bool:
-        return request.transport is not None and not request.transport.is_closing()
-
     transport = request.transport
-    abort = transport.abort if transport is not None else None
-    buffered = transport.get_write_buffer_size if transport is not None else None
+    if transport is None:
+        fail(web.HTTPServiceUnavailable, "the connection closed")
+    is_closing = transport.is_closing
+
+    def alive() -> bool:
+        return not is_closing()
+
+    abort, buffered = transport.abort, transport.get_write_buffer_size
     with presence.subscribed(client_id, alive=alive, abort=abort, buffered=buffered) as subscriber:
         try:
             async with asyncio.timeout(SNAPSHOT_TIMEOUT):
