@@ -1,8 +1,11 @@
 """Connect storm: N EventSource clients connecting to one presence process at once.
 
-Each client reads its stream as a browser's EventSource does
-(bench/eventsource.py), reconnecting 0.5 s after the server ends it, with
-``Last-Event-ID``. A client has converged when it knows all N-1 others are online.
+Each client reads its stream as a browser's EventSource does, reconnecting 0.5 s
+after the server ends it, with ``Last-Event-ID``. The clients are in C
+(bench/storm_client.c, one process, built with ``cc`` on first use) unless
+``--python-load`` asks for the Python ones (bench/eventsource.py, four processes),
+which cost the machine more CPU than the server they measure. A client has
+converged when it knows all N-1 others are online.
 
 Measured: the time until every client has converged (or how many had within the
 time limit), the server's CPU and peak RSS, the load's CPU, how many streams
@@ -15,7 +18,7 @@ measured in the same run (M connections of one client id, a burst of events, as
 bench/fanout.py does, on a process and Redis of their own), that gives the
 inherent bound the convergence time is compared with.
 
-``python -m bench.storm --clients 10000 [--busy-neighbour]``; ``python -m bench``
+``python -m bench.storm --clients 10000 [--busy-neighbour] [--python-load]``; ``python -m bench``
 runs it too.
 """
 
@@ -36,13 +39,15 @@ from typing import Any
 
 import redis
 
+from .cload import CLoad
 from .eventsource import Client, Counters, Storm, name
 from .fanout import presence_fanout
 from .procs import presence_server, redis_server
 from .scale import Scale
 from .stats import cpu_seconds, header, peak_rss_kb, percentile, write_results
 
-LOAD_PROCESSES = 4
+LOAD_PROCESSES = 4  #: of the Python load
+C_LOAD_PROCESSES = 1
 LOAD_NICENESS = 10
 #: Deliveries per fan-out measurement: enough to time, quick to run.
 FANOUT_DELIVERIES = 1_000_000
@@ -150,9 +155,15 @@ def storm(
     *,
     limit: float | None = None,
     busy_neighbour: bool = False,
-    processes: int = LOAD_PROCESSES,
+    processes: int | None = None,
     fanout: bool = True,
+    load: str = "c",
+    spread_ms: float = 0.0,
 ) -> dict[str, Any]:
+    """One storm of ``clients``; ``load`` is "c" or "python"; the C load spreads
+    its first connects over ``spread_ms``."""
+    if processes is None:
+        processes = C_LOAD_PROCESSES if load == "c" else LOAD_PROCESSES
     limit = limit_for(clients) if limit is None else limit
     neighbour = None
     if busy_neighbour:
@@ -161,7 +172,7 @@ def storm(
     try:
         # The fan-out rate under the same conditions (the neighbour too, if any).
         rate = _fanout(clients) if fanout else None
-        row = _storm(clients, limit, processes)
+        row = _storm(clients, limit, processes, load, spread_ms)
     finally:
         if neighbour is not None:
             neighbour.terminate()
@@ -185,7 +196,9 @@ def _fanout(clients: int) -> dict[str, Any]:
     return {"connections": connections, "events": events} | {k: result[k] for k in keep}
 
 
-def _storm(clients: int, limit: float, processes: int) -> dict[str, Any]:
+def _storm(
+    clients: int, limit: float, processes: int, kind: str, spread_ms: float
+) -> dict[str, Any]:
     with (
         tempfile.TemporaryFile() as log,
         redis_server() as (url, _rport, rpid),
@@ -197,7 +210,12 @@ def _storm(clients: int, limit: float, processes: int) -> dict[str, Any]:
             log=log,
         ) as (port, pid),
     ):
-        load = Load(port, clients, processes)
+        load: Load | CLoad = (
+            CLoad(port, clients, processes, niceness=LOAD_NICENESS, spread_ms=spread_ms)
+            if kind == "c"
+            else Load(port, clients, processes)
+        )
+        overflows0 = _listen_overflows()
         cpu0, redis_cpu0 = cpu_seconds(pid), cpu_seconds(rpid)
         load_cpu0 = sum(cpu_seconds(p) for p in load.pids)
         t0 = time.time()
@@ -226,6 +244,7 @@ def _storm(clients: int, limit: float, processes: int) -> dict[str, Any]:
         redis_cpu = cpu_seconds(rpid) - redis_cpu0
         peak = peak_rss_kb(pid)
         load_cpu = sum(cpu_seconds(p) for p in load.pids) - load_cpu0
+        overflows = {k: v - overflows0.get(k, 0) for k, v in _listen_overflows().items()}
         stream = _presence_stream(redis.Redis.from_url(url))
         metrics = _metrics(port)
         final = load.stop()
@@ -235,8 +254,24 @@ def _storm(clients: int, limit: float, processes: int) -> dict[str, Any]:
     for s in final:
         counters.add(Counters(**s["counters"]))
     times = sorted(t - t0 for s in final for t in s["converged_at"] if t is not None)
+    events = counters.online_events + counters.offline_events + counters.snapshots
+    c_only: dict[str, Any] = {}
+    if kind == "c":
+        c_only = {
+            "bad_ids": sum(s["c"]["bad_ids"] for s in final),
+            "protocol_errors": sum(s["c"]["protocol_errors"] for s in final),
+            # Times a converged client's view became incomplete again.
+            "lost_convergence": sum(s["c"]["unconverged"] for s in final),
+            # Connects the load saw established only after 0.9 s: a SYN dropped on a
+            # full accept queue (see listen_overflows) and resent, or the load,
+            # at nice 10, not running meanwhile.
+            "slow_connects": sum(s["c"]["slow_connects"] for s in final),
+            "connect_max_s": max(s["c"]["connect_max_s"] for s in final),
+            "connect_spread_ms": spread_ms,
+        }
     return {
         "clients": clients,
+        "load": kind,
         "load_processes": processes,
         "limit_s": limit,
         "seconds": round(seconds, 2),
@@ -249,6 +284,8 @@ def _storm(clients: int, limit: float, processes: int) -> dict[str, Any]:
         "server_peak_rss_kb": peak,
         "redis_cpu_s": round(redis_cpu, 2),
         "load_cpu_s": round(load_cpu, 2),
+        # Until convergence or the limit; events received include snapshots.
+        "load_cpu_us_per_event": round(load_cpu / events * 1e6, 3) if events else None,
         "streams_ended": counters.ended,
         "clients_never_streamed": sum(s["never_streamed"] for s in final),
         "connects": counters.connects,
@@ -260,11 +297,28 @@ def _storm(clients: int, limit: float, processes: int) -> dict[str, Any]:
         "online_events_received": counters.online_events,
         "offline_events_received": counters.offline_events,
         "megabytes_received": round(counters.bytes / 1e6, 1),
+        **c_only,
+        # The machine's TcpExt counters over the storm: a full accept queue.
+        "listen_overflows": overflows,
         "presence_stream": stream,
         "server_metrics": metrics,
         "server_log_lines": len(lines),
         "server_log_sample": sorted({line[:200] for line in lines})[:5],
     }
+
+
+def _listen_overflows() -> dict[str, int]:
+    """The machine's (network namespace's) ``ListenOverflows`` and ``ListenDrops``."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return {k: int(table[k]) for k in ("ListenOverflows", "ListenDrops") if k in table}
+    return {}
 
 
 def _presence_stream(r: redis.Redis) -> dict[str, Any]:
@@ -334,7 +388,8 @@ def _report(row: dict[str, Any]) -> None:
     print(
         f"  storm {n:,}{' + busy neighbour' if row['busy_neighbour'] else ''}: {took}{versus}; "
         f"server CPU {row['server_cpu_s']} s, peak RSS {row['server_peak_rss_kb'] / 1024:.0f} MB, "
-        f"load CPU {row['load_cpu_s']} s; streams ended {row['streams_ended']:,}, "
+        f"{row['load']} load CPU {row['load_cpu_s']} s "
+        f"({row['load_cpu_us_per_event']} µs/event); streams ended {row['streams_ended']:,}, "
         f"never connected {row['clients_never_streamed']:,}; "
         f"presence stream {stream['online']:,} ONLINE / {stream['offline']:,} OFFLINE",
         flush=True,
@@ -350,7 +405,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--limit", type=float, help="seconds (default 150 for 10,000, in scale)")
     parser.add_argument("--busy-neighbour", action="store_true", help="burn a core meanwhile")
-    parser.add_argument("--processes", type=int, default=LOAD_PROCESSES, help="load processes")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        help=f"load processes (default {C_LOAD_PROCESSES}, {LOAD_PROCESSES} with --python-load)",
+    )
+    parser.add_argument(
+        "--python-load", action="store_true", help="the Python clients instead of the C ones"
+    )
+    parser.add_argument(
+        "--spread-ms", type=float, default=0.0, help="spread the C load's first connects (ms)"
+    )
     parser.add_argument("--no-fanout", action="store_true", help="skip the fan-out rate")
     args = parser.parse_args(argv)
     started = time.time()
@@ -364,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
             busy_neighbour=args.busy_neighbour,
             processes=args.processes,
             fanout=not args.no_fanout,
+            load="python" if args.python_load else "c",
+            spread_ms=args.spread_ms,
         )
         for n in args.clients
     ]
