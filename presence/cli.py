@@ -177,6 +177,10 @@ async def _watch(settings: Settings, last: int) -> None:
     await terminal.watch(settings, last=last, stop=stop)
 
 
+#: Connections the kernel queues before the server accepts them.
+LISTEN_BACKLOG = 4096
+
+
 def serve(settings: Settings) -> int:
     logs.configure(settings)
     log.info("starting with %r", settings)
@@ -197,6 +201,10 @@ def serve(settings: Settings) -> int:
             max_line_size=settings.max_line_size,
             max_field_size=settings.max_field_size,
             shutdown_timeout=5,
+            # A connect storm arrives faster than one event loop accepts: with
+            # aiohttp's 128, the kernel drops SYNs and clients wait seconds to
+            # retry. The kernel caps it at net.core.somaxconn.
+            backlog=LISTEN_BACKLOG,
         )
     except PresenceError as exc:
         print(f"presence: error: {exc}", file=sys.stderr)
