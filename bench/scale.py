@@ -21,8 +21,10 @@ class Scale:
     offline_sample: int
     #: Seconds after the deadlines to wait for Redis's own expired events.
     expired_wait: float
-    #: Connect storms: N clients connecting to one server at once.
+    #: Connect storms: N clients connecting to one server at once, alone and
+    #: (for ``storm_busy``) beside a process burning one core.
     storm: list[int]
+    storm_busy: list[int]
 
 
 SHORT = Scale(
@@ -37,6 +39,7 @@ SHORT = Scale(
     offline_sample=300,
     expired_wait=30,
     storm=[2_000],
+    storm_busy=[],
 )
 FULL = Scale(
     ingest=[1_000, 10_000, 100_000],
@@ -50,4 +53,5 @@ FULL = Scale(
     offline_sample=1000,
     expired_wait=60,
     storm=[5_000, 10_000],
+    storm_busy=[5_000, 10_000],
 )

@@ -147,7 +147,8 @@ def _burn() -> None:
 
 
 def bench_storm(scale: Scale) -> list[dict[str, Any]]:
-    return [storm(clients) for clients in scale.storm]
+    alone = [storm(clients) for clients in scale.storm]
+    return alone + [storm(clients, busy_neighbour=True) for clients in scale.storm_busy]
 
 
 def storm(
