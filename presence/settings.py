@@ -38,6 +38,11 @@ _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+#: The shortest automatic claim delay: below it, checks would cost more than a
+#: slack this thin can protect anyway (the sweeper still waits for every entry).
+MIN_CLAIM_DELAY = 0.05
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a presence server can be told; invalid values raise ``ConfigError``.
@@ -209,7 +214,7 @@ class Settings:
         claimed, so within twice it: kept within the slack, a heartbeat held
         by a frozen or stopped server is applied before its key expires.
         """
-        return self.claim_after or min(1.0, self.slack / 3)
+        return self.claim_after or min(1.0, max(MIN_CLAIM_DELAY, self.slack / 3))
 
     @property
     def in_memory(self) -> bool:

@@ -305,12 +305,11 @@ async def test_a_heartbeat_added_after_a_leave_in_the_same_millisecond_counts(
     t = Transitions(redis, settings)
     assert await heartbeat(t, "alice", "s1") == 1
     ms = await redis_ms(redis) + 10_000  # the stream's newest entry, in one millisecond
-    await redis.xadd("heartbeat", {"client": "alice", "server": "s1"}, id=f"{ms}-1")
+    await redis.xadd("heartbeat", {"client": "alice", "server": "s1"}, id=f"{ms}-2000")
     assert await leave(t, "alice", "s1") == 1
-    [reply] = await t.execute(
-        lambda pipe: t.heartbeats(pipe, [f"alice s1 {ms}-1".encode(), f"alice s1 {ms}-2".encode()])
-    )
-    assert reply == [-1, 1]  # before the leave: ignored; after it: a new appearance
+    lines = [f"alice s1 {ms}-{seq}".encode() for seq in (1999, 2000, 2001)]
+    [reply] = await t.execute(lambda pipe: t.heartbeats(pipe, lines))
+    assert reply == [-1, -1, 1]  # before the leave: ignored; after it: a new appearance
     assert [s for _, s, _ in await statuses(redis)] == ["ONLINE", "OFFLINE", "ONLINE"]
 
 
@@ -356,3 +355,44 @@ async def test_a_leave_keeps_a_client_whose_other_server_has_a_heartbeat_on_its_
     await poll(lambda: _score_passed(redis, "s2"), what="s2's deadline")
     assert await leave(t, "alice", "s1") == 0
     assert await redis.hget("online.servers", "alice") == b"s2"
+
+
+async def test_a_heartbeat_redis_keeps_failing_is_acknowledged_once_stale(
+    redis: Redis, settings: Settings
+) -> None:
+    """It fails while fresh, then goes stale and stops holding the sweeper back."""
+    t = Transitions(redis, settings)
+    now = await redis_ms(redis)
+    await heartbeat(t, "bob", "s1", sent_ms=now - settings.ttl_ms + 300)
+    await redis.set("online.holders.carol", "not a sorted set")
+    entry_id = await _pending_heartbeat(redis, "carol", "s1")
+    line = f"carol s1 {entry_id.decode()}".encode()
+    [reply] = await t.execute(lambda pipe: t.heartbeats(pipe, [line]))
+    assert reply[0] == -2
+    await poll(lambda: _score_passed_deadline(redis, "bob"), what="bob's deadline")
+    assert (await t.due(10))[1] == []  # carol's entry, sent before it, is still pending
+    stale_at = entry_ms(entry_id) + settings.ttl_ms
+    await poll(lambda: redis_past(redis, stale_at), what="the entry stale")
+    [reply] = await t.execute(lambda pipe: t.heartbeats(pipe, [line]))
+    assert reply == [-1]
+    assert (await redis.xinfo_groups("heartbeat"))[0]["pending"] == 0
+    assert [c for c, _ in (await t.due(10))[1]] == ["bob"]
+
+
+async def _score_passed_deadline(redis: Redis, client: str) -> bool:
+    score = await redis.zscore("online.deadlines", client)
+    return score is not None and score < await redis_ms(redis)
+
+
+async def test_a_leave_handing_over_gives_the_client_its_other_holders_deadline(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings.replace(heartbeat_interval=10))  # ttl 15 s
+    now = await redis_ms(redis)
+    await heartbeat(t, "alice", "s2", sent_ms=now - 5000)
+    await heartbeat(t, "alice", "s1")
+    assert await leave(t, "alice", "s1") == 0
+    s2_deadline = now - 5000 + 15_000
+    assert await redis.zscore("online.deadlines", "alice") == s2_deadline
+    assert await redis.get("online.clients.alice") == b"s2"
+    assert 0 < await redis.pttl("online.clients.alice") <= s2_deadline - now

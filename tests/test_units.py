@@ -304,3 +304,14 @@ def test_heartbeat_lines_set_aside_each_malformed_entry_and_keep_the_rest(
     # Fields in another order, or repeated, still make a heartbeat.
     lines, bad = heartbeat_lines([(b"3-0", [b"server", b"s", b"client", b"a"])])
     assert (lines, bad) == ([b"a s 3-0"], [])
+
+
+def test_a_slow_reader_is_not_taken_for_one_that_stopped_reading() -> None:
+    left = [600_000]
+    reader = Subscriber(DeliveryLog(), "slow", buffered=lambda: left[0])
+    assert reader.stalled(100.0) == 0  # nothing pending
+    with reader.writing():
+        assert reader.stalled(100.0) == 0  # the first look
+        left[0] -= 1000
+        assert reader.stalled(115.0) == 0  # drained some since: reading, slowly
+        assert reader.stalled(130.0) == 15.0  # nothing drained since the last look

@@ -49,6 +49,8 @@ class Claimer:
         self._found: list[tuple[bytes, str, int]] = []
 
     async def run(self, worker: Worker) -> None:
+        # What was found before a failure (an outage) is no first sighting now.
+        self._found = []
         while True:
             await asyncio.sleep(self._claim_after / 2)
             await self.reclaim()
@@ -88,7 +90,11 @@ class Claimer:
                     self._claim_after / 2,
                 )
             if retried:
-                log.warning("retrying %d heartbeat entries that Redis failed", retried)
+                log.warning(
+                    "applying again %d of this server's heartbeat entries left pending "
+                    "(Redis failed them, or this server was stalled)",
+                    retried,
+                )
             await self._consumer_loop.apply(entries)
 
         def forget(pipe: Pipeline) -> None:

@@ -37,8 +37,13 @@ class HeldClients:
         return len(self._holds)
 
     def heartbeated(self) -> list[str]:
-        """Every client this server heartbeats: held, or in its leave grace."""
-        return [*self._holds, *(c for c in self._leaving if c not in self._holds)]
+        """Every client this server heartbeats: held, or in its leave grace.
+
+        Past its grace, a client whose leave could not be sent yet is no
+        longer heartbeated: its TTL decides, however long Redis stays away.
+        """
+        now = time.monotonic()
+        return [*self._holds, *(c for c, at in self._leaving.items() if at > now)]
 
     def hold(self, client: str) -> None:
         """Count one more connection of ``client``; a new client is heartbeated at once."""
@@ -60,8 +65,8 @@ class HeldClients:
         if count > 1:
             self._holds[client] = count - 1
             return
-        # A fresh client keeps its first heartbeat even if it left already:
-        # it was connected, so it was online.
+        # A fresh client keeps its first heartbeat even if it left already
+        # (unless its leave reaches Redis before that heartbeat is applied).
         self._holds.pop(client, None)
         if leave and self._leave_grace > 0:
             self._leaving[client] = time.monotonic() + self._leave_grace
@@ -94,6 +99,7 @@ class HeldClients:
         for client in clients:
             if client not in self._holds:
                 self._leaving.setdefault(client, time.monotonic())
+                self.wake.set()
 
     def postpone_leaves(self, seconds: float) -> None:
         """Announce no leave for ``seconds``: Redis just came back.

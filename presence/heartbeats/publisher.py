@@ -56,10 +56,17 @@ class HeartbeatPublisher:
         # A random phase: servers started together do not tick together. After
         # a failure, at once: Redis may have lost every key while it was away.
         phase = 0.0 if self._ran else random.uniform(0, self._interval)
+        if self._ran:
+            # Restarted after a failure: Redis may just be back.
+            self._held.postpone_leaves(self._interval)
         self._ran = True
         next_tick = loop.time() + phase
         while True:
             if self._outage.active or self._outage.count != self._outages:
+                # Redis is away, or just came back (this process's workers say
+                # so): leaves wait until it has been back for an interval, see
+                # HeldClients.postpone_leaves. Should Redis never settle, the
+                # clients in question are no longer heartbeated: the TTL decides.
                 self._outages = self._outage.count
                 self._held.postpone_leaves(self._interval)
             now = loop.time()
@@ -107,8 +114,11 @@ class HeartbeatPublisher:
                 self._transitions.leave(pipe, client, self._server)
 
         results = await self._transitions.execute(fill)
-        failed = [r for r in results if isinstance(r, Exception)]
+        failed = [(c, r) for c, r in zip(clients, results, strict=True) if isinstance(r, Exception)]
         if failed:
-            log.warning("%d leave(s) failed in Redis: %s", len(failed), failed[0])
+            # Sent again after a while; meanwhile the TTL runs (see heartbeated()).
+            log.warning("%d leave(s) failed in Redis, retrying: %s", len(failed), failed[0][1])
+            self._held.retry_leaves(c for c, _ in failed)
+            self._held.postpone_leaves(self._interval)
         self.leaves += len(results) - len(failed)
         self.left += sum(1 for r in results if r == LEFT)

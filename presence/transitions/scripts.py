@@ -135,31 +135,39 @@ HEARTBEAT: Final = (
     _PRELUDE
     + """
 local ttl, cap, group = tonumber(ARGV[1]), ARGV[2], ARGV[5]
+-- Whether this server announced it left the client after the heartbeat
+-- stream position ms-seq: then a heartbeat added at that position or before
+-- no longer counts. A leave is stored as minus its position's ms under the
+-- server, and minus its sequence number under '#' .. server ('#' is in no id).
+local function left_after(holders, server, ms, seq)
+  local held = tonumber(redis.call('ZSCORE', holders, server) or '0')
+  if held >= 0 or ms > -held then return false end
+  if ms < -held then return true end
+  return seq <= -tonumber(redis.call('ZSCORE', holders, '#' .. server) or '0')
+end
 local function apply(client, server, ms, seq)
   local online, holders = ARGV[3] .. client, ARGV[4] .. client
-  -- Where it was added to the heartbeat stream, to compare with a leave.
-  local position = ms + math.min(seq, 1023) / 1024
-  if ms == 0 then position = now end
-  if ms == 0 or ms > now then ms = now end
-  local deadline = ms + ttl
-  -- Reads first: a key of the wrong type fails here, before any write.
-  local held = tonumber(redis.call('ZSCORE', holders, server) or '0')
-  -- A leave is stored as minus the heartbeat stream position it happened at.
-  if held < 0 and position <= -held then return STALE end
+  if ms == 0 then ms, seq = now, math.huge end  -- sent now: after any leave
+  local deadline = math.min(ms, now) + ttl
   local announced = redis.call('ZSCORE', KEYS[1], client)
-  if deadline <= now and not announced then return STALE end
+  if deadline <= now then
+    -- Older than the TTL: it never fails (it would hold the sweeper back, see
+    -- applied_until), and never brings a client back. Applied late (the
+    -- consumers are behind) for a client still announced, it proves the
+    -- client was online when it was sent: its deadline moves up to there.
+    if announced then
+      local ok, left = pcall(left_after, holders, server, ms, seq)
+      if ok and not left then redis.call('ZADD', KEYS[1], 'GT', deadline, client) end
+    end
+    return STALE
+  end
+  -- Reads first: a key of the wrong type fails here, before any write.
+  if left_after(holders, server, ms, seq) then return STALE end
   local old = redis.call('GET', online)
   redis.call('ZADD', holders, 'GT', deadline, server)
   -- Every entry's deadline, and any leave worth remembering, ends within a
   -- TTL of now: one PEXPIRE covers them all.
   redis.call('PEXPIRE', holders, ttl)
-  if deadline <= now then
-    -- Applied late (the consumers are behind), for a client still announced:
-    -- it was online when this was sent, so its deadline moves up to here,
-    -- and the sweeper waits for the heartbeats sent since.
-    redis.call('ZADD', KEYS[1], 'GT', deadline, client)
-    return STALE
-  end
   if announced and tonumber(announced) > deadline and old then
     return REFRESHED  -- a newer heartbeat was applied first: never move a deadline back
   end
@@ -252,26 +260,34 @@ expect(KEYS[6], 'zset')
 local horizon = math.min(now, applied_until(ARGV[5]))
 -- Where the heartbeat stream stands: a heartbeat added after this leave, even
 -- in the same millisecond, comes after it there.
-local position = now - 1
+local ms, seq = now - 1, 0
 local ok, info = pcall(redis.call, 'XINFO', 'STREAM', KEYS[4])
 if ok then
   for i = 1, #info, 2 do
     if info[i] == 'last-generated-id' then
-      local ms, seq = string.match(info[i + 1], '^(%d+)%-(%d+)$')
-      position = tonumber(ms) + math.min(tonumber(seq), 1023) / 1024
+      ms, seq = string.match(info[i + 1], '^(%d+)%-(%d+)$')
     end
   end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '(0', horizon)
-redis.call('ZADD', KEYS[6], -position, server)
+redis.call('ZADD', KEYS[6], -ms, server, -seq, '#' .. server)
 if redis.call('PTTL', KEYS[6]) < ttl then redis.call('PEXPIRE', KEYS[6], ttl) end
-local other = redis.call('ZRANGEBYSCORE', KEYS[6], '(' .. horizon, '+inf', 'LIMIT', 0, 1)
+-- The other holder with the latest deadline, if any.
+local other = redis.call('ZREVRANGEBYSCORE', KEYS[6], '+inf', '(' .. horizon, 'WITHSCORES',
+  'LIMIT', 0, 1)
 if #other > 0 then
+  local holder, deadline = other[1], tonumber(other[2])
   if redis.call('HGET', KEYS[2], client) == server then
-    redis.call('HSET', KEYS[2], client, other[1])
+    redis.call('HSET', KEYS[2], client, holder)
   end
   if redis.call('GET', KEYS[5]) == server then
-    redis.call('SET', KEYS[5], other[1], 'KEEPTTL')
+    redis.call('SET', KEYS[5], holder, 'KEEPTTL')
+  end
+  if deadline > now and redis.call('ZSCORE', KEYS[1], client) then
+    -- This server's heartbeats no longer count: the client's deadline is its
+    -- other holder's. (One already past waits for the heartbeat on its way.)
+    redis.call('ZADD', KEYS[1], deadline, client)
+    if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('PEXPIREAT', KEYS[5], deadline) end
   end
   return KEPT
 end
@@ -335,8 +351,11 @@ CLAIM: Final = """
 local group, me, idle = ARGV[1], ARGV[2], ARGV[3]
 local entries, deleted = {}, 0
 if #ARGV >= 5 then
-  local claimed = redis.call('XCLAIM', KEYS[4], group, me, idle, unpack(ARGV, 5, #ARGV),
-    'JUSTID')
+  -- The ids, then JUSTID: unpack() would give only one value before it.
+  local args = {'XCLAIM', KEYS[4], group, me, idle}
+  for i = 5, #ARGV do args[#args + 1] = ARGV[i] end
+  args[#args + 1] = 'JUSTID'
+  local claimed = redis.call(unpack(args))
   local gone = {}
   for _, id in ipairs(claimed) do
     local found = redis.call('XRANGE', KEYS[4], id, id)

@@ -138,7 +138,8 @@ class Subscriber:
         self.writing_since: float | None = None
         # Bytes still buffered for the connection, and how many at the last look.
         self._buffered = buffered
-        self._left = 0
+        #: Bytes left to send at the last look, once a write is pending.
+        self._left: int | None = None
         #: Waiting for what it has to send to drain; the pruner wakes it.
         self.congested = False
         self._local = local
@@ -171,20 +172,24 @@ class Subscriber:
     def writing(self) -> Iterator[None]:
         """Mark a write as pending while the block runs."""
         self.writing_since = time.monotonic()
-        self._left = self.buffered()
+        self._left = None
         try:
             yield
         finally:
             self.writing_since = None
 
     def stalled(self, now: float) -> float:
-        """Seconds it has sent nothing while it had something to send."""
+        """Seconds it has sent nothing while it had something to send, as seen
+        by successive looks (the pruner's)."""
         if self.writing_since is None and not self.congested:
             return 0.0
-        left = self.buffered() if self._buffered is not None else self._left
-        if self.writing_since is None or left < self._left:
-            # Reading, however slowly (or only now congested): measured from here.
-            self._left, self.writing_since = left, now
+        if self._buffered is None:  # nothing to watch: the write's own age
+            return now - (self.writing_since or now)
+        left, before = self._buffered(), self._left
+        self._left = left
+        if self.writing_since is None or before is None or left < before:
+            # Reading, however slowly (or the first look): measured from here.
+            self.writing_since = now
             return 0.0
         return now - self.writing_since
 
@@ -244,6 +249,7 @@ class DeliveryLog:
         self.resets = 0
         #: Open client connections (in-process ``changes()`` listeners not counted).
         self.connections = 0
+        self._per_client: dict[str, int] = {}
         self._delivered = asyncio.Event()
 
     @property
@@ -255,14 +261,23 @@ class DeliveryLog:
     def subscribed(self, subscriber: Subscriber) -> Iterator[None]:
         """Deliver to ``subscriber`` while the block runs; close it after."""
         self.subscribers.add(subscriber)
-        counted = subscriber.client is not None
-        self.connections += counted
+        client = subscriber.client
+        if client is not None:
+            self.connections += 1
+            self._per_client[client] = self._per_client.get(client, 0) + 1
         try:
             yield
         finally:
             subscriber.close()
             self.subscribers.discard(subscriber)
-            self.connections -= counted
+            if client is not None:
+                self.connections -= 1
+                if (count := self._per_client.pop(client) - 1) > 0:
+                    self._per_client[client] = count
+
+    def connections_of(self, client: str) -> int:
+        """Open connections of ``client`` here, counted from the moment they subscribe."""
+        return self._per_client.get(client, 0)
 
     def deliver(self, deliveries: Sequence[Delivery]) -> None:
         """Append a batch to the log; the fan-out wakes the subscribers."""
@@ -317,7 +332,8 @@ class DeliveryLog:
 
     def prune(self) -> int:
         """Close subscribers whose connection is gone, and drop those behind the
-        log whose write has been blocked for ``STALL_TIMEOUT``; returns how many."""
+        log that have sent nothing for ``STALL_TIMEOUT`` while they had something
+        to send; returns how many."""
         now, start = time.monotonic(), self.start
         closed = 0
         for subscriber in list(self.subscribers):
@@ -325,12 +341,14 @@ class DeliveryLog:
                 subscriber.wake()
             if not subscriber.alive():
                 subscriber.close("gone")
-            elif subscriber.cursor < start and subscriber.stalled(now) >= STALL_TIMEOUT:
+            elif (
+                subscriber.cursor < start and (stalled := subscriber.stalled(now)) >= STALL_TIMEOUT
+            ):
                 log.warning(
-                    "dropping a subscriber of %s: it stopped reading (nothing written to "
-                    "it for %.0f s) and fell more than %d events behind",
+                    "dropping a subscriber of %s: it stopped reading (nothing sent to it "
+                    "for %.0f s) and fell more than %d events behind",
                     subscriber.client,
-                    subscriber.stalled(now),
+                    stalled,
                     self._backlog,
                 )
                 self.overflows += 1

@@ -53,7 +53,8 @@ class PresenceCollector(Collector):
         )
         yield _counter(
             "heartbeats_retried",
-            "Heartbeat entries this server applied again after Redis failed them",
+            "This server's heartbeat entries applied again after staying pending (Redis "
+            "failed them, or this server was stalled)",
             s.heartbeats_retried,
         )
         transitions = CounterMetricFamily(

@@ -41,7 +41,7 @@ async def client_events(request: web.Request) -> web.StreamResponse:
     settings = presence.settings
     if presence.deliveries.connections >= settings.max_connections:
         fail(web.HTTPServiceUnavailable, "this server holds all the connections it may")
-    if presence.held.holds(client_id) >= settings.max_connections_per_client:
+    if presence.deliveries.connections_of(client_id) >= settings.max_connections_per_client:
         fail(web.HTTPTooManyRequests, "too many connections for this client id")
     # The stream ends when its token expires; the client reconnects with a fresh one.
     loop = asyncio.get_running_loop()
