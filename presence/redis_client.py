@@ -79,7 +79,8 @@ MIN_VERSION = (6, 2)
 
 
 async def check_version(redis: Redis, settings: Settings) -> None:
-    """Raise ``RedisMisconfigured`` on a Redis older than 6.2 (SET ... GET is needed)."""
+    """Raise ``RedisMisconfigured`` on a Redis older than 6.2 (the scripts need
+    ZADD GT, XPENDING IDLE and exclusive XRANGE ranges)."""
     if settings.in_memory:
         return
     info = await redis.info("server")
