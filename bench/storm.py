@@ -354,6 +354,8 @@ def _metrics(port: int) -> dict[str, float]:
         "presence_heartbeats_applied_total",
         "presence_heartbeats_stale_total",
         "presence_fanout_lag_seconds",
+        "presence_heartbeat_tick_lag_max_seconds",
+        "presence_fanout_resets_total",
     )
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:

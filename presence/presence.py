@@ -266,6 +266,8 @@ class Presence:
             + self.listener.published
             + self.publisher.left,
             sweeper_lag=self.sweeper.lag,
+            tick_lag=self.publisher.tick_lag,
+            max_tick_lag=self.publisher.max_tick_lag,
             fanout_lag=self.reader.lag,
             overflows=self.deliveries.overflows,
             resets=self.deliveries.resets,
@@ -336,6 +338,8 @@ class Stats:
     online_published: int
     offline_published: int
     sweeper_lag: float
+    tick_lag: float
+    max_tick_lag: float
     fanout_lag: float
     overflows: int
     resets: int

@@ -48,6 +48,9 @@ class HeartbeatPublisher:
         self.leaves = 0
         self.left = 0
         self._ran = False
+        #: Seconds the last tick ran late, and the most since start.
+        self.tick_lag = 0.0
+        self.max_tick_lag = 0.0
         self._outage = outage
         self._outages = outage.count
 
@@ -71,6 +74,9 @@ class HeartbeatPublisher:
                 self._held.postpone_leaves(self._interval)
             now = loop.time()
             if now >= next_tick:
+                # How late the tick runs: what liveness loses to everything else.
+                self.tick_lag = now - next_tick
+                self.max_tick_lag = max(self.max_tick_lag, self.tick_lag)
                 next_tick = now + self._interval
                 batch = list({*self._held.take_fresh(), *self._held.heartbeated()})
             else:

@@ -71,6 +71,17 @@ class PresenceCollector(Collector):
             value=s.sweeper_lag,
         )
         yield GaugeMetricFamily(
+            "presence_heartbeat_tick_lag_seconds",
+            "How late the last heartbeat tick ran (a tick later than TTL - interval "
+            "lets keys of connected clients expire)",
+            value=s.tick_lag,
+        )
+        yield GaugeMetricFamily(
+            "presence_heartbeat_tick_lag_max_seconds",
+            "The latest any heartbeat tick ran since start",
+            value=s.max_tick_lag,
+        )
+        yield GaugeMetricFamily(
             "presence_fanout_lag_seconds",
             "Delivery time minus entry time of the newest presence entry of the last batch",
             value=s.fanout_lag,
