@@ -28,7 +28,9 @@ from ..wire import StreamEntry, heartbeat_lines, stream_entries, text
 
 log = logging.getLogger(__name__)
 
-BATCH = 200
+#: Entries per read: under load every loop iteration is long, so each read
+#: must carry many heartbeats for the consumer to keep its pace.
+BATCH = 1000
 #: Batches applied at once: one in Redis while the next is prepared.
 IN_FLIGHT = 2
 #: Heartbeats per script call: a call holds Redis for its whole duration.

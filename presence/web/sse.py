@@ -18,7 +18,7 @@ from aiohttp_sse import EventSourceResponse, sse_response
 from redis.exceptions import RedisError
 
 from ..presence import Presence
-from ..updates.deliveries import Resync, Subscriber
+from ..updates.deliveries import WRITE_BYTES, Resync, Subscriber
 from ..updates.replay import Replay
 from ..updates.snapshot import Snapshot
 from ..wire import SEPARATOR, stream_position
@@ -102,9 +102,12 @@ async def _stream(
     # Events up to that position were sent already.
     after: tuple[int, int] | None = stream_position(start.position)
     while True:
-        if first:
+        # In pieces: aiohttp waits for the connection to drain every 64 KB, so
+        # a snapshot of 10,000 clients is not all buffered at once.
+        view = memoryview(first)
+        for offset in range(0, len(view), WRITE_BYTES):
             with subscriber.writing():
-                await sse.write(first)
+                await sse.write(view[offset : offset + WRITE_BYTES])
         try:
             segments = await subscriber.segments()
         except Resync:
