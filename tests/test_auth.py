@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from presence import PRESENCE, ConfigError, Settings, create_app
 
-from .support import Redis, RedisServer, Serve, ServerProcess, open_events, poll
+from .support import Redis, RedisServer, Serve, ServerProcess, exists, open_events, poll
 
 # 64 bytes and more: PyJWT warns (an error here) below that for HS512.
 SECRET = "s3cret-for-tests-only-" + "0123456789abcdef" * 3
@@ -86,6 +86,7 @@ async def test_bad_tokens_are_refused_and_write_nothing(
     await good.next()
     await poll(lambda: _xlen(redis, "heartbeat", 1), what="carol's heartbeat")
     assert {f[b"client"] for _, f in await redis.xrange("heartbeat")} == {b"carol"}
+    await poll(lambda: exists(redis, "online.clients.carol"), what="carol's heartbeat applied")
     assert await redis.keys("online.clients.*") == [b"online.clients.carol"]
     good.close()
 
