@@ -28,9 +28,12 @@ from ..wire import StreamEntry, heartbeat_lines, stream_entries, text
 
 log = logging.getLogger(__name__)
 
-#: Entries per read: under load every loop iteration is long, so each read
-#: must carry many heartbeats for the consumer to keep its pace.
-BATCH = 1000
+#: Entries per read, adapted between these: small while the consumer keeps
+#: up, so that a batch's pipeline never holds Redis (and the ONLINE behind
+#: it) for long; doubled each time a read comes back full, because under
+#: load every loop iteration is long and each read must carry more.
+BATCH = 200
+MAX_BATCH = 2000
 #: Batches applied at once: one in Redis while the next is prepared.
 IN_FLIGHT = 2
 #: Heartbeats per script call: a call holds Redis for its whole duration.
@@ -50,6 +53,7 @@ class HeartbeatConsumer:
         self._ttl_ms = settings.ttl_ms
         # fakeredis answers XREADGROUP BLOCK at once, so the in-process Redis is polled.
         self._block: int | None = None if settings.in_memory else BLOCK_MS
+        self._count = BATCH
         self.applied = 0
         self.online = 0
         self.stale = 0
@@ -121,10 +125,16 @@ class HeartbeatConsumer:
             log.info("created consumer group %r on %r", CONSUMER_GROUP, self._stream)
 
     async def _read(self, start: str, block: int | None) -> list[StreamEntry]:
+        count = self._count
         reply = await self._streams.xreadgroup(
-            CONSUMER_GROUP, self._consumer, {self._stream: start}, count=BATCH, block=block
+            CONSUMER_GROUP, self._consumer, {self._stream: start}, count=count, block=block
         )
-        return stream_entries(reply)
+        entries = stream_entries(reply)
+        if len(entries) == count:
+            self._count = min(MAX_BATCH, count * 2)  # behind: take more at a time
+        elif len(entries) < count // 2:
+            self._count = max(BATCH, count // 2)
+        return entries
 
     async def apply(self, entries: Sequence[StreamEntry]) -> None:
         """Apply heartbeat entries; those Redis fails stay pending."""

@@ -96,27 +96,36 @@ async def _stream(
     """Write the start (a snapshot, or the replayed events), then live events."""
     if isinstance(start, Snapshot):
         # A resume that cannot be exact gets a snapshot marked as a reset.
-        first = start.sse_frame(exclude=client_id, reset=resumed)
-    else:
-        first = b"".join(d.frame for d in start.deliveries if d.client != client_id)
+        await _write_snapshot(sse, subscriber, start.sse_frame(exclude=client_id, reset=resumed))
+    elif missed := [d.frame for d in start.deliveries if d.client != client_id]:
+        with subscriber.writing():
+            await sse.write(b"".join(missed))
     # Events up to that position were sent already.
     after: tuple[int, int] | None = stream_position(start.position)
     while True:
-        # In pieces: aiohttp waits for the connection to drain every 64 KB, so
-        # a snapshot of 10,000 clients is not all buffered at once.
-        view = memoryview(first)
-        for offset in range(0, len(view), WRITE_BYTES):
-            with subscriber.writing():
-                await sse.write(view[offset : offset + WRITE_BYTES])
         try:
             segments = await subscriber.segments()
         except Resync:
             snapshot = await presence.snapshot()
-            first = snapshot.sse_frame(exclude=client_id, reset=True)
+            frame = snapshot.sse_frame(exclude=client_id, reset=True)
+            await _write_snapshot(sse, subscriber, frame)
             after = stream_position(snapshot.position)
             continue
         if not segments:
             return
-        first = b"".join(s.frames(client_id, after) for s in segments)
-        if after is not None and stream_position(segments[-1].deliveries[-1].id) > after:
+        # Whole segments, whole frames: a write never splits an event.
+        data = b"".join(s.frames(client_id, after) for s in segments)
+        if after is not None and segments[-1].last > after:
             after = None  # past the start: no more filtering
+        if data:
+            with subscriber.writing():
+                await sse.write(data)
+
+
+async def _write_snapshot(sse: EventSourceResponse, subscriber: Subscriber, frame: bytes) -> None:
+    # In pieces: aiohttp waits for the connection to drain every 64 KB, so a
+    # snapshot of 10,000 clients is not all buffered at once.
+    view = memoryview(frame)
+    for offset in range(0, len(view), WRITE_BYTES):
+        with subscriber.writing():
+            await sse.write(view[offset : offset + WRITE_BYTES])
