@@ -245,8 +245,9 @@ async def test_a_server_whose_heartbeats_ran_out_does_not_hold_the_client(
     assert await leave(t, "alice", "s1") == 1
 
 
-async def _score_passed(redis: Redis, server: str) -> bool:
-    score = await redis.zscore("online.holders.alice", server)
+async def _score_passed(redis: Redis, server: str, key: str = "online.holders.alice") -> bool:
+    """Whether ``server``'s score in the sorted set ``key`` is a time now past."""
+    score = await redis.zscore(key, server)
     return score is not None and score < await redis_ms(redis)
 
 
@@ -369,7 +370,7 @@ async def test_a_heartbeat_redis_keeps_failing_is_acknowledged_once_stale(
     line = f"carol s1 {entry_id.decode()}".encode()
     [reply] = await t.execute(lambda pipe: t.heartbeats(pipe, [line]))
     assert reply[0] == -2
-    await poll(lambda: _score_passed_deadline(redis, "bob"), what="bob's deadline")
+    await poll(lambda: _score_passed(redis, "bob", "online.deadlines"), what="bob's deadline")
     assert (await t.due(10))[1] == []  # carol's entry, sent before it, is still pending
     stale_at = entry_ms(entry_id) + settings.ttl_ms
     await poll(lambda: redis_past(redis, stale_at), what="the entry stale")
@@ -377,11 +378,6 @@ async def test_a_heartbeat_redis_keeps_failing_is_acknowledged_once_stale(
     assert reply == [-1]
     assert (await redis.xinfo_groups("heartbeat"))[0]["pending"] == 0
     assert [c for c, _ in (await t.due(10))[1]] == ["bob"]
-
-
-async def _score_passed_deadline(redis: Redis, client: str) -> bool:
-    score = await redis.zscore("online.deadlines", client)
-    return score is not None and score < await redis_ms(redis)
 
 
 async def test_a_leave_handing_over_gives_the_client_its_other_holders_deadline(
