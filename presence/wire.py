@@ -19,10 +19,9 @@ from typing import Any
 from .contract import ID_PATTERN, OFFLINE, ONLINE, Status, is_valid_raw_id
 from .events import OnlineClient, PresenceEvent
 
-#: The line separator of every frame; aiohttp-sse is given it for its pings.
+#: The line separator of every frame; aiohttp-sse is given it for its pings
+#: (``: ping`` then an empty line).
 SEPARATOR = "\n"
-#: A keep-alive comment, as aiohttp-sse writes it with that separator.
-PING = b": ping\n\n"
 
 #: An entry id and its fields as Redis sends them, ``[name, value, ...]``;
 #: None for an entry deleted while pending.

@@ -45,12 +45,12 @@ class Claimer:
         self.retried = 0
         #: Checks made.
         self.checks = 0
-        #: Entries found pending too long at the last check: (id, consumer, idle ms).
-        self._found: list[tuple[bytes, str, int]] = []
+        #: Entries found pending too long at the last check -> their consumer.
+        self._found: dict[bytes, str] = {}
 
     async def run(self, worker: Worker) -> None:
         # What was found before a failure (an outage) is no first sighting now.
-        self._found = []
+        self._found = {}
         while True:
             await asyncio.sleep(self._claim_after / 2)
             await self.reclaim()
@@ -60,22 +60,18 @@ class Claimer:
         """Apply entries left pending (by stopped consumers, or failed in Redis);
         forget consumers gone for good."""
         idle_ms = round(self._claim_after * 1000)
-        found = self._found
-        owners = {entry_id: (owner, idle) for entry_id, owner, idle in found}
+        owners = self._found
 
         def claim(pipe: Pipeline) -> None:
-            ids = [entry_id for entry_id, _, _ in found]
-            self._transitions.claim(pipe, self._consumer, idle_ms, CLAIM_COUNT, ids)
+            self._transitions.claim(pipe, self._consumer, idle_ms, CLAIM_COUNT, list(owners))
 
         entries, deleted, flat = await self._transitions.run(claim)
         self.checks += 1
-        self._found = [
-            (flat[i], text(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)
-        ]
+        self._found = {flat[i]: text(flat[i + 1]) for i in range(0, len(flat), 2)}
         if deleted:
             log.info("acknowledged %d pending heartbeat entries deleted from the stream", deleted)
         if entries:
-            by_owner = Counter(owners[e[0]][0] for e in entries if e[0] in owners)
+            by_owner = Counter(owners[e[0]] for e in entries if e[0] in owners)
             retried = by_owner.pop(self._consumer, 0)
             self.retried += retried
             self.claimed += len(entries) - retried

@@ -26,15 +26,8 @@ class HeldClients:
         #: Set when a client needs a heartbeat or a leave before the next tick.
         self.wake = asyncio.Event()
 
-    def holds(self, client: str) -> int:
-        """How many connections (and ``track()`` blocks) hold ``client`` here."""
-        return self._holds.get(client, 0)
-
     def __contains__(self, client: str) -> bool:
         return client in self._holds
-
-    def __len__(self) -> int:
-        return len(self._holds)
 
     def heartbeated(self) -> list[str]:
         """Every client this server heartbeats: held, or in its leave grace.

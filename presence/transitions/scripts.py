@@ -346,7 +346,7 @@ return {position, redis.call('HGETALL', KEYS[2])}
 # ARGV[4] how many entries to find at most
 # ARGV[5...] the entries found pending last time
 # Returns {claimed entries {id, fields}, how many were deleted while pending
-# (acknowledged: nothing to apply), found {id, consumer, ms idle, ...}}.
+# (acknowledged: nothing to apply), found {id, consumer, ...}}.
 CLAIM: Final = """
 local group, me, idle = ARGV[1], ARGV[2], ARGV[3]
 local entries, deleted = {}, 0
@@ -370,7 +370,6 @@ local found = {}
 for _, p in ipairs(redis.call('XPENDING', KEYS[4], group, 'IDLE', idle, '-', '+', ARGV[4])) do
   found[#found + 1] = p[1]
   found[#found + 1] = p[2]
-  found[#found + 1] = p[3]
 end
 return {entries, deleted, found}
 """
