@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="SSE connections of one client id (default 16)",
     )
+    opt(
+        "--max-rooms-per-connection",
+        type=int,
+        metavar="N",
+        help="rooms (room and occupancy) one stream may ask for (default 100)",
+    )
+    opt("--max-watch", type=int, metavar="N", help="ids one stream may watch (default 1000)")
+    opt("--room-maxlen", type=int, metavar="N", help="each room stream's cap (default 10000)")
     opt("--cors-origins", metavar="LIST", help="comma-separated origins allowed (default none)")
     opt("--max-line-size", type=int, metavar="BYTES", help="request line cap (default 8190)")
     opt("--max-field-size", type=int, metavar="BYTES", help="header field cap (default 8190)")
@@ -119,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("client", help="the client id (the token's sub)")
     token.add_argument("--ttl", type=float, default=3600, metavar="SECONDS", help="default 3600")
     token.add_argument("--auth-secret", help="default: PRESENCE_AUTH_SECRET")
+    token.add_argument(
+        "--room",
+        action="append",
+        default=[],
+        dest="rooms",
+        metavar="ROOM",
+        help="a room it may join (a name, or a prefix ending in *); repeatable",
+    )
     return parser
 
 
@@ -134,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.pop("command")
     last = args.pop("last", 0)
     if command == "token":
-        return _token(args["client"], args["ttl"], args["auth_secret"])
+        return _token(args["client"], args["ttl"], args["auth_secret"], args["rooms"])
     try:
         settings = Settings.from_env(**args)
     except PresenceError as exc:
@@ -155,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _token(client: str, ttl: float, secret: str | None) -> int:
+def _token(client: str, ttl: float, secret: str | None, rooms: list[str]) -> int:
     secret = secret or os.environ.get("PRESENCE_AUTH_SECRET", "")
     if not secret:
         print("presence: error: pass --auth-secret or set PRESENCE_AUTH_SECRET", file=sys.stderr)
@@ -166,7 +182,7 @@ def _token(client: str, ttl: float, secret: str | None) -> int:
     if not ttl > 0:
         print("presence: error: --ttl must be a positive number of seconds", file=sys.stderr)
         return 2
-    print(auth.mint(secret, client, ttl))
+    print(auth.mint(secret, client, ttl, rooms))
     return 0
 
 

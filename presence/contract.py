@@ -13,11 +13,20 @@ from typing import Final, Literal
 Status = Literal["ONLINE", "OFFLINE"]
 ONLINE: Final = "ONLINE"
 OFFLINE: Final = "OFFLINE"
+#: A room member's data changed (room transitions only).
+UPDATE: Final = "UPDATE"
+RoomStatus = Literal["ONLINE", "UPDATE", "OFFLINE"]
+
+#: The longest member data, encoded, in bytes.
+MAX_DATA_BYTES: Final = 1024
+#: Seconds an empty room's transition stream is kept, for resuming streams.
+EMPTY_ROOM_TTL: Final = 3600
 
 #: Consumer group that applies heartbeats; shared by every server.
 CONSUMER_GROUP: Final = "presence"
 
 ID_RULE: Final = "must be 1 to 128 letters, digits or ._:@-"
+ROOM_RULE: Final = ID_RULE
 #: The regex of a valid id, as bytes (valid ids are ASCII).
 ID_PATTERN: Final = rb"[A-Za-z0-9._:@-]{1,128}"
 _ID = re.compile(ID_PATTERN.decode())
@@ -25,7 +34,7 @@ _RAW_ID = re.compile(ID_PATTERN)
 
 
 def is_valid_id(value: str) -> bool:
-    """True for 1 to 128 letters, digits or ``._:@-`` (client and server ids)."""
+    """True for 1 to 128 letters, digits or ``._:@-`` (client, server and room ids)."""
     return _ID.fullmatch(value) is not None
 
 
@@ -76,3 +85,50 @@ class Keys:
         """Sorted set: server -> deadline (Unix ms) of its last heartbeat of the
         client, or minus the time it announced the client left it."""
         return f"{self.holders_prefix}{client}"
+
+    @property
+    def rooms_due(self) -> str:
+        """Sorted set: room -> a time (Unix ms) no later than its earliest
+        member deadline; the sweeper's index of rooms to visit."""
+        return f"{self.namespace}rooms.due"
+
+    @property
+    def room_prefix(self) -> str:
+        return f"{self.namespace}room."
+
+    def room(self, room: str) -> RoomKeys:
+        """The keys of ``room``: all in one Redis Cluster hash slot, ``{<room>}``."""
+        return RoomKeys(f"{self.room_prefix}{{{room}}}.")
+
+
+@dataclass(frozen=True, slots=True)
+class RoomKeys:
+    """The keys of one room, ``room.{<room>}.*``."""
+
+    base: str
+
+    @property
+    def members(self) -> str:
+        """Hash: announced member -> server id."""
+        return f"{self.base}members"
+
+    @property
+    def deadlines(self) -> str:
+        """Sorted set: announced member -> deadline (Unix ms)."""
+        return f"{self.base}deadlines"
+
+    @property
+    def data(self) -> str:
+        """Hash: announced member -> its data, a JSON object."""
+        return f"{self.base}data"
+
+    @property
+    def presence(self) -> str:
+        """Stream of the room's transitions: ``room``, ``client``, ``status``
+        (``ONLINE``, ``UPDATE``, ``OFFLINE``), ``server`` and, with ONLINE and
+        UPDATE of a member that has data, ``data``."""
+        return f"{self.base}presence"
+
+    def holders(self, client: str) -> str:
+        """Sorted set, as ``online.holders.<id>`` but for the membership."""
+        return f"{self.base}holders.{client}"

@@ -9,11 +9,13 @@ subscribing to others are separate calls: a connection that cannot start
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -33,14 +35,21 @@ from .transitions.keyspace import KeyspaceListener
 from .transitions.scripts import Transitions
 from .transitions.sweeper import Sweeper
 from .updates.deliveries import DeliveryLog, Resync, Subscriber
+from .updates.occupancy import OccupancyPoller
 from .updates.reader import PresenceReader
-from .updates.replay import Replay, Replayer
+from .updates.replay import Replay, Replayer, RoomReplay
+from .updates.room_reader import RoomReader
+from .updates.room_snapshot import RoomSnapshot, RoomSnapshotReader
+from .updates.scoped import Scope, ScopedSubscriber, Scopes
 from .updates.snapshot import Snapshot, SnapshotReader
-from .wire import stream_position, text
+from .wire import member_data, stream_position, text
 
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 2.0
+#: Events a scoped stream may fall behind before it gets a fresh snapshot
+#: (its queue holds references to shared deliveries).
+SCOPED_QUEUE = 1024
 
 
 class Presence:
@@ -61,12 +70,15 @@ class Presence:
         self.held = HeldClients(self.settings.leave_grace)
         #: The subscribers of this process and their deliveries.
         self.deliveries = DeliveryLog(self.settings.queue_size)
+        #: The scoped subscribers of this process, by room and watched id.
+        self.scopes = Scopes()
         # Set once closing begins: a client released after it leaves no leave.
         self._closing = False
         self._redis: Redis | None = None
         self._workers: list[Worker] = []
         self._snapshots: SnapshotReader | None = None
         self._replayer: Replayer | None = None
+        self._room_snapshots: RoomSnapshotReader | None = None
         self.outage = Outage()
 
     @property
@@ -97,7 +109,7 @@ class Presence:
             await transitions.load()
             consumer = HeartbeatConsumer(redis, settings, transitions)
             await consumer.ensure_group()  # fails fast on a key of the wrong type
-            reader = PresenceReader(redis, settings, self.deliveries)
+            reader = PresenceReader(redis, settings, self.deliveries, self.scopes)
             await reader.start()
             listener = KeyspaceListener(redis, settings, transitions)
             await listener.start()
@@ -110,7 +122,11 @@ class Presence:
             raise
         self._redis = redis
         self._snapshots = SnapshotReader(transitions)
-        self._replayer = Replayer(redis, settings.keys.presence, settings.queue_size)
+        self._replayer = Replayer(redis, settings.keys, settings.queue_size)
+        self._room_snapshots = RoomSnapshotReader(transitions)
+        self._transitions = transitions
+        self.room_reader = RoomReader(redis, settings, self.scopes)
+        self.occupancy = OccupancyPoller(redis, settings.keys, self.scopes)
         self.consumer = consumer
         self.claimer = Claimer(settings, transitions, consumer)
         self.sweeper = Sweeper(transitions, grace=settings.heartbeat_interval)
@@ -130,6 +146,9 @@ class Presence:
             ("presence reader", reader.run, grace),
             ("fan-out", self.deliveries.fan_out, 0),
             ("snapshot reader", self._snapshots.run, 0),
+            ("room reader", self.room_reader.run, grace),
+            ("room snapshot reader", self._room_snapshots.run, 0),
+            ("occupancy counter", self.occupancy.run, 0),
             ("connection pruner", self.deliveries.prune_closed, 0),
         ]
         for name, loop, stop_grace in loops:
@@ -170,24 +189,43 @@ class Presence:
         self.deliveries.close_all("shutdown")
 
     @contextmanager
-    def held_online(self, client_id: str) -> Iterator[None]:
-        """Keep ``client_id`` online, heartbeated by this server, while the block runs.
+    def held_online(
+        self, client_id: str, rooms: Sequence[str] = (), data: str | None = None
+    ) -> Iterator[None]:
+        """Keep ``client_id`` online, and a member of ``rooms``, heartbeated by
+        this server while the block runs; ``data`` (canonical JSON, see
+        ``wire.member_data``) becomes its data in those rooms.
 
-        After the block, once no other block holds the client here and the
-        leave grace has passed, this server announces that it left (OFFLINE
-        unless another server holds it).
+        After the block, once no other block holds the client (in a room) here
+        and the leave grace has passed, this server announces that it left
+        (OFFLINE unless another server holds it).
         """
         _check_id(client_id)
+        for room in rooms:
+            _check_id(room)
         self.held.hold(client_id)
+        for room in rooms:
+            self.held.hold(client_id, room, data)
         try:
             yield
         finally:
-            self.held.release(client_id, leave=not self._closing)
+            leave = not self._closing
+            for room in rooms:
+                self.held.release(client_id, room, leave=leave)
+            self.held.release(client_id, leave=leave)
 
     @asynccontextmanager
-    async def track(self, client_id: str) -> AsyncIterator[None]:
-        """Keep ``client_id`` online, heartbeated by this server, while the block runs."""
-        with self.held_online(client_id):
+    async def track(
+        self, client_id: str, rooms: Sequence[str] = (), data: dict[str, Any] | None = None
+    ) -> AsyncIterator[None]:
+        """Keep ``client_id`` online, and a member of ``rooms`` with ``data``,
+        heartbeated by this server while the block runs.
+
+        Raises ``InvalidClientId`` for an invalid id or room, ``ValueError`` for
+        data that is not a JSON object of at most 1 KB.
+        """
+        encoded = None if data is None else member_data(json.dumps(data))
+        with self.held_online(client_id, rooms, encoded):
             yield
 
     @asynccontextmanager
@@ -249,6 +287,60 @@ class Presence:
         with self.deliveries.subscribed(subscriber):
             yield subscriber
 
+    @contextmanager
+    def scoped(
+        self,
+        client_id: str,
+        scope: Scope,
+        *,
+        alive: Callable[[], bool] | None = None,
+        abort: Callable[[], None] | None = None,
+        buffered: Callable[[], int] | None = None,
+    ) -> Iterator[ScopedSubscriber]:
+        """Subscribe a connection of ``client_id`` to what ``scope`` covers (see
+        ``subscribed``); its events queue up from now on."""
+        _check_id(client_id)
+        limit = min(self.settings.queue_size, SCOPED_QUEUE)
+        subscriber = ScopedSubscriber(
+            client_id, scope, limit, alive=alive, abort=abort, buffered=buffered
+        )
+        with self.deliveries.subscribed(subscriber), self.scopes.subscribed(subscriber):
+            yield subscriber
+
+    async def room_snapshots(self, rooms: Sequence[str]) -> dict[str, RoomSnapshot]:
+        """Each room's members, with the room stream position they are exact at."""
+        if self._room_snapshots is None:
+            raise RuntimeError("presence is not started")
+        return await self._room_snapshots.get(rooms)
+
+    async def room(self, room: str) -> RoomSnapshot:
+        """The members of ``room``, on any server."""
+        _check_id(room)
+        if self._room_snapshots is None:
+            raise RuntimeError("presence is not started")
+        return (await self._room_snapshots.read([room]))[room]
+
+    async def set_data(self, room: str, client_id: str, data: str) -> bool | None:
+        """Replace ``client_id``'s data in ``room`` (canonical JSON): True when it
+        changed, False when it was the same, None when the client is not a member."""
+        _check_id(client_id)
+        _check_id(room)
+        result = await self._transitions.set_data(room, client_id, data)
+        return None if result < 0 else result > 0
+
+    async def watched(self, clients: Sequence[str]) -> Snapshot:
+        """Which of ``clients`` are online, with the presence stream position
+        that is exact at."""
+        position, online = await self._transitions.watched(clients)
+        return Snapshot(position, online)
+
+    async def replay_room(self, room: str, after: str) -> RoomReplay | None:
+        """The entries of ``room`` after ``after``, for a resuming stream; None
+        when they cannot be exact."""
+        if self._replayer is None:
+            raise RuntimeError("presence is not started")
+        return await self._replayer.room_after(room, after)
+
     def stats(self) -> Stats:
         """The counters ``/metrics`` reports."""
         c = self.consumer
@@ -274,6 +366,13 @@ class Presence:
             reconnects=self.recoveries,
             outages=self.outage.count,
             keyspace_events=bool(self.listener.events),
+            rooms=len(self.scopes.rooms),
+            room_memberships=self.held.rooms,
+            scoped_connections=sum(
+                1 for s in self.deliveries.subscribers if isinstance(s, ScopedSubscriber)
+            ),
+            room_transitions_delivered=self.room_reader.delivered,
+            room_offline_published=self.sweeper.room_published,
         )
 
     async def snapshot(self) -> Snapshot:
@@ -346,3 +445,9 @@ class Stats:
     reconnects: int
     outages: int
     keyspace_events: bool
+    #: Rooms with a stream here, room memberships held here, scoped streams.
+    rooms: int
+    room_memberships: int
+    scoped_connections: int
+    room_transitions_delivered: int
+    room_offline_published: int

@@ -67,6 +67,12 @@ class Settings:
     heartbeat_maxlen: int = 100_000
     #: Approximate cap (``XADD MAXLEN ~``) of the presence stream.
     presence_maxlen: int = 100_000
+    #: Approximate cap (``XADD MAXLEN ~``) of each room's transition stream.
+    room_maxlen: int = 10_000
+    #: Rooms (``room`` and ``occupancy``) one stream may ask for; more get a 400.
+    max_rooms_per_connection: int = 100
+    #: Client ids one stream may watch; more get a 400.
+    max_watch: int = 1000
     #: Seconds between SSE keep-alive comments.
     keepalive_interval: float = 15.0
     #: Events a connection may fall behind before it gets a fresh snapshot
@@ -163,6 +169,9 @@ class Settings:
         _check(self.heartbeat_maxlen >= 1, "heartbeat stream cap must be at least 1")
         _check(self.presence_maxlen >= 1, "presence stream cap must be at least 1")
         _check(self.queue_size >= 1, "queue size must be at least 1")
+        _check(self.room_maxlen >= 1, "room stream cap must be at least 1")
+        _check(self.max_rooms_per_connection >= 1, "max rooms per connection must be at least 1")
+        _check(self.max_watch >= 1, "max watch must be at least 1")
         _check(self.connect_retries >= 1, "connect retries must be at least 1")
         _check(
             _NAMESPACE.fullmatch(self.namespace) is not None,

@@ -16,7 +16,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .contract import ID_PATTERN, OFFLINE, ONLINE, Status, is_valid_raw_id
+from .contract import (
+    ID_PATTERN,
+    MAX_DATA_BYTES,
+    OFFLINE,
+    ONLINE,
+    UPDATE,
+    RoomStatus,
+    Status,
+    is_valid_raw_id,
+)
 from .events import OnlineClient, PresenceEvent
 
 #: The line separator of every frame; aiohttp-sse is given it for its pings
@@ -64,8 +73,8 @@ _LINES = re.compile(rb"%s(?:\n%s)*" % (_LINE, _LINE))
 def heartbeat_lines(
     entries: Sequence[StreamEntry],
 ) -> tuple[list[bytes], list[tuple[bytes, str]]]:
-    """The script lines (``b"<client> <server> <entry id>"``) of the well-formed
-    heartbeat entries, and the id of each malformed one with why.
+    """The script lines (``b"<client> <server> <entry id>[ <room>[ <data>]]"``)
+    of the well-formed heartbeat entries, and the id of each malformed one with why.
 
     The entry id is when the heartbeat was sent (its ms part): the script
     ignores one that is older than the TTL.
@@ -86,13 +95,25 @@ def heartbeat_lines(
         parsed = parse_heartbeat(fields)
         if isinstance(parsed, str):
             bad.append((entry_id, parsed))
-        else:
-            lines.append(b"%b %b %b" % (*parsed, entry_id))
+            continue
+        client, server, room, data = parsed
+        line = b"%b %b %b" % (client, server, entry_id)
+        if room is not None:
+            line += b" " + room
+            if data is not None:
+                line += b" " + data.encode()
+        lines.append(line)
     return lines, bad
 
 
-def parse_heartbeat(fields: list[bytes] | None) -> tuple[bytes, bytes] | str:
-    """``(client, server)`` of an unparsed heartbeat entry, or why it is malformed."""
+def parse_heartbeat(
+    fields: list[bytes] | None,
+) -> tuple[bytes, bytes, bytes | None, str | None] | str:
+    """``(client, server, room, data)`` of an unparsed heartbeat entry (room and
+    data None when absent, data canonical), or why it is malformed.
+
+    Data without a room is ignored: the entry is a plain heartbeat.
+    """
     found = field_map(fields)
     values = []
     for name in (b"client", b"server"):
@@ -102,7 +123,44 @@ def parse_heartbeat(fields: list[bytes] | None) -> tuple[bytes, bytes] | str:
         if not is_valid_raw_id(raw):
             return f"invalid {name.decode()} {raw[:40].decode(errors='replace')!r}"
         values.append(raw)
-    return values[0], values[1]
+    room = found.get(b"room")
+    if room is None:
+        return values[0], values[1], None, None
+    if not is_valid_raw_id(room):
+        return f"invalid room {room[:40].decode(errors='replace')!r}"
+    raw_data = found.get(b"data")
+    if raw_data is None:
+        return values[0], values[1], room, None
+    try:
+        return values[0], values[1], room, member_data(raw_data)
+    except ValueError as exc:
+        return f"invalid data: {exc}"
+
+
+def member_data(raw: str | bytes) -> str:
+    """Member data in its one canonical form (compact, keys sorted), so that an
+    unchanged value compares equal; raises ``ValueError`` saying why it is not
+    a JSON object of at most ``MAX_DATA_BYTES`` encoded."""
+    if len(raw) > 16 * MAX_DATA_BYTES:
+        raise ValueError(f"data must be at most {MAX_DATA_BYTES} bytes")
+    try:
+        value = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        raise ValueError("data must be valid JSON") from None
+    if not isinstance(value, dict):
+        raise ValueError("data must be a JSON object")
+    encoded = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    try:
+        size = len(encoded.encode())
+    except UnicodeEncodeError:
+        raise ValueError("data must be valid Unicode") from None
+    if size > MAX_DATA_BYTES:
+        raise ValueError(f"data must be at most {MAX_DATA_BYTES} bytes")
+    return encoded
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 # Presence out ----------------------------------------------------------------
@@ -176,42 +234,155 @@ def _valid_presence(fields: list[bytes] | None) -> tuple[bytes, bytes, bytes] | 
     return client, status, server
 
 
+# Rooms out --------------------------------------------------------------------
+
+_ROOM_STATUSES: dict[bytes, RoomStatus] = {
+    b"ONLINE": ONLINE,
+    b"UPDATE": UPDATE,
+    b"OFFLINE": OFFLINE,
+}
+
+
+@dataclass(slots=True)
+class RoomDelivery:
+    """One transition of a room, with its SSE ``data`` encoded once."""
+
+    id: str
+    room: str
+    client: str
+    status: RoomStatus
+    server: str
+    #: The member's data (JSON object text), with ONLINE and UPDATE.
+    data: str | None
+    body: bytes
+
+
+def parse_room_delivery(entry_id: str, fields: list[bytes] | None) -> RoomDelivery | None:
+    """The transition of an unparsed room stream entry; None unless well formed."""
+    found = field_map(fields)
+    room, client, server = found.get(b"room"), found.get(b"client"), found.get(b"server")
+    status = _ROOM_STATUSES.get(found.get(b"status") or b"")
+    if room is None or client is None or server is None or status is None:
+        return None
+    if not (is_valid_raw_id(room) and is_valid_raw_id(client)):
+        return None
+    if server and not is_valid_raw_id(server):
+        return None
+    data: str | None = None
+    body = b'{"room":"%b","client":"%b","status":"%b","server":"%b"' % (
+        room,
+        client,
+        status.encode(),
+        server,
+    )
+    if (raw := found.get(b"data")) is not None and status != OFFLINE:
+        try:
+            data = member_data(raw)  # written by a script: checked all the same
+        except ValueError:
+            return None
+        body += b',"data":' + data.encode()
+    return RoomDelivery(
+        entry_id, room.decode(), client.decode(), status, server.decode(), data, body + b"}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A member of a room: its client, server and data (JSON object text)."""
+
+    client: str
+    server: str
+    data: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"client": self.client, "server": self.server}
+        if self.data is not None:
+            found["data"] = json.loads(self.data)
+        return found
+
+
+class MemberList:
+    """A JSON array of members encoded once; each connection's copy leaves out
+    its own client by slicing around it."""
+
+    __slots__ = ("_body", "_spans", "count")
+
+    def __init__(self, members: Iterable[Member | OnlineClient]) -> None:
+        parts: list[bytes] = []
+        self._spans: dict[str, tuple[int, int]] = {}
+        offset = 0
+        for m in members:
+            client, server = m.client.encode(), m.server.encode()
+            data = m.data if isinstance(m, Member) else None
+            if is_valid_raw_id(client) and (not server or is_valid_raw_id(server)):
+                # ASCII without escapes: formatting beats json.dumps per member.
+                encoded = b'{"client":"%b","server":"%b"' % (client, server)
+            else:
+                part = json.dumps({"client": m.client, "server": m.server}, separators=(",", ":"))
+                encoded = part[:-1].encode()
+            if data is not None:
+                encoded += b',"data":' + data.encode()
+            encoded += b"},"
+            self._spans[m.client] = (offset, offset + len(encoded))
+            parts.append(encoded)
+            offset += len(encoded)
+        self._body = b"".join(parts)
+        self.count = len(parts)
+
+    def array(self, exclude: str | None = None) -> bytes:
+        """``[...]``, leaving out ``exclude``."""
+        body = self._body
+        if exclude is not None and (span := self._spans.get(exclude)) is not None:
+            body = body[: span[0]] + body[span[1] :]
+        return b"[%b]" % body[:-1]  # the last member's comma
+
+
+def scope_id(tag: str, positions: Iterable[str]) -> bytes:
+    """The SSE id of a scoped stream: its scope's tag, then a stream position per
+    part (``.`` is in neither)."""
+    return ".".join((tag, *positions)).encode()
+
+
+def parse_scope_id(value: str, tag: str, parts: int) -> list[str] | None:
+    """The positions of a scoped stream's SSE id; None unless it is one of this scope."""
+    found = value.split(".")
+    if len(found) != parts + 1 or found[0] != tag:
+        return None
+    if not all(valid_entry_id(p) for p in found[1:]):
+        return None
+    return found[1:]
+
+
+_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+
+
+def valid_entry_id(value: str) -> bool:
+    """Whether ``value`` looks like a stream entry id, ``<ms>-<seq>``."""
+    return _ENTRY_ID.fullmatch(value) is not None
+
+
 class SnapshotFrames:
     """The ``snapshot`` frame of one snapshot, for any number of connections.
 
     The member list is encoded once; each connection's frame leaves out its
-    own client by slicing around it, so a connect storm costs one copy per
-    connection, not one encoding.
+    own client, so a connect storm costs one copy per connection, not one
+    encoding.
     """
 
-    __slots__ = ("_body", "_position", "_spans")
+    __slots__ = ("_members", "_position")
 
     def __init__(self, position: str, clients: Iterable[OnlineClient]) -> None:
         self._position = position.encode()
-        parts: list[bytes] = []
-        self._spans: dict[str, tuple[int, int]] = {}
-        offset = 0
-        for c in clients:
-            client, server = c.client.encode(), c.server.encode()
-            if is_valid_raw_id(client) and (not server or is_valid_raw_id(server)):
-                # ASCII without escapes: formatting beats json.dumps per member.
-                encoded = b'{"client":"%b","server":"%b"},' % (client, server)
-            else:
-                part = json.dumps({"client": c.client, "server": c.server}, separators=(",", ":"))
-                encoded = (part + ",").encode()
-            self._spans[c.client] = (offset, offset + len(encoded))
-            parts.append(encoded)
-            offset += len(encoded)
-        self._body = b"".join(parts)
+        self._members = MemberList(clients)
+
+    def array(self, exclude: str | None = None) -> bytes:
+        return self._members.array(exclude)
 
     def frame(self, exclude: str | None = None, *, reset: bool = False) -> bytes:
         """The frame, leaving out ``exclude``; ``reset`` marks a resync."""
-        body = self._body
-        if exclude is not None and (span := self._spans.get(exclude)) is not None:
-            body = body[: span[0]] + body[span[1] :]
         extra = b',"reset":true' if reset else b""
-        return b'id: %b\nevent: snapshot\ndata: {"clients":[%b]%b}\n\n' % (
+        return b'id: %b\nevent: snapshot\ndata: {"clients":%b%b}\n\n' % (
             self._position,
-            body[:-1],  # the last member's comma
+            self._members.array(exclude),
             extra,
         )

@@ -1,10 +1,11 @@
-"""The clients this process holds online, and when to announce that one left.
+"""The memberships this process holds, and when to announce that one ended.
 
-Plain synchronous state, touched only from the event loop. A client is held
+A membership is a client, globally (room ``""``) or in one room. Plain
+synchronous state, touched only from the event loop. A membership is held
 while any connection (or ``track()`` block) of it is open here. When the last
-one closes, the client stays in its leave grace: still heartbeated, so that a
-reload within the grace changes nothing in Redis, and announced gone from
-this server when the grace runs out.
+one closes, it stays in its leave grace: still heartbeated, so that a reload
+within the grace changes nothing in Redis, and announced ended on this server
+when the grace runs out.
 """
 
 from __future__ import annotations
@@ -13,73 +14,93 @@ import asyncio
 import time
 from collections.abc import Iterable
 
+#: ``(client, room)``; room ``""`` is the client's global presence.
+Member = tuple[str, str]
+
 
 class HeldClients:
     def __init__(self, leave_grace: float = 0.0) -> None:
-        self._holds: dict[str, int] = {}
-        self._fresh: set[str] = set()
+        self._holds: dict[Member, int] = {}
+        self._fresh: set[Member] = set()
+        #: Data to send with a membership's next heartbeat.
+        self._data: dict[Member, str] = {}
         self._leave_grace = leave_grace
-        #: Clients whose last connection closed -> when (monotonic) to announce it.
-        self._leaving: dict[str, float] = {}
+        #: Memberships whose last connection closed -> when (monotonic) to announce it.
+        self._leaving: dict[Member, float] = {}
         #: No leave is announced before this (monotonic): see ``postpone_leaves``.
         self._leaves_from = 0.0
-        #: Set when a client needs a heartbeat or a leave before the next tick.
+        #: Set when a membership needs a heartbeat or a leave before the next tick.
         self.wake = asyncio.Event()
 
-    def __contains__(self, client: str) -> bool:
-        return client in self._holds
+    def __contains__(self, member: Member) -> bool:
+        return member in self._holds
 
-    def heartbeated(self) -> list[str]:
-        """Every client this server heartbeats: held, or in its leave grace.
+    @property
+    def rooms(self) -> int:
+        """Room memberships held here."""
+        return sum(1 for _, room in self._holds if room)
 
-        Past its grace, a client whose leave could not be sent yet is no
+    def heartbeated(self) -> list[Member]:
+        """Every membership this server heartbeats: held, or in its leave grace.
+
+        Past its grace, a membership whose leave could not be sent yet is no
         longer heartbeated: its TTL decides, however long Redis stays away.
         """
         now = time.monotonic()
-        return [*self._holds, *(c for c, at in self._leaving.items() if at > now)]
+        return [*self._holds, *(m for m, at in self._leaving.items() if at > now)]
 
-    def hold(self, client: str) -> None:
-        """Count one more connection of ``client``; a new client is heartbeated at once."""
-        count = self._holds.get(client, 0)
-        self._holds[client] = count + 1
-        if count == 0 and self._leaving.pop(client, None) is None:
-            # Back within its leave grace (a reload), a client was heartbeated
+    def hold(self, client: str, room: str = "", data: str | None = None) -> None:
+        """Count one more connection of the membership; a new one is heartbeated
+        at once. ``data`` goes with its next heartbeat."""
+        member = (client, room)
+        count = self._holds.get(member, 0)
+        self._holds[member] = count + 1
+        if data is not None:
+            self._data[member] = data
+        if (count == 0 and self._leaving.pop(member, None) is None) or data is not None:
+            # Back within its leave grace (a reload), a membership was heartbeated
             # all along: it is simply still held.
-            self._fresh.add(client)
+            self._fresh.add(member)
             self.wake.set()
 
-    def release(self, client: str, *, leave: bool = True) -> None:
+    def release(self, client: str, room: str = "", *, leave: bool = True) -> None:
         """Count one connection less; after the last, announce the leave after the grace.
 
         ``leave=False`` (shutdown): no leave; the TTL decides, as the client may
         be reconnecting to another server.
         """
-        count = self._holds.get(client, 0)
+        member = (client, room)
+        count = self._holds.get(member, 0)
         if count > 1:
-            self._holds[client] = count - 1
+            self._holds[member] = count - 1
             return
-        # A fresh client keeps its first heartbeat even if it left already
+        # A fresh membership keeps its first heartbeat even if it ended already
         # (unless its leave reaches Redis before that heartbeat is applied).
-        self._holds.pop(client, None)
+        self._holds.pop(member, None)
         if leave and self._leave_grace > 0:
-            self._leaving[client] = time.monotonic() + self._leave_grace
+            self._leaving[member] = time.monotonic() + self._leave_grace
             self.wake.set()
 
-    def take_fresh(self) -> list[str]:
-        """Clients held since the last call, to heartbeat before the next tick."""
+    def take_fresh(self) -> list[Member]:
+        """Memberships held since the last call, to heartbeat before the next tick."""
         fresh = list(self._fresh)
         self._fresh.clear()
         self.wake.clear()
         return fresh
 
-    def take_leaves(self) -> list[str]:
-        """Clients whose leave grace ran out: announce that they left this server."""
+    def take_data(self, member: Member) -> str:
+        """The data to send with this heartbeat of ``member``, once; ``""`` for none."""
+        return self._data.pop(member, "") if self._data else ""
+
+    def take_leaves(self) -> list[Member]:
+        """Memberships whose leave grace ran out: announce that they ended here."""
         now = time.monotonic()
         if now < self._leaves_from:
             return []
-        due = [c for c, at in self._leaving.items() if at <= now]
-        for client in due:
-            del self._leaving[client]
+        due = [m for m, at in self._leaving.items() if at <= now]
+        for member in due:
+            del self._leaving[member]
+            self._data.pop(member, None)
         return due
 
     def next_leave(self) -> float | None:
@@ -87,11 +108,11 @@ class HeldClients:
         at = min(self._leaving.values(), default=None)
         return None if at is None else max(at, self._leaves_from)
 
-    def retry_leaves(self, clients: Iterable[str]) -> None:
-        """Leaves that could not be sent: due again, unless the client is back."""
-        for client in clients:
-            if client not in self._holds:
-                self._leaving.setdefault(client, time.monotonic())
+    def retry_leaves(self, members: Iterable[Member]) -> None:
+        """Leaves that could not be sent: due again, unless the membership is back."""
+        for member in members:
+            if member not in self._holds:
+                self._leaving.setdefault(member, time.monotonic())
                 self.wake.set()
 
     def postpone_leaves(self, seconds: float) -> None:

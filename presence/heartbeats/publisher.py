@@ -1,5 +1,8 @@
 """Heartbeats and leaves out: one pipelined XADD batch per tick for this
-process's clients, and a leave for each client whose last connection closed.
+process's memberships, and a leave for each one whose last connection closed.
+
+A client in rooms is heartbeated once per room (such a heartbeat counts for
+its global presence too); a client in none, once.
 
 A client held for the first time is heartbeated at once, in a batch of its own,
 so it comes online without waiting for the next tick. Each server's ticks run
@@ -21,8 +24,8 @@ from redis.asyncio.client import Pipeline
 
 from ..settings import Settings
 from ..supervise import Outage, Worker
-from ..transitions.scripts import LEFT, Transitions
-from .held import HeldClients
+from ..transitions.scripts import LEFT, Heartbeat, Transitions
+from .held import HeldClients, Member
 
 log = logging.getLogger(__name__)
 
@@ -101,30 +104,40 @@ class HeartbeatPublisher:
             except TimeoutError:
                 pass
 
-    async def publish(self, clients: list[str]) -> None:
-        """XADD one heartbeat per client, in script calls of ``PUBLISH_BATCH``."""
+    async def publish(self, members: list[Member]) -> None:
+        """XADD one heartbeat per membership, in script calls of ``PUBLISH_BATCH``."""
+        in_rooms = {client for client, room in members if room}
+        take = self._held.take_data
+        beats: list[Heartbeat] = [
+            (client, room, take((client, room)))
+            for client, room in members
+            if room or client not in in_rooms
+        ]
 
         def fill(pipe: Pipeline) -> None:
-            for start in range(0, len(clients), PUBLISH_BATCH):
-                batch = clients[start : start + PUBLISH_BATCH]
+            for start in range(0, len(beats), PUBLISH_BATCH):
+                batch = beats[start : start + PUBLISH_BATCH]
                 self._transitions.publish(pipe, self._server, batch, self._maxlen)
 
         for reply in await self._transitions.execute(fill):
             if isinstance(reply, Exception):
                 raise reply
-        self.published += len(clients)
+        self.published += len(beats)
 
-    async def leave(self, clients: list[str]) -> None:
+    async def leave(self, members: list[Member]) -> None:
         def fill(pipe: Pipeline) -> None:
-            for client in clients:
-                self._transitions.leave(pipe, client, self._server)
+            for client, room in members:
+                if room:
+                    self._transitions.leave_room(pipe, room, client, self._server)
+                else:
+                    self._transitions.leave(pipe, client, self._server)
 
         results = await self._transitions.execute(fill)
-        failed = [(c, r) for c, r in zip(clients, results, strict=True) if isinstance(r, Exception)]
+        failed = [(m, r) for m, r in zip(members, results, strict=True) if isinstance(r, Exception)]
         if failed:
             # Sent again after a while; meanwhile the TTL runs (see heartbeated()).
             log.warning("%d leave(s) failed in Redis, retrying: %s", len(failed), failed[0][1])
-            self._held.retry_leaves(c for c, _ in failed)
+            self._held.retry_leaves(m for m, _ in failed)
             self._held.postpone_leaves(self._interval)
         self.leaves += len(results) - len(failed)
-        self.left += sum(1 for r in results if r == LEFT)
+        self.left += sum(1 for m, r in zip(members, results, strict=True) if r == LEFT and not m[1])

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 0.1
 SWEEP_BATCH = 500
+#: Rooms visited per pass, at most.
+ROOM_BATCH = 100
 #: Clients per OFFLINE script call.
 SCRIPT_BATCH = 100
 
@@ -44,6 +46,8 @@ class Sweeper:
         self._interval = interval
         self._ran = False
         self.published = 0
+        #: Room OFFLINEs published (members whose deadline passed).
+        self.room_published = 0
         #: Seconds between the oldest overdue deadline and now, at the last pass.
         self.lag = 0.0
 
@@ -55,9 +59,11 @@ class Sweeper:
         self._ran = True
         while True:
             due, published = await self.sweep_once()
+            rooms, room_published = await self.sweep_rooms()
             worker.ok()
             # A full batch that published means more are due: go on at once.
-            if due < SWEEP_BATCH or not published:
+            more = (due >= SWEEP_BATCH and published) or (rooms >= ROOM_BATCH and room_published)
+            if not more:
                 await asyncio.sleep(self._interval)
 
     async def sweep_once(self) -> tuple[int, int]:
@@ -67,6 +73,15 @@ class Sweeper:
         published = await offline(self._transitions, [c for c, _ in due]) if due else 0
         self.published += published
         return len(due), published
+
+    async def sweep_rooms(self) -> tuple[int, int]:
+        """One pass over the rooms due; returns how many were visited and how
+        many OFFLINEs it published."""
+        published, visited, failed, failure = await self._transitions.sweep_rooms(ROOM_BATCH)
+        if failed:
+            log.warning("%d room(s) failed in Redis while swept: %s", failed, failure)
+        self.room_published += published
+        return visited, published
 
 
 async def offline(transitions: Transitions, clients: list[str]) -> int:

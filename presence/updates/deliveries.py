@@ -100,19 +100,19 @@ class Segment:
         )
 
 
-class Subscriber:
-    """One SSE connection or in-process listener, reading the shared log."""
+class Connection:
+    """What the pruner watches of a subscriber: whether its connection is open,
+    and whether it still reads. ``Subscriber`` reads the shared log; scoped
+    streams read their own queue (``scoped``)."""
 
     __slots__ = (
         "_abort",
         "_alive",
         "_buffered",
         "_left",
-        "_local",
         "_wake",
         "client",
         "congested",
-        "cursor",
         "reason",
         "stale",
         "writing_since",
@@ -120,7 +120,6 @@ class Subscriber:
 
     def __init__(
         self,
-        local: DeliveryLog,
         client: str | None,
         *,
         alive: Callable[[], bool] | None = None,
@@ -132,8 +131,6 @@ class Subscriber:
         self.reason: CloseReason | None = None
         #: Set when it may have missed entries; the next read raises ``Resync``.
         self.stale = False
-        #: Sequence number of the next delivery to read.
-        self.cursor = local.end
         #: Since when (monotonic) its pending write has made no progress.
         self.writing_since: float | None = None
         # Bytes still buffered for the connection, and how many at the last look.
@@ -142,13 +139,16 @@ class Subscriber:
         self._left: int | None = None
         #: Waiting for what it has to send to drain; the pruner wakes it.
         self.congested = False
-        self._local = local
         self._alive = alive
         self._abort = abort
         self._wake = asyncio.Event()
 
     def alive(self) -> bool:
         return self._alive is None or self._alive()
+
+    def behind(self, start: int) -> bool:
+        """Whether it missed deliveries (the log's oldest is ``start``)."""
+        return False
 
     def wake(self) -> None:
         """New deliveries are in the log."""
@@ -197,19 +197,47 @@ class Subscriber:
         """Bytes written to the connection and not sent yet."""
         return self._buffered() if self._buffered is not None else 0
 
+    async def _ready(self, has_more: Callable[[], bool]) -> bool:
+        """Wait until it has something to read (``has_more``, or a resync) and
+        its connection has drained what it had to send; False once closed."""
+        while self.reason is None:
+            self.congested = self.buffered() > BUFFERED_BYTES
+            if not self.congested and (self.stale or has_more()):
+                break
+            self._wake.clear()
+            await self._wake.wait()
+        return self.reason is None
+
+
+class Subscriber(Connection):
+    """One SSE connection or in-process listener, reading the shared log."""
+
+    __slots__ = ("_local", "cursor")
+
+    def __init__(
+        self,
+        local: DeliveryLog,
+        client: str | None,
+        *,
+        alive: Callable[[], bool] | None = None,
+        abort: Callable[[], None] | None = None,
+        buffered: Callable[[], int] | None = None,
+    ) -> None:
+        super().__init__(client, alive=alive, abort=abort, buffered=buffered)
+        #: Sequence number of the next delivery to read.
+        self.cursor = local.end
+        self._local = local
+
+    def behind(self, start: int) -> bool:
+        return self.cursor < start
+
     async def segments(self) -> list[Segment]:
         """The segments not read yet, once there are some (and the connection
         has drained what it had to send); empty once closed.
 
         Raises ``Resync`` (once) when it may have missed entries.
         """
-        while self.reason is None:
-            self.congested = self.buffered() > BUFFERED_BYTES
-            if not self.congested and (self.stale or self.cursor < self._local.end):
-                break
-            self._wake.clear()
-            await self._wake.wait()
-        if self.reason is not None:
+        if not await self._ready(lambda: self.cursor < self._local.end):
             return []
         if self.cursor < self._local.start:
             self._local.resets += 1  # it fell behind: a snapshot, not a backlog
@@ -242,7 +270,9 @@ class DeliveryLog:
         self._segments: deque[Segment] = deque()
         #: Sequence number one past the newest delivery.
         self.end = 0
-        self.subscribers: set[Subscriber] = set()
+        #: Every subscriber: those reading this log, and scoped ones.
+        self.subscribers: set[Connection] = set()
+        self._readers: set[Subscriber] = set()
         #: Subscribers dropped: they fell behind the log and stopped reading.
         self.overflows = 0
         #: Subscribers sent a fresh snapshot because they fell behind the log.
@@ -258,9 +288,12 @@ class DeliveryLog:
         return self._segments[0].start if self._segments else self.end
 
     @contextmanager
-    def subscribed(self, subscriber: Subscriber) -> Iterator[None]:
-        """Deliver to ``subscriber`` while the block runs; close it after."""
+    def subscribed(self, subscriber: Connection) -> Iterator[None]:
+        """Count ``subscriber`` (and deliver to it, when it reads this log)
+        while the block runs; close it after."""
         self.subscribers.add(subscriber)
+        if isinstance(subscriber, Subscriber):
+            self._readers.add(subscriber)
         client = subscriber.client
         if client is not None:
             self.connections += 1
@@ -270,6 +303,8 @@ class DeliveryLog:
         finally:
             subscriber.close()
             self.subscribers.discard(subscriber)
+            if isinstance(subscriber, Subscriber):
+                self._readers.discard(subscriber)
             if client is not None:
                 self.connections -= 1
                 if (count := self._per_client.pop(client) - 1) > 0:
@@ -311,7 +346,7 @@ class DeliveryLog:
         while True:
             await self._delivered.wait()
             self._delivered.clear()
-            subscribers = [s for s in self.subscribers if s.cursor < self.end]
+            subscribers = [s for s in self._readers if s.cursor < self.end]
             for start in range(0, len(subscribers), WAKE_GROUP):
                 for subscriber in subscribers[start : start + WAKE_GROUP]:
                     subscriber.wake()
@@ -341,9 +376,7 @@ class DeliveryLog:
                 subscriber.wake()
             if not subscriber.alive():
                 subscriber.close("gone")
-            elif (
-                subscriber.cursor < start and (stalled := subscriber.stalled(now)) >= STALL_TIMEOUT
-            ):
+            elif subscriber.behind(start) and (stalled := subscriber.stalled(now)) >= STALL_TIMEOUT:
                 log.warning(
                     "dropping a subscriber of %s: it stopped reading (nothing sent to it "
                     "for %.0f s) and fell more than %d events behind",

@@ -19,6 +19,7 @@ from ..settings import Settings
 from ..supervise import Worker
 from ..wire import parse_delivery, stream_entries, stream_position, text
 from .deliveries import DeliveryLog
+from .scoped import Scopes
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,13 @@ BATCH = 1000
 
 
 class PresenceReader:
-    def __init__(self, redis: Redis, settings: Settings, local: DeliveryLog) -> None:
+    def __init__(
+        self, redis: Redis, settings: Settings, local: DeliveryLog, scopes: Scopes
+    ) -> None:
         self._redis = unparsed_streams(redis)
         self._stream = settings.keys.presence
         self._local = local
+        self._scopes = scopes
         self.position: str | None = None
         self.delivered = 0
         self.resyncs = 0
@@ -89,5 +93,6 @@ class PresenceReader:
                 self._local.resync_all()
                 continue
             self._local.deliver(batch)
+            self._scopes.deliver(batch)
             self.delivered += len(batch)
             self.lag = max(0.0, time.time() - stream_position(newest)[0] / 1000) if batch else 0.0

@@ -10,15 +10,21 @@ fresh snapshot instead.
 from __future__ import annotations
 
 import asyncio
-import re
 from dataclasses import dataclass
 
 from redis.exceptions import ResponseError
 
+from ..contract import Keys
 from ..redis_client import Redis, unparsed_streams
-from ..wire import Delivery, parse_delivery, text
+from ..wire import (
+    Delivery,
+    RoomDelivery,
+    parse_delivery,
+    parse_room_delivery,
+    text,
+    valid_entry_id,
+)
 
-_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 #: Replays read Redis per connection: a reconnect storm takes turns.
 CONCURRENT = 16
 
@@ -31,35 +37,75 @@ class Replay:
     position: str
 
 
-def valid_entry_id(value: str) -> bool:
-    return _ENTRY_ID.fullmatch(value) is not None
+@dataclass(frozen=True, slots=True)
+class RoomReplay:
+    """The entries of a room after a resume position, and the position they end at."""
+
+    deliveries: list[RoomDelivery]
+    position: str
 
 
 class Replayer:
-    def __init__(self, redis: Redis, stream: str, limit: int) -> None:
+    def __init__(self, redis: Redis, keys: Keys, limit: int) -> None:
         self._redis = unparsed_streams(redis)
-        self._stream = stream
+        self._keys = keys
         self._limit = limit
         self._turns = asyncio.Semaphore(CONCURRENT)
 
     async def after(self, entry_id: str) -> Replay | None:
-        """Every entry after ``entry_id``, or None when that cannot be exact."""
+        """Every presence entry after ``entry_id``, or None when that cannot be exact."""
+        found = await self._entries(self._keys.presence, entry_id)
+        if found is None:
+            return None
+        missed, position = found
+        deliveries = [d for i, f in missed if (d := parse_delivery(i, f)) is not None]
+        return Replay(deliveries, position)
+
+    async def room_after(self, room: str, entry_id: str) -> RoomReplay | None:
+        """Every entry of ``room`` after ``entry_id``, or None when that cannot be
+        exact. ``0-0`` (the room had none) is exact while the room has no entry
+        older than a TTL: its stream never lost any."""
+        stream = self._keys.room(room).presence
+        found = await (self._all(stream) if entry_id == "0-0" else self._entries(stream, entry_id))
+        if found is None:
+            return None
+        missed, position = found
+        deliveries = [d for i, f in missed if (d := parse_room_delivery(i, f)) is not None]
+        return RoomReplay(deliveries, position)
+
+    async def _all(self, stream: str) -> tuple[list[tuple[str, list[bytes]]], str] | None:
+        """Every entry of ``stream``, when it never lost one (Redis 7 counts them)."""
+        async with self._turns:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.xlen(stream)
+            pipe.execute_command("XINFO", "STREAM", stream)
+            pipe.xrange(stream, "-", "+", count=self._limit + 1)
+            length, info, missed = await pipe.execute(raise_on_error=False)
+        if isinstance(info, ResponseError) and length == 0:
+            return [], "0-0"  # no such stream: it has had no entry since
+        if isinstance(info, Exception) or isinstance(missed, Exception):
+            return None
+        fields = info if isinstance(info, dict) else dict(zip(info[::2], info[1::2], strict=False))
+        added = fields.get(b"entries-added", fields.get("entries-added"))
+        if added is None or int(added) != length or len(missed) > self._limit:
+            return None
+        entries = [(text(raw_id), f) for raw_id, f in missed]
+        return entries, entries[-1][0] if entries else "0-0"
+
+    async def _entries(
+        self, stream: str, entry_id: str
+    ) -> tuple[list[tuple[str, list[bytes]]], str] | None:
         if not valid_entry_id(entry_id) or entry_id == "0-0":
             return None
         async with self._turns:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.xrange(self._stream, entry_id, entry_id, count=1)
-            pipe.xrange(self._stream, f"({entry_id}", "+", count=self._limit + 1)
+            pipe.xrange(stream, entry_id, entry_id, count=1)
+            pipe.xrange(stream, f"({entry_id}", "+", count=self._limit + 1)
             try:
                 found, missed = await pipe.execute()
             except ResponseError:
                 return None  # an id Redis cannot parse (out of range): unknown
         if not found or len(missed) > self._limit:
             return None
-        deliveries = []
-        for raw_id, fields in missed:
-            delivery = parse_delivery(text(raw_id), fields)
-            if delivery is not None:
-                deliveries.append(delivery)
-        position = text(missed[-1][0]) if missed else entry_id
-        return Replay(deliveries, position)
+        entries = [(text(raw_id), fields) for raw_id, fields in missed]
+        return entries, entries[-1][0] if entries else entry_id

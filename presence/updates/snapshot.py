@@ -33,6 +33,10 @@ class Snapshot:
         """The ``snapshot`` SSE event, leaving out ``exclude``; ``reset`` marks a resync."""
         return self._frames.frame(exclude, reset=reset)
 
+    def array(self, exclude: str | None = None) -> bytes:
+        """The clients as a JSON array, leaving out ``exclude``."""
+        return self._frames.array(exclude)
+
 
 #: Waiting connections answered per loop iteration.
 ANSWER_GROUP = 64

@@ -47,8 +47,8 @@ def _install(app: web.Application, presence: Presence) -> None:
     if origins := presence.settings.origins:
         options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
             allow_credentials=True,
-            allow_headers=("Authorization", "Last-Event-ID"),
-            allow_methods=("GET",),
+            allow_headers=("Authorization", "Last-Event-ID", "Content-Type"),
+            allow_methods=("GET", "PUT"),
         )
         cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
         for route in list(app.router.routes()):

@@ -9,8 +9,10 @@ a token cannot choose its own (``alg: none`` included).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jwt
 from aiohttp import web
@@ -33,6 +35,15 @@ class Claims:
     sub: str
     #: Unix seconds.
     exp: float
+    #: The ``rooms`` claim: room names, or prefixes ending in ``*``.
+    rooms: tuple[str, ...] = ()
+
+    def may_join(self, room: str) -> bool:
+        """Whether the ``rooms`` claim covers ``room``."""
+        return any(
+            room.startswith(allowed[:-1]) if allowed.endswith("*") else room == allowed
+            for allowed in self.rooms
+        )
 
 
 class Verifier:
@@ -71,7 +82,10 @@ class Verifier:
         sub, exp = claims["sub"], claims["exp"]
         if not isinstance(sub, str) or not isinstance(exp, int | float):
             raise Unauthorized("invalid token")
-        return Claims(sub, float(exp))
+        rooms = claims.get("rooms", [])
+        if not isinstance(rooms, list) or not all(isinstance(r, str) for r in rooms):
+            rooms = []  # a claim that says nothing clear allows nothing
+        return Claims(sub, float(exp), tuple(rooms))
 
 
 def token_of(request: web.Request) -> str | None:
@@ -83,10 +97,14 @@ def token_of(request: web.Request) -> str | None:
     return request.cookies.get(COOKIE) or request.query.get("token") or None
 
 
-def mint(secret: str, client: str, ttl: float) -> str:
-    """An HS256 token for ``client``, valid ``ttl`` seconds: for development."""
+def mint(secret: str, client: str, ttl: float, rooms: Sequence[str] = ()) -> str:
+    """An HS256 token for ``client``, valid ``ttl`` seconds, that may join
+    ``rooms`` (names, or prefixes ending in ``*``): for development."""
     now = int(time.time())
-    return jwt.encode({"sub": client, "iat": now, "exp": now + int(ttl)}, secret, "HS256")
+    claims: dict[str, Any] = {"sub": client, "iat": now, "exp": now + int(ttl)}
+    if rooms:
+        claims["rooms"] = list(rooms)
+    return jwt.encode(claims, secret, "HS256")
 
 
 def _public_key(path: str) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:

@@ -32,6 +32,13 @@ def authorize(request: web.Request) -> Claims | None:
         fail(web.HTTPUnauthorized, str(exc), headers={"WWW-Authenticate": "Bearer"})
 
 
+def authorize_read(request: web.Request) -> Claims | None:
+    """``authorize`` when reads need a token too."""
+    if presence_of(request).settings.auth_reads:
+        return authorize(request)
+    return None
+
+
 def presence_of(request: web.Request) -> Presence:
     return request.config_dict[PRESENCE]
 
@@ -41,6 +48,13 @@ def client_id_of(request: web.Request) -> str:
     if not is_valid_id(client_id):
         fail(web.HTTPBadRequest, f"client id {ID_RULE}")
     return client_id
+
+
+def room_of(request: web.Request) -> str:
+    room = request.match_info["room"]
+    if not is_valid_id(room):
+        fail(web.HTTPBadRequest, f"room {ID_RULE}")
+    return room
 
 
 def fail(

@@ -15,8 +15,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from ..contract import OFFLINE, ONLINE
-from .requests import METRICS, PRESENCE, authorize, client_id_of, fail, presence_of
-from .sse import client_events
+from .requests import METRICS, PRESENCE, authorize_read, client_id_of, fail, presence_of
+from .rooms import get_room, put_data
+from .streams import client_events
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/clients", list_clients)
     app.router.add_get(f"/clients/{_ID_PATH}", get_client)
     app.router.add_get(f"/clients/{_ID_PATH}/events", client_events, allow_head=False)
+    app.router.add_get("/rooms/{room:[^/]*}", get_room)
+    app.router.add_put(f"/rooms/{{room:[^/]*}}/clients/{_ID_PATH}/data", put_data)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.middlewares.append(json_errors)
@@ -53,7 +56,7 @@ async def demo_asset(request: web.Request) -> web.FileResponse:
 
 
 async def list_clients(request: web.Request) -> web.Response:
-    _authorize_read(request)
+    authorize_read(request)
     online = await presence_of(request).online()
     clients = [{"client": c.client, "server": c.server} for c in online]
     return web.json_response({"clients": clients, "count": len(clients)})
@@ -61,16 +64,11 @@ async def list_clients(request: web.Request) -> web.Response:
 
 async def get_client(request: web.Request) -> web.Response:
     client_id = client_id_of(request)
-    _authorize_read(request)
+    authorize_read(request)
     found = await presence_of(request).status(client_id)
     if found is None:
         return web.json_response({"client": client_id, "status": OFFLINE, "server": None})
     return web.json_response({"client": client_id, "status": ONLINE, "server": found.server})
-
-
-def _authorize_read(request: web.Request) -> None:
-    if presence_of(request).settings.auth_reads:
-        authorize(request)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -86,7 +84,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format."""
-    _authorize_read(request)
+    authorize_read(request)
     body = generate_latest(request.config_dict[METRICS])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -1,4 +1,4 @@
-"""The SSE stream of one client: ``GET /clients/{id}/events``.
+"""The global SSE stream of one client: everyone's transitions.
 
 The connection subscribes first, so that nothing published while its start
 is read is missed; it reads its start (a snapshot, or the events after its
@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 from redis.exceptions import RedisError
 
 from ..presence import Presence
-from ..updates.deliveries import WRITE_BYTES, Resync, Subscriber
+from ..updates.deliveries import WRITE_BYTES, Connection, Resync, Subscriber
 from ..updates.replay import Replay
 from ..updates.snapshot import Snapshot
 from ..wire import SEPARATOR, stream_position
-from .requests import authorize, client_id_of, fail, presence_of
+from .requests import fail
 
 log = logging.getLogger(__name__)
 
@@ -30,25 +30,11 @@ log = logging.getLogger(__name__)
 SNAPSHOT_TIMEOUT = 10.0
 
 
-async def client_events(request: web.Request) -> web.StreamResponse:
-    """SSE: a ``snapshot`` event (or, resuming, the missed events), then every
-    ``presence`` event about others."""
-    client_id = client_id_of(request)
-    presence = presence_of(request)
-    claims = authorize(request)
-    if claims is not None and claims.sub != client_id:
-        fail(web.HTTPForbidden, "the token is for another client id")
-    settings = presence.settings
-    if presence.deliveries.connections >= settings.max_connections:
-        fail(web.HTTPServiceUnavailable, "this server holds all the connections it may")
-    if presence.deliveries.connections_of(client_id) >= settings.max_connections_per_client:
-        fail(web.HTTPTooManyRequests, "too many connections for this client id")
-    # The stream ends when its token expires; the client reconnects with a fresh one.
-    loop = asyncio.get_running_loop()
-    expiry = None if claims is None else loop.time() + claims.exp - time.time()
-    # Browsers resend the last id they saw by themselves when they reconnect.
-    resume = request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or None
-
+def watch_connection(
+    request: web.Request,
+) -> tuple[Callable[[], bool], Callable[[], None], Callable[[], int]]:
+    """Whether the request's connection is open, how to drop it, and how many
+    bytes it has still to send."""
     transport = request.transport
     if transport is None:
         fail(web.HTTPServiceUnavailable, "the connection closed")
@@ -57,7 +43,20 @@ async def client_events(request: web.Request) -> web.StreamResponse:
     def alive() -> bool:
         return not is_closing()
 
-    abort, buffered = transport.abort, transport.get_write_buffer_size
+    return alive, transport.abort, transport.get_write_buffer_size
+
+
+async def global_events(
+    request: web.Request,
+    presence: Presence,
+    client_id: str,
+    resume: str | None,
+    expiry: float | None,
+) -> web.StreamResponse:
+    """SSE: a ``snapshot`` event (or, resuming, the missed events), then every
+    ``presence`` event about others."""
+    settings = presence.settings
+    alive, abort, buffered = watch_connection(request)
     with presence.subscribed(client_id, alive=alive, abort=abort, buffered=buffered) as subscriber:
         try:
             async with asyncio.timeout(SNAPSHOT_TIMEOUT):
@@ -96,7 +95,7 @@ async def _stream(
     """Write the start (a snapshot, or the replayed events), then live events."""
     if isinstance(start, Snapshot):
         # A resume that cannot be exact gets a snapshot marked as a reset.
-        await _write_snapshot(sse, subscriber, start.sse_frame(exclude=client_id, reset=resumed))
+        await write_pieces(sse, subscriber, start.sse_frame(exclude=client_id, reset=resumed))
     elif missed := [d.frame for d in start.deliveries if d.client != client_id]:
         with subscriber.writing():
             await sse.write(b"".join(missed))
@@ -108,7 +107,7 @@ async def _stream(
         except Resync:
             snapshot = await presence.snapshot()
             frame = snapshot.sse_frame(exclude=client_id, reset=True)
-            await _write_snapshot(sse, subscriber, frame)
+            await write_pieces(sse, subscriber, frame)
             after = stream_position(snapshot.position)
             continue
         if not segments:
@@ -122,7 +121,7 @@ async def _stream(
                 await sse.write(data)
 
 
-async def _write_snapshot(sse: EventSourceResponse, subscriber: Subscriber, frame: bytes) -> None:
+async def write_pieces(sse: EventSourceResponse, subscriber: Connection, frame: bytes) -> None:
     # In pieces: aiohttp waits for the connection to drain every 64 KB, so a
     # snapshot of 10,000 clients is not all buffered at once.
     view = memoryview(frame)

@@ -1,0 +1,269 @@
+"""The Lua every script shares: result codes, clocks, type checks, and the
+rules of a *scope*: global presence, or one room.
+
+A scope is announced state plus a transition stream:
+
+    global  online.deadlines, online.servers, presence,
+            online.clients.<id>, online.holders.<id>
+    room    room.{R}.deadlines, room.{R}.members, room.{R}.presence,
+            room.{R}.holders.<id>, and room.{R}.data for member data
+
+Both follow the same rules (``apply``, ``leave``, ``offline``), so a room
+membership comes and goes exactly as a client does: once across servers, after
+a leave grace, never on a late or stale heartbeat. A room's keys share the hash
+tag ``{R}``; only ``rooms.due``, the sweeper's index, lies outside it.
+
+Every script takes the same five keys, in the same order, and uses those it
+needs; a script about one client (or membership) adds its keys after them:
+
+    KEYS[1] online.deadlines   KEYS[2] online.servers
+    KEYS[3] presence stream    KEYS[4] heartbeat stream
+    KEYS[5] rooms.due
+
+Times come from Redis ``TIME`` so that every server uses one clock.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ..contract import EMPTY_ROOM_TTL
+
+# Result codes, one per heartbeat (HEARTBEAT) or per leave (LEAVE).
+CAME_ONLINE: Final = 1
+REFRESHED: Final = 0
+#: Nothing changed: sent before its server announced the client left it, or
+#: older than the TTL (then it may still move the deadline of a client that
+#: is announced, see ``apply``).
+STALE: Final = -1
+#: Redis failed it, or the line was malformed: nothing was written.
+FAILED: Final = -2
+#: LEAVE published the client's OFFLINE.
+LEFT: Final = 1
+#: LEAVE found another server holding the client, or it was not online.
+KEPT: Final = 0
+
+# The same names on the Lua side.
+_CODES = (
+    f"local CAME_ONLINE, REFRESHED, STALE, FAILED = {CAME_ONLINE}, {REFRESHED}, {STALE}, {FAILED}\n"
+    f"local LEFT, KEPT = {LEFT}, {KEPT}\n"
+    f"local EMPTY_ROOM_TTL = {EMPTY_ROOM_TTL * 1000}\n"
+)
+
+PRELUDE: Final = (
+    _CODES
+    + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Set by each script from its ARGV: ttl (ms), cap (presence stream),
+-- room_cap (room streams), group (the consumer group).
+local cfg = {}
+
+local function expect(key, kind)
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= kind then
+    error('WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. kind)
+  end
+end
+
+local function ms_of(id)
+  return tonumber(string.match(id, '^(%d+)'))
+end
+
+-- Unix ms up to which every heartbeat sent has been applied: the oldest
+-- heartbeat entry the group has not applied yet (pending, or not read), else
+-- now. A deadline after it may still move: a heartbeat sent before it is on
+-- its way, however far behind the consumers are.
+local function applied_until()
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[4])
+  if not ok then return now end
+  local last
+  for _, g in ipairs(groups) do
+    local fields = {}
+    for i = 1, #g, 2 do fields[g[i]] = g[i + 1] end
+    if fields['name'] == cfg.group then last = fields['last-delivered-id'] end
+  end
+  if not last then return now end
+  local horizon = now
+  local pending = redis.call('XPENDING', KEYS[4], cfg.group)
+  if pending[1] > 0 then horizon = math.min(horizon, ms_of(pending[2])) end
+  local unread = redis.call('XRANGE', KEYS[4], '(' .. last, '+', 'COUNT', 1)
+  if #unread > 0 then horizon = math.min(horizon, ms_of(unread[1][1])) end
+  return math.min(now, horizon)
+end
+
+-- The types of the shared keys: checked before any write.
+local function expect_shared()
+  expect(KEYS[1], 'zset')
+  expect(KEYS[2], 'hash')
+  expect(KEYS[3], 'stream')
+  expect(KEYS[5], 'zset')
+end
+
+local function global_scope(online, holders)
+  return {deadlines = KEYS[1], servers = KEYS[2], stream = KEYS[3],
+    online = online, holders = holders}
+end
+
+-- base: the room's key prefix, room.{<room>}.
+local function room_scope(room, base, client)
+  return {deadlines = base .. 'deadlines', servers = base .. 'members',
+    stream = base .. 'presence', data = base .. 'data',
+    holders = base .. 'holders.' .. client, room = room}
+end
+
+-- A room's own keys, checked before any write (the holders are checked
+-- where they are read first).
+local function expect_room(scope)
+  expect(scope.deadlines, 'zset')
+  expect(scope.servers, 'hash')
+  expect(scope.stream, 'stream')
+  expect(scope.data, 'hash')
+end
+
+local function publish(scope, client, status, server, data)
+  if not scope.room then
+    redis.call('XADD', scope.stream, 'MAXLEN', '~', cfg.cap, '*', 'client', client,
+      'status', status, 'server', server)
+    return
+  end
+  if data and data ~= '' then
+    redis.call('XADD', scope.stream, 'MAXLEN', '~', cfg.room_cap, '*', 'room', scope.room,
+      'client', client, 'status', status, 'server', server, 'data', data)
+  else
+    redis.call('XADD', scope.stream, 'MAXLEN', '~', cfg.room_cap, '*', 'room', scope.room,
+      'client', client, 'status', status, 'server', server)
+  end
+end
+
+-- The only way a client (or member) stops being announced.
+local function offline(scope, client, server)
+  redis.call('ZREM', scope.deadlines, client)
+  redis.call('HDEL', scope.servers, client)
+  if scope.room then redis.call('HDEL', scope.data, client) end
+  publish(scope, client, 'OFFLINE', server)
+  if scope.room and redis.call('ZCARD', scope.deadlines) == 0 then
+    -- Empty: out of the sweeper's index; its stream stays a while, for
+    -- streams resuming after its last transitions.
+    redis.call('ZREM', KEYS[5], scope.room)
+    redis.call('PEXPIRE', scope.stream, EMPTY_ROOM_TTL)
+  end
+end
+
+-- Whether this server announced it left the client after the heartbeat
+-- stream position ms-seq: then a heartbeat added at that position or before
+-- no longer counts. A leave is stored as minus its position's ms under the
+-- server, and minus its sequence number under '#' .. server ('#' is in no id).
+local function left_after(holders, server, ms, seq)
+  local held = tonumber(redis.call('ZSCORE', holders, server) or '0')
+  if held >= 0 or ms > -held then return false end
+  if ms < -held then return true end
+  return seq <= -tonumber(redis.call('ZSCORE', holders, '#' .. server) or '0')
+end
+
+-- One heartbeat of server for client in scope, sent at heartbeat stream
+-- position ms-seq (ms 0: now). data: the member's data ('' keeps it).
+local function apply(scope, client, server, ms, seq, data)
+  if ms == 0 then ms, seq = now, math.huge end  -- sent now: after any leave
+  local deadline = math.min(ms, now) + cfg.ttl
+  local announced = redis.call('ZSCORE', scope.deadlines, client)
+  if deadline <= now then
+    -- Older than the TTL: it never fails (it would hold the sweeper back, see
+    -- applied_until), and never brings a client back. Applied late (the
+    -- consumers are behind) for a client still announced, it proves the
+    -- client was online when it was sent: its deadline moves up to there.
+    if announced then
+      local ok, left = pcall(left_after, scope.holders, server, ms, seq)
+      if ok and not left then redis.call('ZADD', scope.deadlines, 'GT', deadline, client) end
+    end
+    return STALE
+  end
+  -- Reads first: a key of the wrong type fails here, before any write.
+  if left_after(scope.holders, server, ms, seq) then return STALE end
+  local old, stored
+  if scope.room then
+    old, stored = redis.call('HGET', scope.servers, client), redis.call('HGET', scope.data, client)
+  else
+    old = redis.call('GET', scope.online)
+  end
+  redis.call('ZADD', scope.holders, 'GT', deadline, server)
+  -- Every entry's deadline, and any leave worth remembering, ends within a
+  -- TTL of now: one PEXPIRE covers them all.
+  redis.call('PEXPIRE', scope.holders, cfg.ttl)
+  if announced and tonumber(announced) > deadline and old then
+    return REFRESHED  -- a newer heartbeat was applied first: never move a deadline back
+  end
+  if scope.online then redis.call('SET', scope.online, server, 'PX', deadline - now) end
+  redis.call('ZADD', scope.deadlines, deadline, client)
+  if announced then
+    -- Still announced, so a refresh: also when the key expired before its
+    -- OFFLINE went out (Redis was unreachable, or the consumers are behind).
+    if old ~= server then redis.call('HSET', scope.servers, client, server) end
+    if data ~= '' and stored ~= data then
+      redis.call('HSET', scope.data, client, data)
+      publish(scope, client, 'UPDATE', server, data)
+    end
+    return REFRESHED
+  end
+  redis.call('HSET', scope.servers, client, server)
+  if data ~= '' then redis.call('HSET', scope.data, client, data) end
+  publish(scope, client, 'ONLINE', server, data)
+  if scope.room then
+    redis.call('PERSIST', scope.stream)
+    redis.call('ZADD', KEYS[5], 'LT', deadline, scope.room)
+  end
+  return CAME_ONLINE
+end
+
+-- The client's last connection in scope on this server closed: the server
+-- stops holding it there, and a heartbeat it added to the heartbeat stream
+-- before now no longer counts. LEFT when that published OFFLINE; KEPT when
+-- another server still holds it (it becomes the server: its deadline is
+-- ahead, or a heartbeat of it may still be on its way) or it was not in.
+local function leave(scope, client, server)
+  local horizon = applied_until()
+  -- Where the heartbeat stream stands: a heartbeat added after this leave, even
+  -- in the same millisecond, comes after it there.
+  local ms, seq = now - 1, 0
+  local ok, info = pcall(redis.call, 'XINFO', 'STREAM', KEYS[4])
+  if ok then
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then
+        ms, seq = string.match(info[i + 1], '^(%d+)%-(%d+)$')
+      end
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', scope.holders, '(0', horizon)
+  redis.call('ZADD', scope.holders, -ms, server, -seq, '#' .. server)
+  if redis.call('PTTL', scope.holders) < cfg.ttl then
+    redis.call('PEXPIRE', scope.holders, cfg.ttl)
+  end
+  -- The other holder with the latest deadline, if any.
+  local other = redis.call('ZREVRANGEBYSCORE', scope.holders, '+inf', '(' .. horizon,
+    'WITHSCORES', 'LIMIT', 0, 1)
+  if #other > 0 then
+    local holder, deadline = other[1], tonumber(other[2])
+    if redis.call('HGET', scope.servers, client) == server then
+      redis.call('HSET', scope.servers, client, holder)
+    end
+    if scope.online and redis.call('GET', scope.online) == server then
+      redis.call('SET', scope.online, holder, 'KEEPTTL')
+    end
+    if deadline > now and redis.call('ZSCORE', scope.deadlines, client) then
+      -- This server's heartbeats no longer count: the client's deadline is its
+      -- other holder's. (One already past waits for the heartbeat on its way.)
+      redis.call('ZADD', scope.deadlines, deadline, client)
+      if scope.online and redis.call('EXISTS', scope.online) == 1 then
+        redis.call('PEXPIREAT', scope.online, deadline)
+      end
+      if scope.room then redis.call('ZADD', KEYS[5], 'LT', deadline, scope.room) end
+    end
+    return KEPT
+  end
+  if not redis.call('ZSCORE', scope.deadlines, client) then return KEPT end
+  if scope.online then redis.call('DEL', scope.online) end
+  offline(scope, client, redis.call('HGET', scope.servers, client) or server)
+  return LEFT
+end
+"""
+)

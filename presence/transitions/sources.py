@@ -1,0 +1,353 @@
+"""The Lua scripts: every transition happens inside one of them, atomically.
+
+The deadline index (``online.deadlines``, client -> Unix ms) and the server
+hash (``online.servers``) hold the *announced* state: a client is in them from
+the moment its ``ONLINE`` is in the presence stream until its ``OFFLINE`` is.
+A room's ``deadlines`` and ``members`` do the same for its members. Every
+script that publishes decides from that state, never from an event, which is
+what makes a late keyspace event, a sweeper and several servers racing for
+the same client publish each transition once.
+
+Each script reads everything it decides from before its first write, and
+checks the types of the keys it writes: Redis has no rollback, so a script
+that fails, fails before it changed anything. The shared rules are in ``lua``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from .lua import PRELUDE
+
+# Any number of heartbeats in one call, all in one argument: one round of
+# script overhead, and next to nothing to encode, for a whole batch read from
+# the stream. The per-client and per-room keys are built here from their
+# prefixes (this is a standalone-Redis script: its keys live in different
+# slots anyway).
+# ARGV[1] ttl ms
+# ARGV[2] presence stream cap
+# ARGV[3] online.clients. prefix
+# ARGV[4] online.holders. prefix
+# ARGV[5] the consumer group
+# ARGV[6] one line per heartbeat: "<client> <server> <sent>[ <room>[ <data>]]";
+#         sent is its heartbeat entry id, which is acknowledged in the same
+#         call unless Redis failed the heartbeat, or Unix ms (0 = now); data
+#         is a JSON object on one line
+# ARGV[7] room stream cap
+# ARGV[8] room. prefix
+# Returns one code per heartbeat (CAME_ONLINE, REFRESHED, STALE, FAILED),
+# for the client's global presence; after a failure, the last element is its
+# error.
+HEARTBEAT: Final = (
+    PRELUDE
+    + """
+cfg.ttl, cfg.cap, cfg.group = tonumber(ARGV[1]), ARGV[2], ARGV[5]
+cfg.room_cap = ARGV[7]
+-- A heartbeat with a room counts for the client's global presence too.
+local function heartbeat(client, server, ms, seq, rest)
+  local room, data
+  if rest ~= '' then
+    room, data = string.match(rest, '^ (%S+) ?(.*)$')
+    if not room then error('malformed room ' .. rest) end
+  end
+  local scope
+  if room then
+    scope = room_scope(room, ARGV[8] .. '{' .. room .. '}.', client)
+    expect_room(scope)  -- all or nothing: before the global part writes
+    expect(scope.holders, 'zset')
+  end
+  local global = global_scope(ARGV[3] .. client, ARGV[4] .. client)
+  local code = apply(global, client, server, ms, seq, '')
+  if scope then apply(scope, client, server, ms, seq, data) end
+  return code
+end
+expect_shared()
+local results, acks, failure = {}, {}, nil
+for line in string.gmatch(ARGV[6], '[^\\n]+') do
+  local client, server, sent, ms, seq, rest =
+    string.match(line, '^(%S+) (%S+) ((%d+)%-?(%d*))(.*)$')
+  local ok, result = false, 'malformed heartbeat ' .. line
+  if client then
+    ok, result = pcall(heartbeat, client, server, tonumber(ms), tonumber(seq) or 0, rest)
+    if ok and seq ~= '' then acks[#acks + 1] = sent end
+  end
+  if ok then
+    results[#results + 1] = result
+  else
+    results[#results + 1], failure = FAILED, result
+  end
+end
+-- In slices: unpack's stack is limited.
+for i = 1, #acks, 1000 do
+  redis.call('XACK', KEYS[4], cfg.group, unpack(acks, i, math.min(i + 999, #acks)))
+end
+if failure then
+  results[#results + 1] = type(failure) == 'table' and failure.err or tostring(failure)
+end
+return results
+"""
+)
+
+# OFFLINE checks for any number of clients in one call.
+# ARGV[1] presence stream cap
+# ARGV[2] online.clients. prefix
+# ARGV[3...] clients
+# A client gets its OFFLINE when its key is gone and its OFFLINE is not out yet.
+# Returns {how many were published, how many Redis failed, the last failure or ''}.
+OFFLINE: Final = (
+    PRELUDE
+    + """
+cfg.cap = ARGV[1]
+local published, failed, failure = 0, 0, ''
+local function check(client)
+  if redis.call('EXISTS', ARGV[2] .. client) == 1 then return 0 end
+  if not redis.call('ZSCORE', KEYS[1], client) then return 0 end
+  offline(global_scope(), client, redis.call('HGET', KEYS[2], client) or '')
+  return 1
+end
+expect_shared()
+for i = 3, #ARGV do
+  local ok, result = pcall(check, ARGV[i])
+  if ok then
+    published = published + result
+  else
+    failed = failed + 1
+    failure = type(result) == 'table' and result.err or tostring(result)
+  end
+end
+return {published, failed, failure}
+"""
+)
+
+# The client's last connection to this server closed (see ``leave``).
+# KEYS[6] online.clients.<id>   KEYS[7] online.holders.<id>
+# ARGV[1] client
+# ARGV[2] server
+# ARGV[3] ttl ms
+# ARGV[4] presence stream cap
+# ARGV[5] the consumer group
+# Returns LEFT or KEPT.
+LEAVE: Final = (
+    PRELUDE
+    + """
+cfg.ttl, cfg.cap, cfg.group = tonumber(ARGV[3]), ARGV[4], ARGV[5]
+expect_shared()
+expect(KEYS[6], 'string')
+expect(KEYS[7], 'zset')
+return leave(global_scope(KEYS[6], KEYS[7]), ARGV[1], ARGV[2])
+"""
+)
+
+# The client's last connection in a room on this server closed (see ``leave``).
+# KEYS[6] room.{R}. prefix: the room's keys are built from it
+# ARGV[1] room
+# ARGV[2] client
+# ARGV[3] server
+# ARGV[4] ttl ms
+# ARGV[5] room stream cap
+# ARGV[6] the consumer group
+# Returns LEFT or KEPT.
+ROOM_LEAVE: Final = (
+    PRELUDE
+    + """
+cfg.ttl, cfg.room_cap, cfg.group = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local scope = room_scope(ARGV[1], KEYS[6], ARGV[2])
+expect_shared()
+expect_room(scope)
+expect(scope.holders, 'zset')
+return leave(scope, ARGV[2], ARGV[3])
+"""
+)
+
+# ARGV[1] how many clients to return at most
+# ARGV[2] the consumer group
+# Returns {now ms, {client, deadline ms, ...}}: the clients whose deadline has
+# passed with every heartbeat sent before it applied, earliest first.
+DUE: Final = (
+    PRELUDE
+    + """
+cfg.group = ARGV[2]
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', applied_until(), 'WITHSCORES',
+  'LIMIT', 0, ARGV[1])
+return {now, due}
+"""
+)
+
+# The room sweeper: OFFLINE for every member whose deadline has passed with
+# every heartbeat sent before it applied, in up to ARGV[3] rooms due in
+# rooms.due; each visited room's index time moves to its earliest deadline.
+# ARGV[1] room stream cap
+# ARGV[2] room. prefix
+# ARGV[3] how many rooms to visit at most
+# ARGV[4] the consumer group
+# Returns {published, rooms visited, how many rooms Redis failed, the last
+# failure or ''}.
+ROOM_SWEEP: Final = (
+    PRELUDE
+    + """
+cfg.room_cap, cfg.group = ARGV[1], ARGV[4]
+local horizon = applied_until()
+local published, failed, failure = 0, 0, ''
+local function sweep(room)
+  local scope = room_scope(room, ARGV[2] .. '{' .. room .. '}.', '')
+  expect_room(scope)
+  local due = redis.call('ZRANGEBYSCORE', scope.deadlines, '-inf', horizon)
+  for _, client in ipairs(due) do
+    offline(scope, client, redis.call('HGET', scope.servers, client) or '')
+  end
+  local first = redis.call('ZRANGE', scope.deadlines, 0, 0, 'WITHSCORES')
+  if #first > 0 then
+    redis.call('ZADD', KEYS[5], first[2], room)
+  else
+    redis.call('ZREM', KEYS[5], room)
+  end
+  return #due
+end
+expect_shared()
+local rooms = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', horizon, 'LIMIT', 0, ARGV[3])
+for _, room in ipairs(rooms) do
+  local ok, result = pcall(sweep, room)
+  if ok then
+    published = published + result
+  else
+    failed = failed + 1
+    failure = type(result) == 'table' and result.err or tostring(result)
+    redis.call('ZREM', KEYS[5], room)  -- not a room's keys: never visited again
+  end
+end
+return {published, #rooms, failed, failure}
+"""
+)
+
+# This server's heartbeats, added to the heartbeat stream in one call, each
+# entry as any platform's XADD adds it: a tick of 100,000 clients costs one
+# reply to parse, not 100,000.
+# ARGV[1] heartbeat stream cap
+# ARGV[2] the server
+# ARGV[3...] per heartbeat: its client, its room ('' for none), its data ('' for none)
+# Returns how many entries were added.
+PUBLISH: Final = """
+local added = 0
+for i = 3, #ARGV, 3 do
+  local client, room, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if room == '' then
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[1], '*', 'client', client,
+      'server', ARGV[2])
+  elseif data == '' then
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[1], '*', 'client', client,
+      'server', ARGV[2], 'room', room)
+  else
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[1], '*', 'client', client,
+      'server', ARGV[2], 'room', room, 'data', data)
+  end
+  added = added + 1
+end
+return added
+"""
+
+# Returns {last presence entry id or '0-0', {client, server, ...}}: the online
+# clients exactly as of that entry, so a reader can continue right after it.
+# With ARGV, only those clients: {position, {server or false, ...}}.
+SNAPSHOT: Final = """
+local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+local position = '0-0'
+if #last > 0 then position = last[1][1] end
+if #ARGV > 0 then return {position, redis.call('HMGET', KEYS[2], unpack(ARGV))} end
+return {position, redis.call('HGETALL', KEYS[2])}
+"""
+
+# A room's members exactly as of its stream's last entry.
+# KEYS[6] room.{R}. prefix
+# Returns {last room entry id or '0-0', {client, server, ...}, {client, data, ...}}.
+ROOM_SNAPSHOT: Final = """
+local base = KEYS[6]
+local last = redis.call('XREVRANGE', base .. 'presence', '+', '-', 'COUNT', 1)
+local position = '0-0'
+if #last > 0 then position = last[1][1] end
+return {position, redis.call('HGETALL', base .. 'members'), redis.call('HGETALL', base .. 'data')}
+"""
+
+# Replace a member's data; an unchanged value publishes nothing.
+# KEYS[6] room.{R}. prefix
+# ARGV[1] room
+# ARGV[2] client
+# ARGV[3] data, a JSON object on one line
+# ARGV[4] room stream cap
+# Returns 1 when it published UPDATE, 0 when the data was the same, -1 when
+# the client is not a member of the room.
+SET_DATA: Final = (
+    PRELUDE
+    + """
+cfg.room_cap = ARGV[4]
+local client, data = ARGV[2], ARGV[3]
+local scope = room_scope(ARGV[1], KEYS[6], client)
+expect_room(scope)
+if not redis.call('ZSCORE', scope.deadlines, client) then return -1 end
+if redis.call('HGET', scope.data, client) == data then return 0 end
+redis.call('HSET', scope.data, client, data)
+publish(scope, client, 'UPDATE', redis.call('HGET', scope.servers, client) or '', data)
+return 1
+"""
+)
+
+# Heartbeat entries left pending by a consumer that stopped, froze or lost
+# Redis, taken over by this one. An entry is claimed only when it was found
+# pending for over the claim delay twice, in this call and the one before: a
+# Redis stall makes every entry look old once, and the calls its consumer
+# queued behind the stall acknowledge it right after.
+# ARGV[1] the consumer group
+# ARGV[2] this consumer
+# ARGV[3] the claim delay, ms
+# ARGV[4] how many entries to find at most
+# ARGV[5...] the entries found pending last time
+# Returns {claimed entries {id, fields}, how many were deleted while pending
+# (acknowledged: nothing to apply), found {id, consumer, ...}}.
+CLAIM: Final = """
+local group, me, idle = ARGV[1], ARGV[2], ARGV[3]
+local entries, deleted = {}, 0
+if #ARGV >= 5 then
+  -- The ids, then JUSTID: unpack() would give only one value before it.
+  local args = {'XCLAIM', KEYS[4], group, me, idle}
+  for i = 5, #ARGV do args[#args + 1] = ARGV[i] end
+  args[#args + 1] = 'JUSTID'
+  local claimed = redis.call(unpack(args))
+  local gone = {}
+  for _, id in ipairs(claimed) do
+    local found = redis.call('XRANGE', KEYS[4], id, id)
+    if #found > 0 then entries[#entries + 1] = found[1] else gone[#gone + 1] = id end
+  end
+  -- Redis 6.2 keeps an entry deleted while pending in the list, and returns
+  -- it as nil when it is claimed: acknowledge it, or it stays for ever.
+  if #gone > 0 then redis.call('XACK', KEYS[4], group, unpack(gone)) end
+  deleted = #gone
+end
+local found = {}
+for _, p in ipairs(redis.call('XPENDING', KEYS[4], group, 'IDLE', idle, '-', '+', ARGV[4])) do
+  found[#found + 1] = p[1]
+  found[#found + 1] = p[2]
+end
+return {entries, deleted, found}
+"""
+
+# Removes the consumers idle for longer than ARGV[3] ms with nothing pending,
+# in one step: a consumer that comes back and reads meanwhile keeps what it read.
+# ARGV[1] the consumer group
+# ARGV[2] this consumer (never removed)
+# ARGV[3] ms
+# Returns {name, ms idle, ...} of the consumers removed.
+FORGET: Final = """
+local removed = {}
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[4], ARGV[1])
+if not ok then return removed end
+for _, c in ipairs(consumers) do
+  local fields = {}
+  for i = 1, #c, 2 do fields[c[i]] = c[i + 1] end
+  if fields['name'] ~= ARGV[2] and fields['pending'] == 0
+      and fields['idle'] >= tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[4], ARGV[1], fields['name'])
+    removed[#removed + 1] = fields['name']
+    removed[#removed + 1] = fields['idle']
+  end
+end
+return removed
+"""

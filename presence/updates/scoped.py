@@ -1,0 +1,183 @@
+"""Scoped streams: rooms, watch lists and occupancy, each connection with a queue.
+
+A scoped stream does not read the shared log: what it needs is routed to it
+when it arrives, through an index (room -> subscribers, watched id ->
+subscribers), so fan-out costs the subscribers concerned, not every
+connection. Its queue holds references to deliveries shared by all, and is
+bounded: a subscriber that falls behind it gets a fresh snapshot, as one that
+falls off the shared log does.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from ..wire import Delivery, RoomDelivery
+from .deliveries import Connection, Resync
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What one stream asked for."""
+
+    rooms: tuple[str, ...] = ()
+    #: The watched ids; None when the stream has no global part.
+    watch: frozenset[str] | None = None
+    occupancy: tuple[str, ...] = ()
+    #: The member data to set in its rooms (canonical JSON), if any.
+    data: str | None = None
+    #: Names the scope in the stream's event ids: a resume with another
+    #: scope's id cannot be exact.
+    tag: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        watch = "\n".join(sorted(self.watch)) if self.watch is not None else "-"
+        text = "\n".join(self.rooms) + "\n\n" + watch
+        object.__setattr__(self, "tag", format(zlib.crc32(text.encode()), "08x"))
+
+    @property
+    def streams(self) -> int:
+        """How many stream positions its ids carry: the global one, then one per room."""
+        return (self.watch is not None) + len(self.rooms)
+
+
+@dataclass(frozen=True, slots=True)
+class Occupancy:
+    """A room's member count."""
+
+    room: str
+    count: int
+
+
+Item = Delivery | RoomDelivery | Occupancy
+
+
+class ScopedSubscriber(Connection):
+    """One scoped SSE connection: the events routed to it, in arrival order."""
+
+    __slots__ = ("_limit", "counts", "overflowed", "queue", "scope")
+
+    def __init__(
+        self,
+        client: str,
+        scope: Scope,
+        limit: int,
+        *,
+        alive: Callable[[], bool] | None = None,
+        abort: Callable[[], None] | None = None,
+        buffered: Callable[[], int] | None = None,
+    ) -> None:
+        super().__init__(client, alive=alive, abort=abort, buffered=buffered)
+        self.scope = scope
+        self.queue: deque[Item] = deque()
+        self._limit = limit
+        #: Whether it fell more than its limit behind, until its fresh snapshot.
+        self.overflowed = False
+        #: The last count sent per occupancy room.
+        self.counts: dict[str, int] = {}
+
+    def behind(self, start: int) -> bool:
+        return self.overflowed
+
+    def push(self, item: Item) -> None:
+        if self.overflowed:
+            return  # a fresh snapshot is coming
+        if len(self.queue) >= self._limit:
+            self.queue.clear()
+            self.overflowed = True
+            self.stale = True
+        else:
+            self.queue.append(item)
+        self._wake.set()
+
+    async def items(self) -> list[Item]:
+        """What was routed to it since the last call, once there is some (and its
+        connection has drained what it had to send); empty once closed.
+
+        Raises ``Resync`` (once) when it may have missed events.
+        """
+        if not await self._ready(lambda: bool(self.queue)):
+            return []
+        if self.stale:
+            self.stale = False
+            self.queue.clear()
+            raise Resync
+        found = list(self.queue)
+        self.queue.clear()
+        return found
+
+    def synced(self) -> None:
+        """Its fresh snapshot is written: it may fall behind again."""
+        self.overflowed = False
+
+
+class Scopes:
+    """The index of scoped subscribers, and the routing of events to them."""
+
+    def __init__(self) -> None:
+        self.rooms: dict[str, set[ScopedSubscriber]] = {}
+        self.watched: dict[str, set[ScopedSubscriber]] = {}
+        self.occupancy: dict[str, set[ScopedSubscriber]] = {}
+        #: Called with a room the first time a subscriber joins it here.
+        self.on_room: Callable[[str], None] | None = None
+
+    @contextmanager
+    def subscribed(self, subscriber: ScopedSubscriber) -> Iterator[None]:
+        scope = subscriber.scope
+        for room in scope.rooms:
+            _add(self.rooms, room, subscriber)
+        for client in scope.watch or ():
+            _add(self.watched, client, subscriber)
+        for room in scope.occupancy:
+            _add(self.occupancy, room, subscriber)
+        try:
+            yield
+        finally:
+            for room in scope.rooms:
+                _remove(self.rooms, room, subscriber)
+            for client in scope.watch or ():
+                _remove(self.watched, client, subscriber)
+            for room in scope.occupancy:
+                _remove(self.occupancy, room, subscriber)
+
+    def deliver(self, batch: Sequence[Delivery]) -> None:
+        """Global events, to the streams watching their client."""
+        if not self.watched:
+            return
+        for delivery in batch:
+            for subscriber in self.watched.get(delivery.client, ()):
+                subscriber.push(delivery)
+
+    def deliver_rooms(self, batch: Sequence[RoomDelivery]) -> None:
+        """Room events, to the room's other members here."""
+        for delivery in batch:
+            for subscriber in self.rooms.get(delivery.room, ()):
+                if subscriber.client != delivery.client:
+                    subscriber.push(delivery)
+
+    def count(self, room: str, count: int) -> None:
+        """A room's member count, to the streams following it that have not seen it."""
+        for subscriber in self.occupancy.get(room, ()):
+            if subscriber.counts.get(room) != count:
+                subscriber.counts[room] = count
+                subscriber.push(Occupancy(room, count))
+
+    def resync_room(self, room: str) -> None:
+        for subscriber in self.rooms.get(room, ()):
+            subscriber.resync()
+
+
+def _add(index: dict[str, set[ScopedSubscriber]], key: str, s: ScopedSubscriber) -> None:
+    index.setdefault(key, set()).add(s)
+
+
+def _remove(index: dict[str, set[ScopedSubscriber]], key: str, s: ScopedSubscriber) -> None:
+    found = index.get(key)
+    if found is not None:
+        found.discard(s)
+        if not found:
+            del index[key]
