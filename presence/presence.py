@@ -362,7 +362,7 @@ class Presence:
             max_tick_lag=self.publisher.max_tick_lag,
             fanout_lag=self.reader.lag,
             overflows=self.deliveries.overflows,
-            resets=self.deliveries.resets,
+            resets=self.deliveries.resets + self.scopes.resets,
             reconnects=self.recoveries,
             outages=self.outage.count,
             keyspace_events=bool(self.listener.events),

@@ -315,3 +315,49 @@ async def test_oversized_request_lines_and_headers_are_refused(
         assert response.status == 200  # under the cap
     async with session.get(f"{server.url}/healthz") as response:
         assert response.status == 200
+
+
+def room_token(sub: str, rooms: object) -> str:
+    claims = {"sub": sub, "exp": int(time.time()) + 60, "rooms": rooms}
+    return jwt.encode(claims, SECRET, "HS256")
+
+
+async def test_the_rooms_claim_decides_which_rooms_a_client_may_join(
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession
+) -> None:
+    server = await serve(create_app(settings.replace(auth_secret=SECRET)))
+
+    def events(room: str, tok: str, kind: str = "room") -> tuple[object, dict[str, str]]:
+        url = server.make_url(f"/clients/alice/events?{kind}={room}")
+        return url, {"Authorization": f"Bearer {tok}"}
+
+    allowed = room_token("alice", ["lobby", "team-*"])
+    for room in ("lobby", "team-", "team-red"):
+        url, headers = events(room, allowed)
+        stream = await open_events(session, str(url), headers)
+        assert (await stream.next()).event == "snapshot", room
+        stream.close()
+    for room, tok, kind in [
+        ("lobbyist", allowed, "room"),
+        ("team", allowed, "room"),
+        ("other", allowed, "occupancy"),
+        ("lobby", token("alice"), "room"),  # no claim: no room
+        ("lobby", room_token("alice", "lobby"), "room"),  # not a list: no room
+    ]:
+        url, headers = events(room, tok, kind)
+        code, body = await status_of(session, url, headers=headers)
+        assert code == 403, (room, kind)
+        assert "room" in str(body["error"])
+    # Data is the client's own: another client's token may not set it.
+    put = server.make_url("/rooms/lobby/clients/alice/data")
+    for tok, code in [(room_token("bob", ["lobby"]), 403), (room_token("alice", ["x"]), 403)]:
+        async with session.put(put, json={}, headers={"Authorization": f"Bearer {tok}"}) as r:
+            assert r.status == code
+    async with session.put(put, json={"a": 1}) as response:
+        assert response.status == 401
+    async with session.put(
+        server.make_url("/rooms/team-x/clients/alice/data"),
+        json={"a": 1},
+        headers={"Authorization": f"Bearer {allowed}"},
+    ) as response:
+        assert response.status == 404  # allowed, but alice is not in team-x

@@ -19,6 +19,7 @@ from yarl import URL
 
 from presence import PRESENCE, Presence, Settings, create_app
 from presence.contract import is_valid_raw_id
+from presence.wire import member_data
 
 from .support import Redis, poll
 
@@ -83,14 +84,85 @@ async def test_any_last_event_id_or_query_gets_a_stream_never_a_500(
     async with session.get(
         server.make_url("/clients/alice/events"), headers=headers, params=query
     ) as response:
-        assert response.status == 200
-        first = await response.content.readuntil(b"\n\n")
-        assert first.startswith(b"id: ") or first.startswith(b":")
+        if {"room", "watch", "occupancy", "data"} & set(query):
+            assert response.status in (200, 400), response.status  # a scope, maybe invalid
+        else:
+            assert response.status == 200
+        if response.status == 200:
+            first = await response.content.readuntil(b"\n\n")
+            assert first.startswith((b"id: ", b":", b"event: occupancy"))
+        else:
+            assert "error" in await response.json()
     await healthy(presence_of(server))
 
 
+scope_values = st.sampled_from(["lobby", "a.b", "x" * 128, ""]) | printable
+scope_query = st.lists(
+    st.tuples(st.sampled_from(["room", "watch", "occupancy", "data"]), scope_values),
+    min_size=1,
+    max_size=6,
+)
+
+
+@EXAMPLES
+@given(query=scope_query, last_event_id=printable)
+async def test_any_scoped_query_gets_a_stream_or_a_4xx_never_a_500(
+    query: list[tuple[str, str]],
+    last_event_id: str,
+    server: TestServer,
+    session: aiohttp.ClientSession,
+) -> None:
+    headers = {"Last-Event-ID": last_event_id.strip()} if last_event_id.strip() else {}
+    async with session.get(
+        server.make_url("/clients/alice/events"), headers=headers, params=query
+    ) as response:
+        assert response.status in (200, 400), response.status
+        if response.status == 200:
+            first = await response.content.readuntil(b"\n\n")
+            assert first.startswith((b"id: ", b":", b"event: occupancy"))
+        else:
+            assert "error" in await response.json()
+    await healthy(presence_of(server))
+
+
+@EXAMPLES
+@given(room=st.text(max_size=200), body=st.binary(max_size=2000) | printable.map(str.encode))
+async def test_any_room_or_data_gets_an_answer_never_a_500(
+    room: str, body: bytes, server: TestServer, session: aiohttp.ClientSession
+) -> None:
+    base = str(server.make_url("/")).rstrip("/")
+    room_path = f"/rooms/{quote(room, safe='')}"
+    async with session.get(URL(base + room_path, encoded=True)) as response:
+        assert response.status in (200, 400, 404), response.status
+        assert isinstance(await response.json(), dict)
+    put = URL(base + room_path + "/clients/alice/data", encoded=True)
+    async with session.put(put, data=body) as response:
+        assert response.status in (400, 404, 413), response.status
+        assert "error" in await response.json()
+    await healthy(presence_of(server))
+
+
+def _valid_heartbeat(entry: dict[bytes, bytes]) -> bool:
+    if not (
+        is_valid_raw_id(entry.get(b"client", b"")) and is_valid_raw_id(entry.get(b"server", b""))
+    ):
+        return False
+    if b"room" not in entry:
+        return True
+    if not is_valid_raw_id(entry[b"room"]):
+        return False
+    if b"data" not in entry:
+        return True
+    try:
+        member_data(entry[b"data"])
+    except ValueError:
+        return False
+    return True
+
+
 fields = st.dictionaries(
-    st.sampled_from([b"client", b"server", b"status", b"x"]) | st.binary(min_size=1, max_size=20),
+    st.sampled_from([b"client", b"server", b"status", b"room", b"data", b"x"])
+    | st.binary(min_size=1, max_size=20),
     st.binary(max_size=300)
     | st.text(string.ascii_letters + "._:@-", min_size=1, max_size=140).map(str.encode),
     min_size=1,
@@ -109,11 +181,9 @@ async def test_any_heartbeat_entries_are_applied_or_skipped_and_nothing_dies(
     for entry in entries:
         pipe.xadd(f"{NAMESPACE}heartbeat", entry)
     await pipe.execute()
-    # Exactly the entries with an invalid or missing id are skipped.
-    bad = sum(
-        not (is_valid_raw_id(e.get(b"client", b"")) and is_valid_raw_id(e.get(b"server", b"")))
-        for e in entries
-    )
+    # Exactly the entries with an invalid or missing id, an invalid room, or
+    # data with a room that is not a small JSON object, are skipped.
+    bad = sum(not _valid_heartbeat(e) for e in entries)
 
     async def consumed() -> bool:
         done = presence.consumer.applied - applied + presence.consumer.malformed - malformed

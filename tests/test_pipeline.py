@@ -244,7 +244,7 @@ async def test_streams_are_capped(
     await poll(lambda: truthy(presence.consumer.applied == 1000), what="applied")
     # MAXLEN ~ trims whole nodes of up to 100 entries, so "about 10" is at most ~110.
     assert await redis.xlen("presence") <= 110
-    await presence.publisher.publish([f"local{n}" for n in range(300)])
+    await presence.publisher.publish([(f"local{n}", "") for n in range(300)])
     assert await redis.xlen("heartbeat") <= 110
 
 

@@ -7,11 +7,12 @@ import json
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 
 from presence import Settings, create_app
 
-from .support import Event, EventStream, Redis, Serve, open_events, poll
+from .support import Event, EventStream, Redis, Serve, StartPresence, open_events, poll
 
 
 def _url(server: TestServer, path: str) -> str:
@@ -26,6 +27,10 @@ async def _room(session: aiohttp.ClientSession, server: TestServer, room: str) -
 
 async def _members(session: aiohttp.ClientSession, server: TestServer, room: str) -> set[str]:
     return {c["client"] for c in (await _room(session, server, room))["clients"]}
+
+
+async def _has(session: aiohttp.ClientSession, server: TestServer, room: str, client: str) -> bool:
+    return client in await _members(session, server, room)
 
 
 def _presence(stream: EventStream, room: str | None, client: str, status: str) -> Any:
@@ -50,9 +55,7 @@ async def test_room_members_see_each_other_join_update_and_leave(
     await poll(lambda: _members(session, server, "lobby"), what="alice in the lobby")
 
     data = json.dumps({"status": "here"})
-    bob = await open_events(
-        session, _url(server, f"/clients/bob/events?room=lobby&data={data}")
-    )
+    bob = await open_events(session, _url(server, f"/clients/bob/events?room=lobby&data={data}"))
     snapshot = await bob.next()
     assert snapshot.data == {"rooms": {"lobby": [{"client": "alice", "server": "test-1"}]}}
     joined = await _presence(alice, "lobby", "bob", "ONLINE")
@@ -100,3 +103,196 @@ async def test_room_members_see_each_other_join_update_and_leave(
     global_entries = await redis.xrange("presence")
     assert all(f[b"status"] in (b"ONLINE", b"OFFLINE") for _, f in global_entries)
     alice.close()
+
+
+async def test_scopes_filter_what_a_stream_receives(
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession
+) -> None:
+    server = await serve(create_app(settings.replace(leave_grace=0.2)))
+    red = await open_events(session, _url(server, "/clients/alice/events?room=red"))
+    await red.next()
+    await poll(lambda: _members(session, server, "red"), what="alice in red")
+    watcher = await open_events(session, _url(server, "/clients/dave/events?watch=bob&room=red"))
+    snapshot = await watcher.next()
+    assert snapshot.data == {
+        "clients": [],
+        "rooms": {"red": [{"client": "alice", "server": "test-1"}]},
+    }
+    # Traffic none of them asked for: a blue room, a global stream, carol.
+    blue = await open_events(session, _url(server, "/clients/bob/events?room=blue"))
+    await blue.next()
+    carol = await open_events(session, _url(server, "/clients/carol/events"))
+    await carol.next()
+    online = await _presence(watcher, None, "bob", "ONLINE")
+    assert online.data == {"client": "bob", "status": "ONLINE", "server": "test-1"}
+    carol.close()
+    blue.close()
+    await _presence(watcher, None, "bob", "OFFLINE")
+    # The last of the traffic: erin joins red. Before her, red heard nothing.
+    erin = await open_events(session, _url(server, "/clients/erin/events?room=red"))
+    await erin.next()
+    # Before erin, red heard of dave alone (a member too), then erin.
+    heard = [await red.next()]
+    while heard[-1].data["client"] != "erin":
+        heard.append(await red.next())
+    assert {(e.event, e.data["client"], e.data["room"]) for e in heard} == {
+        ("presence", "dave", "red"),
+        ("presence", "erin", "red"),
+    }
+    joined = await watcher.next()
+    assert (joined.data["client"], joined.data["room"]) == ("erin", "red")
+    for stream in (red, watcher, erin):
+        stream.close()
+
+
+async def test_a_client_leaves_one_room_and_stays_in_the_other(
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession, redis: Redis
+) -> None:
+    server = await serve(create_app(settings.replace(leave_grace=0.2)))
+    watcher = await open_events(
+        session, _url(server, "/clients/w/events?room=a&room=b&watch=alice")
+    )
+    await watcher.next()
+    in_a = await open_events(session, _url(server, "/clients/alice/events?room=a"))
+    in_b = await open_events(session, _url(server, "/clients/alice/events?room=b"))
+    await in_a.next()
+    await in_b.next()
+    await _presence(watcher, "a", "alice", "ONLINE")
+    await _presence(watcher, "b", "alice", "ONLINE")
+    in_a.close()
+    await _presence(watcher, "a", "alice", "OFFLINE")
+    assert await _members(session, server, "b") == {"alice", "w"}
+    assert await redis.hget("online.servers", "alice") == b"test-1"
+    in_b.close()
+    left = await watcher.until(lambda e: e.data.get("status") == "OFFLINE")
+    assert left.data.get("room") in ("b", None)
+    watcher.close()
+
+
+async def test_external_platform_puts_a_member_in_a_room_through_redis_alone(
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession, redis: Redis
+) -> None:
+    server = await serve(create_app(settings))
+    watcher = await open_events(session, _url(server, "/clients/w/events?room=ops"))
+    await watcher.next()
+    fields = {"client": "ext", "server": "node-7", "room": "ops", "data": '{"b": 1, "a": "x"}'}
+    await redis.xadd("heartbeat", fields)
+    online = await _presence(watcher, "ops", "ext", "ONLINE")
+    assert online.data["data"] == {"a": "x", "b": 1}
+    assert await redis.hget("online.servers", "ext") == b"node-7"  # globally online too
+    assert await redis.hget("room.{ops}.data", "ext") == b'{"a":"x","b":1}'
+    # The same data again changes nothing; new data is one UPDATE.
+    await redis.xadd("heartbeat", {**fields, "data": '{"a":"x","b":1}'})
+    await redis.xadd("heartbeat", {**fields, "data": '{"a":"y"}'})
+    update = await _presence(watcher, "ops", "ext", "UPDATE")
+    assert update.data["data"] == {"a": "y"}
+    # No more heartbeats: out of the room at its deadline.
+    left = await _presence(watcher, "ops", "ext", "OFFLINE")
+    assert left.data["server"] == "node-7"
+    statuses = [f[b"status"] for _, f in await redis.xrange("room.{ops}.presence")]
+    assert statuses.count(b"UPDATE") == 1
+    watcher.close()
+
+
+async def test_a_scoped_stream_resumes_after_its_last_event_id(
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession
+) -> None:
+    server = await serve(create_app(settings.replace(leave_grace=5)))
+    url = _url(server, "/clients/alice/events?room=r&watch=bob")
+    alice = await open_events(session, url)
+    await alice.next()
+    bob = await open_events(session, _url(server, "/clients/bob/events?room=r"))
+    await bob.next()
+    await _presence(alice, "r", "bob", "ONLINE")
+    await _presence(alice, None, "bob", "ONLINE")
+    last = alice.last_id
+    assert last is not None
+    alice.close()
+    carol = await open_events(session, _url(server, "/clients/carol/events?room=r"))
+    await carol.next()
+    await poll(lambda: _has(session, server, "r", "carol"), what="carol in r")
+    async with session.put(server.make_url("/rooms/r/clients/bob/data"), json={"s": 1}):
+        pass
+    resumed = await open_events(session, url, headers={"Last-Event-ID": last})
+    first = await resumed.next()
+    assert (first.event, first.data["client"], first.data["status"]) == (
+        "presence",
+        "carol",
+        "ONLINE",
+    )
+    second = await resumed.next()
+    assert (second.data["client"], second.data["status"]) == ("bob", "UPDATE")
+    resumed.close()
+    # An id from another scope cannot be exact: a reset snapshot.
+    other = await open_events(
+        session, _url(server, "/clients/alice/events?room=r"), headers={"Last-Event-ID": last}
+    )
+    reset = await other.next()
+    assert reset.event == "snapshot"
+    assert reset.data["reset"] is True
+    assert {m["client"] for m in reset.data["rooms"]["r"]} == {"bob", "carol"}
+    for stream in (other, bob, carol):
+        stream.close()
+
+
+async def test_occupancy_counts_members_without_listing_them(
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession
+) -> None:
+    server = await serve(create_app(settings))
+    counter = await open_events(session, _url(server, "/clients/counter/events?occupancy=big"))
+    first = await counter.next()
+    assert (first.event, first.data) == ("occupancy", {"room": "big", "count": 0})
+    members = [
+        await open_events(session, _url(server, f"/clients/m{n}/events?room=big")) for n in range(3)
+    ]
+    counted = await counter.until(lambda e: e.data["count"] == 3, timeout=5)
+    assert counted.event == "occupancy"
+    for member in members:
+        member.close()
+    counter.close()
+
+
+async def test_scope_limits_and_bad_data_get_a_400_in_json(
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession
+) -> None:
+    server = await serve(create_app(settings.replace(max_rooms_per_connection=2, max_watch=2)))
+    cases = {
+        "room=a&room=b&occupancy=c": "at most 2 rooms",
+        "watch=a&watch=b&watch=c": "at most 2 ids",
+        "room=bad%20name": "room must be",
+        "watch=": "watched client id must be",
+        "room=a&data=%7B": "valid JSON",
+        "room=a&data=%5B1%5D": "a JSON object",
+        "room=a&data=" + "%7B%22a%22%3A%22" + "x" * 1100 + "%22%7D": "at most 1024 bytes",
+        "data=%7B%7D": "data needs a room",
+        "room=a&data=%7B%7D&data=%7B%7D": "data may be given once",
+    }
+    for query, message in cases.items():
+        async with session.get(server.make_url(f"/clients/alice/events?{query}")) as response:
+            assert response.status == 400, query
+            assert message in (await response.json())["error"], query
+    # Repeated rooms count once.
+    ok = await open_events(session, _url(server, "/clients/alice/events?room=a&room=a&room=b"))
+    assert (await ok.next()).data == {"rooms": {"a": [], "b": []}}
+    ok.close()
+    put = server.make_url("/rooms/a/clients/alice/data")
+    for body in (b"[]", b"{", b'{"a": NaN}', b'"x"'):
+        async with session.put(put, data=body) as response:
+            assert response.status == 400, body
+    async with session.get(server.make_url("/rooms/bad%20name")) as response:
+        assert response.status == 400
+
+
+async def test_track_holds_memberships_in_process(
+    settings: Settings, start_presence: StartPresence, redis: Redis
+) -> None:
+    presence = await start_presence(settings)
+    async with presence.track("svc", rooms=["ops"], data={"role": "bot"}):
+        await poll(lambda: redis.hget("room.{ops}.data", "svc"), what="svc in ops")
+        room = await presence.room("ops")
+        assert [m.to_dict() for m in room.members] == [
+            {"client": "svc", "server": "test-1", "data": {"role": "bot"}}
+        ]
+    with pytest.raises(ValueError, match="JSON object"):
+        async with presence.track("svc", rooms=["ops"], data=[1]):  # type: ignore[arg-type]
+            pass

@@ -392,3 +392,109 @@ async def test_a_leave_handing_over_gives_the_client_its_other_holders_deadline(
     assert await redis.zscore("online.deadlines", "alice") == s2_deadline
     assert await redis.get("online.clients.alice") == b"s2"
     assert 0 < await redis.pttl("online.clients.alice") <= s2_deadline - now
+
+
+# Rooms -----------------------------------------------------------------------
+
+
+async def room_beat(t: Transitions, client: str, server: str, room: str, data: str = "") -> Any:
+    line = f"{client} {server} 0 {room}" + (f" {data}" if data else "")
+    [codes] = await t.execute(lambda pipe: t.heartbeats(pipe, [line.encode()]))
+    return codes
+
+
+async def room_statuses(redis: Redis, room: str) -> list[tuple[str, str, str, str | None]]:
+    return [
+        (
+            f[b"client"].decode(),
+            f[b"status"].decode(),
+            f[b"server"].decode(),
+            f[b"data"].decode() if b"data" in f else None,
+        )
+        for _, f in await redis.xrange(f"room.{{{room}}}.presence")
+    ]
+
+
+async def test_a_room_heartbeat_makes_a_member_with_data_and_a_client_online(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings.replace(heartbeat_interval=10))
+    assert await room_beat(t, "alice", "s1", "lobby", '{"s":"in"}') == [1]
+    assert await statuses(redis) == [("alice", "ONLINE", "s1")]
+    assert await room_statuses(redis, "lobby") == [("alice", "ONLINE", "s1", '{"s":"in"}')]
+    # Another room: a member there too, and no second global ONLINE.
+    assert await room_beat(t, "alice", "s1", "other") == [0]
+    assert await statuses(redis) == [("alice", "ONLINE", "s1")]
+    # A refresh, with the same data or none, publishes nothing; new data, one UPDATE.
+    await room_beat(t, "alice", "s1", "lobby", '{"s":"in"}')
+    await room_beat(t, "alice", "s1", "lobby")
+    await room_beat(t, "alice", "s1", "lobby", '{"s":"out"}')
+    assert (await room_statuses(redis, "lobby"))[1:] == [("alice", "UPDATE", "s1", '{"s":"out"}')]
+    assert await redis.hgetall("room.{lobby}.members") == {b"alice": b"s1"}
+    assert await redis.hgetall("room.{lobby}.data") == {b"alice": b'{"s":"out"}'}
+    assert await t.set_data("lobby", "alice", '{"s":"out"}') == 0
+    assert await t.set_data("lobby", "alice", '{"s":"x"}') == 1
+    assert await t.set_data("lobby", "bob", '{"s":"x"}') == -1
+
+
+async def test_a_membership_leave_hands_over_then_leaves_the_room_only(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings.replace(heartbeat_interval=10))
+    await room_beat(t, "alice", "s1", "lobby")
+    await room_beat(t, "alice", "s2", "lobby")
+
+    async def room_leave(server: str) -> int:
+        result: int = (await t.execute(lambda p: t.leave_room(p, "lobby", "alice", server)))[0]
+        return result
+
+    assert await room_leave("s1") == 0  # s2 holds her there too
+    assert await redis.hget("room.{lobby}.members", "alice") == b"s2"
+    assert await room_leave("s2") == 1
+    assert await room_statuses(redis, "lobby") == [
+        ("alice", "ONLINE", "s1", None),
+        ("alice", "OFFLINE", "s2", None),
+    ]
+    # Out of the room, still online; the empty room's keys go, its stream expires.
+    assert await redis.hget("online.servers", "alice") is not None
+    assert await redis.exists("room.{lobby}.members", "room.{lobby}.deadlines") == 0
+    assert await redis.zscore("rooms.due", "lobby") is None
+    assert 0 < await redis.pttl("room.{lobby}.presence") <= 3_600_000
+    # A heartbeat s2 sent before its leave no longer counts in the room.
+    line = f"alice s2 {await redis_ms(redis) - 1000} lobby".encode()
+    await t.execute(lambda pipe: t.heartbeats(pipe, [line]))
+    assert await redis.exists("room.{lobby}.members") == 0
+    assert len(await room_statuses(redis, "lobby")) == 2
+
+
+async def test_the_room_sweeper_takes_out_members_past_their_deadline(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings)  # ttl 600 ms
+    await room_beat(t, "alice", "s1", "a")
+    await room_beat(t, "alice", "s1", "b")
+    deadline = int(await redis.zscore("room.{a}.deadlines", "alice") or 0)
+    assert await t.sweep_rooms(100) == (0, 0, 0, "")  # not due yet
+    await poll(lambda: redis_past(redis, deadline), what="alice's deadline")
+    published, visited, failed, _ = await t.sweep_rooms(100)
+    assert (published, visited, failed) == (2, 2, 0)
+    assert await room_statuses(redis, "a") == [
+        ("alice", "ONLINE", "s1", None),
+        ("alice", "OFFLINE", "s1", None),
+    ]
+    assert await redis.zcard("rooms.due") == 0
+
+
+async def test_a_room_key_of_the_wrong_type_fails_the_whole_heartbeat(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings)
+    await redis.set("room.{bad}.data", "not a hash")
+    [codes] = await t.execute(
+        lambda pipe: t.heartbeats(pipe, [b"alice s1 0 bad", b"bob s1 0 good"])
+    )
+    assert codes[:2] == [-2, 1]
+    assert "WRONGTYPE" in codes[2].decode()
+    # Nothing of alice's heartbeat was written, globally or in the room.
+    assert await redis.exists("online.clients.alice", "room.{bad}.members") == 0
+    assert [c for c, _, _ in await statuses(redis)] == ["bob"]

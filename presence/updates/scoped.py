@@ -83,16 +83,19 @@ class ScopedSubscriber(Connection):
     def behind(self, start: int) -> bool:
         return self.overflowed
 
-    def push(self, item: Item) -> None:
+    def push(self, item: Item) -> bool:
+        """Queue ``item``; True when that made it fall behind (it gets a fresh
+        snapshot instead of what it missed)."""
         if self.overflowed:
-            return  # a fresh snapshot is coming
-        if len(self.queue) >= self._limit:
-            self.queue.clear()
-            self.overflowed = True
-            self.stale = True
-        else:
-            self.queue.append(item)
+            return False  # a fresh snapshot is coming
         self._wake.set()
+        if len(self.queue) < self._limit:
+            self.queue.append(item)
+            return False
+        self.queue.clear()
+        self.overflowed = True
+        self.stale = True
+        return True
 
     async def items(self) -> list[Item]:
         """What was routed to it since the last call, once there is some (and its
@@ -122,8 +125,8 @@ class Scopes:
         self.rooms: dict[str, set[ScopedSubscriber]] = {}
         self.watched: dict[str, set[ScopedSubscriber]] = {}
         self.occupancy: dict[str, set[ScopedSubscriber]] = {}
-        #: Called with a room the first time a subscriber joins it here.
-        self.on_room: Callable[[str], None] | None = None
+        #: Streams sent a fresh snapshot because they fell behind.
+        self.resets = 0
 
     @contextmanager
     def subscribed(self, subscriber: ScopedSubscriber) -> Iterator[None]:
@@ -150,21 +153,21 @@ class Scopes:
             return
         for delivery in batch:
             for subscriber in self.watched.get(delivery.client, ()):
-                subscriber.push(delivery)
+                self.resets += subscriber.push(delivery)
 
     def deliver_rooms(self, batch: Sequence[RoomDelivery]) -> None:
         """Room events, to the room's other members here."""
         for delivery in batch:
             for subscriber in self.rooms.get(delivery.room, ()):
                 if subscriber.client != delivery.client:
-                    subscriber.push(delivery)
+                    self.resets += subscriber.push(delivery)
 
     def count(self, room: str, count: int) -> None:
         """A room's member count, to the streams following it that have not seen it."""
         for subscriber in self.occupancy.get(room, ()):
             if subscriber.counts.get(room) != count:
                 subscriber.counts[room] = count
-                subscriber.push(Occupancy(room, count))
+                self.resets += subscriber.push(Occupancy(room, count))
 
     def resync_room(self, room: str) -> None:
         for subscriber in self.rooms.get(room, ()):

@@ -99,6 +99,29 @@ class PresenceCollector(Collector):
         yield _counter("redis_reconnects", "Worker recoveries after Redis failures", s.reconnects)
         yield _counter("redis_outages", "Times Redis became reachable again", s.outages)
         yield GaugeMetricFamily(
+            "presence_rooms", "Rooms with a member's stream here", value=s.rooms
+        )
+        yield GaugeMetricFamily(
+            "presence_room_memberships",
+            "Room memberships this server holds (heartbeats, or in their leave grace)",
+            value=s.room_memberships,
+        )
+        yield GaugeMetricFamily(
+            "presence_scoped_connections",
+            "Open SSE connections scoped to rooms, a watch list or occupancy",
+            value=s.scoped_connections,
+        )
+        yield _counter(
+            "room_transitions_delivered",
+            "Room transitions read and routed to this server's room streams",
+            s.room_transitions_delivered,
+        )
+        yield _counter(
+            "room_offline_published",
+            "Room OFFLINEs this process's sweeper published (memberships past their deadline)",
+            s.room_offline_published,
+        )
+        yield GaugeMetricFamily(
             "presence_keyspace_events",
             "1 when Redis publishes the keyspace events of online keys, else 0",
             value=1 if s.keyspace_events else 0,

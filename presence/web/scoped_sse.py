@@ -53,7 +53,10 @@ class ScopedFrames:
     def snapshot(
         self, watched: Snapshot | None, rooms: dict[str, RoomSnapshot], *, reset: bool
     ) -> bytes:
-        """The ``snapshot`` frame, and the positions it is exact at."""
+        """The ``snapshot`` frame, and the positions it is exact at; none for a
+        stream of occupancy alone (its counts are its snapshot)."""
+        if not self._scope.streams:
+            return b""
         parts: list[bytes] = []
         positions: list[str] = []
         if watched is not None:
