@@ -12,7 +12,8 @@ import redis.asyncio as aioredis
 
 from presence import Settings
 from presence.heartbeats.consumer import SCRIPT_BATCH
-from presence.transitions.scripts import HEARTBEAT, Transitions
+from presence.transitions.scripts import Transitions
+from presence.transitions.sources import HEARTBEAT
 
 __all__ = ["SCRIPT_BATCH", "heartbeat_call"]
 

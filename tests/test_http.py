@@ -191,7 +191,7 @@ async def test_healthz_reports_redis_loss(
         assert response.content_type == "application/json"
         assert "Redis" in (await response.json())["error"]
     assert server.app is not None
-    assert "zed" not in server.app[PRESENCE].held
+    assert ("zed", "") not in server.app[PRESENCE].held
 
 
 async def test_shutdown_closes_streams_promptly(

@@ -203,14 +203,31 @@ def test_hold_counts_connections_and_marks_new_clients_fresh() -> None:
     local = HeldClients()
     local.hold("a")
     local.hold("a")
-    assert local.take_fresh() == ["a"]
+    assert local.take_fresh() == [("a", "")]
     local.release("a")
-    assert "a" in local
+    assert ("a", "") in local
     local.hold("b")
     local.release("b")
-    assert "b" not in local
-    assert local.take_fresh() == ["b"]  # connected, however briefly: heartbeated once
+    assert ("b", "") not in local
+    assert local.take_fresh() == [("b", "")]  # connected, however briefly: heartbeated once
     assert local.take_fresh() == []
+
+
+def test_room_memberships_are_held_apart_and_carry_their_data_once() -> None:
+    local = HeldClients()
+    local.hold("a", "r1", '{"s":1}')
+    local.hold("a", "r2")
+    assert sorted(local.take_fresh()) == [("a", "r1"), ("a", "r2")]
+    assert local.take_data(("a", "r1")) == '{"s":1}'
+    assert local.take_data(("a", "r1")) == ""
+    local.hold("a", "r1", '{"s":2}')  # held already: new data makes it fresh again
+    assert local.take_fresh() == [("a", "r1")]
+    local.release("a", "r1")
+    assert ("a", "r1") in local
+    local.release("a", "r1")
+    assert ("a", "r1") not in local
+    assert ("a", "r2") in local
+    assert local.rooms == 1
 
 
 def test_snapshot_frame_leaves_out_the_connecting_client() -> None:
