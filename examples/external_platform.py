@@ -1,11 +1,16 @@
 """A realtime platform that uses presence only through Redis, as one in any language would.
 
     python examples/external_platform.py --redis-url redis://localhost:6379/0 --user carol
+    python examples/external_platform.py --redis-url ... --user carol --room lobby \
+        --data '{"status": "here"}'
 
 It keeps its own users online by adding heartbeats to the ``heartbeat`` stream
 (fields ``client`` and ``server``), and prints every transition it reads from
-the ``presence`` stream (fields ``client``, ``status`` and ``server``). It does
-not import presence: plain redis-py and the documented contract. A presence
+the ``presence`` stream (fields ``client``, ``status`` and ``server``). With
+``--room``, its users are members of those rooms instead (one heartbeat per
+room, with the ``room`` field and, once, ``data``), and it prints the
+transitions of each room's stream, ``room.{<room>}.presence``. It does not
+import presence: plain redis-py and the documented contract. A presence
 server must run against the same Redis to apply the heartbeats.
 """
 
@@ -20,26 +25,39 @@ from typing import Any
 import redis.asyncio as aioredis
 
 
-async def heartbeat(redis: aioredis.Redis, users: list[str], name: str, interval: float) -> None:
-    """One heartbeat per user per interval: online while this runs, OFFLINE after the TTL."""
+async def heartbeat(redis: aioredis.Redis, args: argparse.Namespace) -> None:
+    """One heartbeat per user (per room) per interval: online while this runs,
+    OFFLINE after the TTL. Data goes with the first; later ones keep it."""
+    data = args.data
     while True:
         pipe = redis.pipeline(transaction=False)
-        for user in users:
-            pipe.xadd("heartbeat", {"client": user, "server": name}, maxlen=100_000)
+        for user in args.user:
+            for room in args.room or [None]:
+                fields = {"client": user, "server": args.name}
+                if room is not None:
+                    fields["room"] = room
+                    if data is not None:
+                        fields["data"] = data
+                pipe.xadd("heartbeat", fields, maxlen=100_000)  # type: ignore[arg-type]
         await pipe.execute()
-        await asyncio.sleep(interval)
+        data = None
+        await asyncio.sleep(args.interval)
 
 
-async def follow(redis: aioredis.Redis) -> None:
+async def follow(redis: aioredis.Redis, rooms: list[str]) -> None:
     """Print each transition from now on; XREAD BLOCK stays below redis-py's 5 s timeout."""
-    position = "$"
+    positions = {f"room.{{{room}}}.presence": "$" for room in rooms} or {"presence": "$"}
     while True:
-        reply: Any = await redis.xread({"presence": position}, block=1000)
-        for _stream, entries in reply or []:
+        reply: Any = await redis.xread(positions, block=1000)  # type: ignore[arg-type]
+        for stream, entries in reply or []:
             for entry_id, fields in entries:
-                position = entry_id
+                positions[stream] = entry_id
+                where = f" in {fields['room']}" if "room" in fields else ""
+                extra = f" {fields['data']}" if "data" in fields else ""
                 print(
-                    f"{fields['client']} is {fields['status']} (on {fields['server']})", flush=True
+                    f"{fields['client']} is {fields['status']}{where} (on {fields['server']})"
+                    + extra,
+                    flush=True,
                 )
 
 
@@ -50,10 +68,11 @@ async def main(args: argparse.Namespace) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     tasks = [
-        asyncio.create_task(heartbeat(redis, args.user, args.name, args.interval)),
-        asyncio.create_task(follow(redis)),
+        asyncio.create_task(heartbeat(redis, args)),
+        asyncio.create_task(follow(redis, args.room)),
     ]
-    print(f"{args.name}: keeping {', '.join(args.user)} online; following presence", flush=True)
+    followed = ", ".join(args.room) if args.room else "presence"
+    print(f"{args.name}: keeping {', '.join(args.user)} online; following {followed}", flush=True)
     await stop.wait()
     for task in tasks:
         task.cancel()
@@ -67,6 +86,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--user", action="append", required=True, help="repeat for several")
     parser.add_argument("--name", default="platform-x", help="the server id it heartbeats as")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between heartbeats")
+    parser.add_argument("--room", action="append", default=[], help="a room; repeat for several")
+    parser.add_argument("--data", help="the users' data in their rooms, a JSON object")
     return parser.parse_args(argv)
 
 

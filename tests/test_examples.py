@@ -148,6 +148,41 @@ async def test_the_external_platform_keeps_its_users_online_and_sees_everyone(
             assert await platform.wait() == 0
 
 
+async def test_the_external_platform_puts_its_users_in_rooms_through_redis_alone(
+    spawn: Callable[..., ServerProcess],
+    redis_server: RedisServer,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    server = spawn("--redis-url", redis_server.url, "--server-id", "node-1")
+    await server.wait_healthy()
+    out = tmp_path / "platform.out"
+    with out.open("w") as sink:
+        platform = await asyncio.create_subprocess_exec(
+            sys.executable, str(EXAMPLES / "external_platform.py"),
+            "--redis-url", redis_server.url, "--user", "carol", "--interval", "1",
+            "--room", "lobby", "--data", '{"status": "here"}',
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        await poll(lambda: _contains(out, "following lobby"), timeout=10, what="platform up")
+        await poll(lambda: _contains(out, "carol is ONLINE in lobby"), what="carol in lobby")
+        alice = await open_events(session, f"{server.url}/clients/alice/events?room=lobby")
+        snapshot = await alice.next()
+        assert snapshot.data == {
+            "rooms": {
+                "lobby": [{"client": "carol", "server": "platform-x", "data": {"status": "here"}}]
+            }
+        }
+        await poll(lambda: _contains(out, "alice is ONLINE in lobby (on node-1)"), what="alice")
+        alice.close()
+    finally:
+        platform.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            assert await platform.wait() == 0
+
+
 async def _server_of(redis: Redis, client: str) -> bool:
     return bool(await redis.hget("online.servers", client) == b"platform-x")
 
