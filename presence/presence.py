@@ -224,7 +224,10 @@ class Presence:
         Raises ``InvalidClientId`` for an invalid id or room, ``ValueError`` for
         data that is not a JSON object of at most 1 KB.
         """
-        encoded = None if data is None else member_data(json.dumps(data))
+        try:
+            encoded = None if data is None else member_data(json.dumps(data))
+        except TypeError:
+            raise ValueError("data must be a JSON object") from None
         with self.held_online(client_id, rooms, encoded):
             yield
 

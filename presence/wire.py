@@ -66,7 +66,7 @@ def stream_position(entry_id: str) -> tuple[int, int]:
 
 # A batch of script lines, matched at once: ids of valid characters only,
 # so no field can have added a line or a separator of its own.
-_LINE = rb"%s %s \d+-\d+" % (ID_PATTERN, ID_PATTERN)
+_LINE = rb"%s %s \d+-\d+(?: %s)?" % (ID_PATTERN, ID_PATTERN, ID_PATTERN)
 _LINES = re.compile(rb"%s(?:\n%s)*" % (_LINE, _LINE))
 
 
@@ -79,16 +79,27 @@ def heartbeat_lines(
     The entry id is when the heartbeat was sent (its ms part): the script
     ignores one that is older than the TTL.
     """
-    # Entries as every publisher writes them, client then server: one pass
-    # builds the lines and one regex checks them all.
+    # Entries as every publisher writes them, client then server (then room):
+    # one pass builds the lines and one regex checks them all.
     lines = [
         b"%b %b %b" % (fields[1], fields[3], entry_id)
+        if len(fields) == 4
+        else b"%b %b %b %b" % (fields[1], fields[3], entry_id, fields[5])
         for entry_id, fields in entries
-        if fields and len(fields) == 4 and fields[0] == b"client" and fields[2] == b"server"
+        if fields
+        and (len(fields) == 4 or (len(fields) == 6 and fields[4] == b"room"))
+        and fields[0] == b"client"
+        and fields[2] == b"server"
     ]
     if len(lines) == len(entries) and lines:
         joined = b"\n".join(lines)
-        if joined.count(b"\n") == len(lines) - 1 and _LINES.fullmatch(joined):
+        # As many separators as the lines have fields: no value brought its own.
+        spaces = 2 * len(lines) + sum(len(f) == 6 for _, f in entries if f)
+        if (
+            joined.count(b"\n") == len(lines) - 1
+            and joined.count(b" ") == spaces
+            and _LINES.fullmatch(joined)
+        ):
             return lines, []
     lines, bad = [], []
     for entry_id, fields in entries:

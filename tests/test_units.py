@@ -15,7 +15,7 @@ from presence.heartbeats.held import HeldClients
 from presence.supervise import Worker
 from presence.updates.deliveries import STALL_TIMEOUT, DeliveryLog, Resync, Subscriber
 from presence.updates.snapshot import Snapshot
-from presence.wire import Delivery
+from presence.wire import Delivery, heartbeat_lines
 
 from .support import free_port, poll
 
@@ -332,3 +332,26 @@ def test_a_slow_reader_is_not_taken_for_one_that_stopped_reading() -> None:
         left[0] -= 1000
         assert reader.stalled(115.0) == 0  # drained some since: reading, slowly
         assert reader.stalled(130.0) == 15.0  # nothing drained since the last look
+
+
+def test_heartbeat_lines_take_rooms_and_never_a_field_that_brings_its_own_separator() -> None:
+    lines, bad = heartbeat_lines(
+        [
+            (b"1-0", [b"client", b"a", b"server", b"s", b"room", b"r"]),
+            (b"2-0", [b"client", b"b", b"server", b"s"]),
+        ]
+    )
+    assert (lines, bad) == ([b"a s 1-0 r", b"b s 2-0"], [])
+    # A server id with a space would make "c s 1-0" + a room of the entry's id.
+    lines, bad = heartbeat_lines(
+        [
+            (b"5-0", [b"client", b"c", b"server", b"s 1-0"]),
+            (b"6-0", [b"client", b"d", b"server", b"s"]),
+        ]
+    )
+    assert lines == [b"d s 6-0"]
+    assert [entry for entry, _ in bad] == [b"5-0"]
+    lines, bad = heartbeat_lines(
+        [(b"7-0", [b"client", b"e", b"server", b"s", b"room", b"x", b"data", b'{"b": 1, "a": 2}'])]
+    )
+    assert lines == [b'e s 7-0 x {"a":2,"b":1}']
