@@ -25,6 +25,8 @@ class OccupancyPoller:
 
     async def counts(self, rooms: list[str]) -> dict[str, int]:
         """The member count of each of ``rooms``."""
+        if not rooms:
+            return {}
         pipe = self._redis.pipeline(transaction=False)
         for room in rooms:
             pipe.zcard(self._keys.room(room).deadlines)
