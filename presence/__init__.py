@@ -1,6 +1,6 @@
 """Presence: who is online, in real time, through Redis and Server-Sent Events."""
 
-from .contract import OFFLINE, ONLINE, Keys, Status
+from .contract import OFFLINE, ONLINE, UPDATE, Keys, Status
 from .errors import (
     ConfigError,
     InvalidClientId,
@@ -11,16 +11,20 @@ from .errors import (
 from .events import OnlineClient, PresenceEvent, Reset
 from .presence import Presence
 from .settings import Settings
+from .updates.room_snapshot import RoomSnapshot
 from .web.app import create_app, setup
 from .web.requests import PRESENCE
+from .wire import Member
 
 __all__ = [
     "OFFLINE",
     "ONLINE",
     "PRESENCE",
+    "UPDATE",
     "ConfigError",
     "InvalidClientId",
     "Keys",
+    "Member",
     "OnlineClient",
     "Presence",
     "PresenceError",
@@ -28,6 +32,7 @@ __all__ = [
     "RedisMisconfigured",
     "RedisUnavailable",
     "Reset",
+    "RoomSnapshot",
     "Settings",
     "Status",
     "create_app",

@@ -224,10 +224,7 @@ class Presence:
         Raises ``InvalidClientId`` for an invalid id or room, ``ValueError`` for
         data that is not a JSON object of at most 1 KB.
         """
-        try:
-            encoded = None if data is None else member_data(json.dumps(data))
-        except TypeError:
-            raise ValueError("data must be a JSON object") from None
+        encoded = None if data is None else _encoded(data)
         with self.held_online(client_id, rooms, encoded):
             yield
 
@@ -323,12 +320,15 @@ class Presence:
             raise RuntimeError("presence is not started")
         return (await self._room_snapshots.read([room]))[room]
 
-    async def set_data(self, room: str, client_id: str, data: str) -> bool | None:
-        """Replace ``client_id``'s data in ``room`` (canonical JSON): True when it
-        changed, False when it was the same, None when the client is not a member."""
+    async def set_data(self, room: str, client_id: str, data: dict[str, Any]) -> bool | None:
+        """Replace ``client_id``'s data in ``room``: True when it changed (one
+        UPDATE), False when it was the same, None when the client is not a member.
+
+        Raises ``ValueError`` for data that is not a JSON object of at most 1 KB.
+        """
         _check_id(client_id)
         _check_id(room)
-        result = await self._transitions.set_data(room, client_id, data)
+        result = await self._transitions.set_data(room, client_id, _encoded(data))
         return None if result < 0 else result > 0
 
     async def watched(self, clients: Sequence[str]) -> Snapshot:
@@ -418,6 +418,13 @@ class Presence:
         except Exception as exc:
             found.insert(0, f"redis: {type(exc).__name__}: {exc}".rstrip(": "))
         return found
+
+
+def _encoded(data: dict[str, Any]) -> str:
+    try:
+        return member_data(json.dumps(data))
+    except TypeError:
+        raise ValueError("data must be a JSON object") from None
 
 
 def _check_id(client_id: str) -> None:

@@ -293,6 +293,9 @@ async def test_track_holds_memberships_in_process(
         assert [m.to_dict() for m in room.members] == [
             {"client": "svc", "server": "test-1", "data": {"role": "bot"}}
         ]
+        assert await presence.set_data("ops", "svc", {"role": "admin"}) is True
+        assert await presence.set_data("ops", "svc", {"role": "admin"}) is False
+        assert await presence.set_data("ops", "nobody", {}) is None
     with pytest.raises(ValueError, match="JSON object"):
         async with presence.track("svc", rooms=["ops"], data=[1]):  # type: ignore[arg-type]
             pass

@@ -36,12 +36,10 @@ async def put_data(request: web.Request) -> web.Response:
         fail(web.HTTPRequestEntityTooLarge, f"data must be at most {MAX_DATA_BYTES} bytes")
     body = await request.content.read(16 * MAX_DATA_BYTES + 1)
     try:
-        data = member_data(body)
+        data = json.loads(member_data(body))
     except ValueError as exc:
         fail(web.HTTPBadRequest, str(exc))
     changed = await presence_of(request).set_data(room, client_id, data)
     if changed is None:
         fail(web.HTTPNotFound, f"{client_id} is not in room {room}")
-    return web.json_response(
-        {"room": room, "client": client_id, "data": json.loads(data), "changed": changed}
-    )
+    return web.json_response({"room": room, "client": client_id, "data": data, "changed": changed})
