@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--keepalive-interval", type=float, metavar="SECONDS", help="SSE keep-alive (default 15)")
     opt("--queue-size", type=int, metavar="N", help="events a connection may lag (default 16384)")
     opt(
+        "--stall-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="drop a stream that fell behind and sent nothing this long (default 10)",
+    )
+    opt(
         "--leave-grace",
         type=float,
         metavar="SECONDS",

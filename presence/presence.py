@@ -69,7 +69,7 @@ class Presence:
         #: The clients this process holds online.
         self.held = HeldClients(self.settings.leave_grace)
         #: The subscribers of this process and their deliveries.
-        self.deliveries = DeliveryLog(self.settings.queue_size)
+        self.deliveries = DeliveryLog(self.settings.queue_size, self.settings.stall_timeout)
         #: The scoped subscribers of this process, by room and watched id.
         self.scopes = Scopes()
         # Set once closing begins: a client released after it leaves no leave.

@@ -78,6 +78,9 @@ class Settings:
     #: Events a connection may fall behind before it gets a fresh snapshot
     #: instead (one buffer for the process: about 5 MB at the default).
     queue_size: int = 16384
+    #: Seconds a stream that fell ``queue_size`` events behind may send nothing
+    #: (its client stopped reading) before it is dropped.
+    stall_timeout: float = 10.0
     #: Seconds a heartbeat entry may stay unacknowledged (its server stopped,
     #: froze or lost Redis) before another server claims and applies it; 0
     #: (the default) picks a third of the TTL's slack over the interval, at
@@ -169,6 +172,10 @@ class Settings:
         _check(self.heartbeat_maxlen >= 1, "heartbeat stream cap must be at least 1")
         _check(self.presence_maxlen >= 1, "presence stream cap must be at least 1")
         _check(self.queue_size >= 1, "queue size must be at least 1")
+        _check(
+            math.isfinite(self.stall_timeout) and self.stall_timeout > 0,
+            "stall timeout must be a positive number of seconds",
+        )
         _check(self.room_maxlen >= 1, "room stream cap must be at least 1")
         _check(self.max_rooms_per_connection >= 1, "max rooms per connection must be at least 1")
         _check(self.max_watch >= 1, "max watch must be at least 1")

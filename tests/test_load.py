@@ -158,6 +158,7 @@ async def test_clients_that_stop_reading_are_dropped_and_memory_stays_flat(
         "--server-id", "slow-1",
         "--heartbeat-interval", "30",
         "--queue-size", "256",
+        "--stall-timeout", "2",
     )  # fmt: skip
     await server.wait_healthy()
     assert server.process is not None

@@ -50,7 +50,8 @@ WRITE_BYTES = 32 * 1024
 #: shared log instead.
 BUFFERED_BYTES = 32 * 1024
 #: Seconds a pending write may drain nothing before a subscriber that fell
-#: behind is taken for one that stopped reading, and dropped.
+#: behind is taken for one that stopped reading, and dropped (the default of
+#: ``Settings.stall_timeout``).
 STALL_TIMEOUT = 10.0
 
 CloseReason = Literal["closed", "overflow", "gone", "shutdown"]
@@ -265,8 +266,9 @@ class Subscriber(Connection):
 class DeliveryLog:
     """Deliveries for this process's subscribers (SSE connections, ``changes()``)."""
 
-    def __init__(self, backlog: int = 1024) -> None:
+    def __init__(self, backlog: int = 1024, stall_timeout: float = STALL_TIMEOUT) -> None:
         self._backlog = backlog
+        self._stall_timeout = stall_timeout
         self._segments: deque[Segment] = deque()
         #: Sequence number one past the newest delivery.
         self.end = 0
@@ -367,7 +369,7 @@ class DeliveryLog:
 
     def prune(self) -> int:
         """Close subscribers whose connection is gone, and drop those behind the
-        log that have sent nothing for ``STALL_TIMEOUT`` while they had something
+        log that have sent nothing for the stall timeout while they had something
         to send; returns how many."""
         now, start = time.monotonic(), self.start
         closed = 0
@@ -376,7 +378,10 @@ class DeliveryLog:
                 subscriber.wake()
             if not subscriber.alive():
                 subscriber.close("gone")
-            elif subscriber.behind(start) and (stalled := subscriber.stalled(now)) >= STALL_TIMEOUT:
+            elif (
+                subscriber.behind(start)
+                and (stalled := subscriber.stalled(now)) >= self._stall_timeout
+            ):
                 log.warning(
                     "dropping a subscriber of %s: it stopped reading (nothing sent to it "
                     "for %.0f s) and fell more than %d events behind",
