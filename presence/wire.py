@@ -160,11 +160,16 @@ def member_data(raw: str | bytes) -> str:
         raise ValueError("data must be valid JSON") from None
     if not isinstance(value, dict):
         raise ValueError("data must be a JSON object")
-    encoded = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
     try:
+        # A number beyond a float would come out as Infinity: not JSON.
+        encoded = json.dumps(
+            value, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
+        )
         size = len(encoded.encode())
     except UnicodeEncodeError:
         raise ValueError("data must be valid Unicode") from None
+    except ValueError:
+        raise ValueError("data must be valid JSON: a number is out of range") from None
     if size > MAX_DATA_BYTES:
         raise ValueError(f"data must be at most {MAX_DATA_BYTES} bytes")
     return encoded

@@ -299,3 +299,22 @@ async def test_track_holds_memberships_in_process(
     with pytest.raises(ValueError, match="JSON object"):
         async with presence.track("svc", rooms=["ops"], data=[1]):  # type: ignore[arg-type]
             pass
+
+
+async def test_data_beyond_json_gets_a_400_on_the_stream_and_on_put(
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession
+) -> None:
+    server = await serve(create_app(settings))
+    alice = await open_events(session, _url(server, "/clients/alice/events?room=lobby"))
+    await alice.next()
+    await poll(lambda: _has(session, server, "lobby", "alice"), what="alice in the lobby")
+    async with session.put(
+        server.make_url("/rooms/lobby/clients/alice/data"), data=b'{"a":1e400}'
+    ) as response:
+        assert response.status == 400
+        assert "out of range" in (await response.json())["error"]
+    async with session.get(
+        server.make_url("/clients/bob/events?room=lobby&data=%7B%22a%22%3A1e400%7D")
+    ) as response:
+        assert response.status == 400
+    alice.close()

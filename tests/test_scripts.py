@@ -498,3 +498,47 @@ async def test_a_room_key_of_the_wrong_type_fails_the_whole_heartbeat(
     # Nothing of alice's heartbeat was written, globally or in the room.
     assert await redis.exists("online.clients.alice", "room.{bad}.members") == 0
     assert [c for c, _, _ in await statuses(redis)] == ["bob"]
+
+
+async def test_data_sent_with_a_heartbeat_that_arrives_after_a_newer_one_still_counts(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings.replace(heartbeat_interval=10))
+    now = await redis_ms(redis)
+    newer = f"alice s1 {now}-0 lobby".encode()
+    older = f'alice s1 {now - 50}-0 lobby {{"s":"here"}}'.encode()
+    await t.execute(lambda pipe: t.heartbeats(pipe, [newer]))
+    await t.execute(lambda pipe: t.heartbeats(pipe, [older]))
+    assert await redis.hget("room.{lobby}.data", "alice") == b'{"s":"here"}'
+    assert [s for _, s, _, _ in await room_statuses(redis, "lobby")] == ["ONLINE", "UPDATE"]
+
+
+async def test_a_room_stays_due_through_a_sweep_redis_refuses(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings.replace(heartbeat_interval=10))
+    await room_beat(t, "alice", "s1", "lobby")
+    await redis.zadd("rooms.due", {"lobby": 1})  # behind alice's deadline: a visit moves it
+    await redis.config_set("maxmemory", 1)  # full, and evicting nothing
+    try:
+        _, visited, failed, failure = await t.sweep_rooms(100)
+    finally:
+        await redis.config_set("maxmemory", 0)
+    assert (visited, failed) == (1, 1)
+    assert "OOM" in failure
+    await redis.zadd("room.{lobby}.deadlines", {"alice": 2})  # her server is gone
+    published, _, _, _ = await t.sweep_rooms(100)
+    assert published == 1
+
+
+async def test_a_room_sweep_takes_out_at_most_its_budget_per_call(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings)
+    lines = [f"c{n} s1 0 big".encode() for n in range(30)]
+    await t.execute(lambda pipe: t.heartbeats(pipe, lines))
+    await redis.zadd("room.{big}.deadlines", {f"c{n}": 2 for n in range(30)})
+    await redis.zadd("rooms.due", {"big": 2})
+    assert (await t.sweep_rooms(100, members=20))[0] == 20
+    assert (await t.sweep_rooms(100, members=20))[0] == 10
+    assert await redis.zscore("rooms.due", "big") is None

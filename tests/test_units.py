@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 
@@ -12,10 +13,12 @@ from presence.cli import main
 from presence.contract import is_valid_id
 from presence.events import OnlineClient, PresenceEvent
 from presence.heartbeats.held import HeldClients
-from presence.supervise import Worker
+from presence.heartbeats.publisher import HeartbeatPublisher
+from presence.supervise import Outage, Worker
 from presence.updates.deliveries import STALL_TIMEOUT, DeliveryLog, Resync, Subscriber
+from presence.updates.scoped import Occupancy, Scope, ScopedSubscriber, Scopes
 from presence.updates.snapshot import Snapshot
-from presence.wire import Delivery, heartbeat_lines
+from presence.wire import Delivery, RoomDelivery, heartbeat_lines, member_data
 
 from .support import free_port, poll
 
@@ -355,3 +358,73 @@ def test_heartbeat_lines_take_rooms_and_never_a_field_that_brings_its_own_separa
         [(b"7-0", [b"client", b"e", b"server", b"s", b"room", b"x", b"data", b'{"b": 1, "a": 2}'])]
     )
     assert lines == [b'e s 7-0 x {"a":2,"b":1}']
+
+
+def _room_delivery(entry_id: str, client: str) -> RoomDelivery:
+    body = b'{"room":"r","client":"%b","status":"ONLINE","server":"s1"}' % client.encode()
+    return RoomDelivery(entry_id, "r", client, "ONLINE", "s1", None, body)
+
+
+async def test_a_scoped_stream_that_fell_behind_queues_again_once_it_takes_its_resync() -> None:
+    scopes = Scopes()
+    subscriber = ScopedSubscriber("me", Scope(rooms=("r",)), limit=2)
+    with scopes.subscribed(subscriber):
+        for n in range(3):  # one more than its queue holds
+            scopes.deliver_rooms([_room_delivery(f"{n + 1}-0", f"c{n}")])
+        assert scopes.resets == 1
+        with pytest.raises(Resync):
+            await subscriber.items()
+        # Its fresh snapshot is being read and written: bob joins meanwhile.
+        scopes.deliver_rooms([_room_delivery("4-0", "bob")])
+        found = await asyncio.wait_for(subscriber.items(), 1)
+        assert [item.id for item in found if isinstance(item, RoomDelivery)] == ["4-0"]
+
+
+async def test_occupancy_counts_are_sent_again_after_a_resync() -> None:
+    scopes = Scopes()
+    subscriber = ScopedSubscriber("me", Scope(occupancy=("r",)), limit=16)
+    with scopes.subscribed(subscriber):
+        subscriber.counts["r"] = 1  # what its connect sent
+        scopes.count("r", 2)
+        subscriber.resync()  # the queue goes, count 2 with it
+        with pytest.raises(Resync):
+            await subscriber.items()
+        scopes.count("r", 2)  # the next poll: the same count
+        assert await asyncio.wait_for(subscriber.items(), 1) == [Occupancy("r", 2)]
+
+
+def test_member_data_is_a_small_json_object_in_one_canonical_form() -> None:
+    assert member_data('{"b": [1, 2], "a": "é"}') == '{"a":"é","b":[1,2]}'
+    cases: list[tuple[str | bytes, str]] = [
+        ('{"a":1e400}', "out of range"),  # would come out as Infinity
+        ('{"a": NaN}', "valid JSON"),
+        ("[1]", "JSON object"),
+        ('{"a": "' + "x" * 1100 + '"}', "1024 bytes"),
+        ("[" * 5000, "valid JSON"),
+        (b"\xff", "valid JSON"),
+    ]
+    for bad, why in cases:
+        with pytest.raises(ValueError, match=why):
+            member_data(bad)
+
+
+class _FailingTransitions:
+    def publish(self, *args: object) -> None:
+        pass
+
+    async def execute(self, fill: object) -> list[object]:
+        raise ConnectionError("redis went away")
+
+
+async def test_data_whose_heartbeat_could_not_be_sent_goes_with_the_next(
+    settings: Settings,
+) -> None:
+    held = HeldClients(leave_grace=2)
+    held.hold("alice")
+    held.hold("alice", "lobby", '{"s":"here"}')
+    failing: Any = _FailingTransitions()
+    publisher = HeartbeatPublisher(settings, held, failing, Outage())
+    with pytest.raises(ConnectionError):
+        await publisher.publish(held.take_fresh())
+    assert ("alice", "lobby") in held.take_fresh()
+    assert held.take_data(("alice", "lobby")) == '{"s":"here"}'

@@ -92,6 +92,14 @@ class HeldClients:
         """The data to send with this heartbeat of ``member``, once; ``""`` for none."""
         return self._data.pop(member, "") if self._data else ""
 
+    def keep_data(self, beats: Iterable[tuple[str, str, str]]) -> None:
+        """Data whose heartbeat could not be sent: it goes with the next one,
+        unless newer data came meanwhile."""
+        for client, room, data in beats:
+            if (client, room) in self._holds:
+                self._data.setdefault((client, room), data)
+                self._fresh.add((client, room))
+
     def take_leaves(self) -> list[Member]:
         """Memberships whose leave grace ran out: announce that they ended here."""
         now = time.monotonic()

@@ -119,9 +119,13 @@ class HeartbeatPublisher:
                 batch = beats[start : start + PUBLISH_BATCH]
                 self._transitions.publish(pipe, self._server, batch, self._maxlen)
 
-        for reply in await self._transitions.execute(fill):
-            if isinstance(reply, Exception):
-                raise reply
+        try:
+            for reply in await self._transitions.execute(fill):
+                if isinstance(reply, Exception):
+                    raise reply
+        except BaseException:
+            self._held.keep_data((client, room, data) for client, room, data in beats if data)
+            raise
         self.published += len(beats)
 
     async def leave(self, members: list[Member]) -> None:

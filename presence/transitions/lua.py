@@ -191,7 +191,14 @@ local function apply(scope, client, server, ms, seq, data)
   -- TTL of now: one PEXPIRE covers them all.
   redis.call('PEXPIRE', scope.holders, cfg.ttl)
   if announced and tonumber(announced) > deadline and old then
-    return REFRESHED  -- a newer heartbeat was applied first: never move a deadline back
+    -- A newer heartbeat was applied first: never move a deadline back. Its
+    -- data still counts (sent with a connection's first heartbeat, it may
+    -- reach Redis after that connection's next one).
+    if data ~= '' and stored ~= data then
+      redis.call('HSET', scope.data, client, data)
+      publish(scope, client, 'UPDATE', old, data)
+    end
+    return REFRESHED
   end
   if scope.online then redis.call('SET', scope.online, server, 'PX', deadline - now) end
   redis.call('ZADD', scope.deadlines, deadline, client)

@@ -160,10 +160,10 @@ class Transitions:
         due = [(text(flat[i]), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
         return int(now), due
 
-    async def sweep_rooms(self, limit: int) -> tuple[int, int, int, str]:
-        """OFFLINE for the overdue members of up to ``limit`` rooms due: published,
-        rooms visited, rooms Redis failed, the last failure."""
-        args = (self._room_maxlen, self._keys.room_prefix, limit, CONSUMER_GROUP)
+    async def sweep_rooms(self, limit: int, members: int = 1000) -> tuple[int, int, int, str]:
+        """OFFLINE for up to ``members`` overdue members of up to ``limit`` rooms
+        due: published, rooms visited, rooms Redis failed, the last failure."""
+        args = (self._room_maxlen, self._keys.room_prefix, limit, CONSUMER_GROUP, members)
         published, visited, failed, failure = await self.run(
             lambda pipe: self._queue(pipe, ROOM_SWEEP, *args)
         )

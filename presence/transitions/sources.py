@@ -180,6 +180,8 @@ return {now, due}
 # ARGV[2] room. prefix
 # ARGV[3] how many rooms to visit at most
 # ARGV[4] the consumer group
+# ARGV[5] how many members to take out in all, at most (a room with more left
+#         stays due: the next call goes on)
 # Returns {published, rooms visited, how many rooms Redis failed, the last
 # failure or ''}.
 ROOM_SWEEP: Final = (
@@ -188,10 +190,12 @@ ROOM_SWEEP: Final = (
 cfg.room_cap, cfg.group = ARGV[1], ARGV[4]
 local horizon = applied_until()
 local published, failed, failure = 0, 0, ''
+local budget = tonumber(ARGV[5])
 local function sweep(room)
   local scope = room_scope(room, ARGV[2] .. '{' .. room .. '}.', '')
   expect_room(scope)
-  local due = redis.call('ZRANGEBYSCORE', scope.deadlines, '-inf', horizon)
+  local due = redis.call('ZRANGEBYSCORE', scope.deadlines, '-inf', horizon, 'LIMIT', 0,
+    math.max(budget - published, 0))
   for _, client in ipairs(due) do
     offline(scope, client, redis.call('HGET', scope.servers, client) or '')
   end
@@ -212,7 +216,9 @@ for _, room in ipairs(rooms) do
   else
     failed = failed + 1
     failure = type(result) == 'table' and result.err or tostring(result)
-    redis.call('ZREM', KEYS[5], room)  -- not a room's keys: never visited again
+    -- A key that is not a room's: never visited again. Anything else (out of
+    -- memory) may pass: the room stays due.
+    if string.find(failure, 'WRONGTYPE', 1, true) then redis.call('ZREM', KEYS[5], room) end
   end
 end
 return {published, #rooms, failed, failure}

@@ -70,7 +70,9 @@ class Replayer:
         if found is None:
             return None
         missed, position = found
-        deliveries = [d for i, f in missed if (d := parse_room_delivery(i, f)) is not None]
+        deliveries = [
+            d for i, f in missed if (d := parse_room_delivery(i, f)) is not None and d.room == room
+        ]
         return RoomReplay(deliveries, position)
 
     async def _all(self, stream: str) -> tuple[list[tuple[str, list[bytes]]], str] | None:

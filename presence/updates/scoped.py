@@ -106,16 +106,16 @@ class ScopedSubscriber(Connection):
         if not await self._ready(lambda: bool(self.queue)):
             return []
         if self.stale:
+            # The fresh snapshot is read after this: whatever is routed from now
+            # on is queued again (what the snapshot covers is filtered out).
             self.stale = False
+            self.overflowed = False
             self.queue.clear()
+            self.counts.clear()  # the counts queued are gone: send them again
             raise Resync
         found = list(self.queue)
         self.queue.clear()
         return found
-
-    def synced(self) -> None:
-        """Its fresh snapshot is written: it may fall behind again."""
-        self.overflowed = False
 
 
 class Scopes:

@@ -136,8 +136,7 @@ async def scoped_events(
             fail(web.HTTPServiceUnavailable, "presence is unavailable: cannot read Redis")
         if start.stale:
             subscriber.resync()
-        subscriber.counts.update(counts)
-        occupancy: list[Item] = [Occupancy(room, count) for room, count in counts.items()]
+        occupancy = _counted(subscriber, counts)
         with presence.held_online(client_id, scope.rooms, scope.data):
             async with sse_response(
                 request, sep=SEPARATOR, ping_interval=presence.settings.keepalive_interval
@@ -153,6 +152,15 @@ async def scoped_events(
                 except (RedisError, OSError) as exc:
                     log.debug("no fresh snapshot for %s: %s", client_id, exc)  # it reconnects
             return sse
+
+
+def _counted(subscriber: ScopedSubscriber, counts: dict[str, int]) -> list[Item]:
+    """The occupancy events of ``counts``, read just now. A count the poller
+    queued meanwhile stays the one on record: it is written after these, and
+    the next poll corrects it."""
+    for room, count in counts.items():
+        subscriber.counts.setdefault(room, count)
+    return [Occupancy(room, count) for room, count in counts.items()]
 
 
 async def _start(
@@ -223,8 +231,9 @@ async def _stream(
             frame = await _snapshot(presence, scope, frames, reset=True)
             for room in scope.rooms:
                 presence.room_reader.start_at(room, frames.positions[frames.part[room]], read=True)
+            counts = await presence.occupancy.counts(list(scope.occupancy))
+            frame += frames.frames(_counted(subscriber, counts))
             await write_pieces(sse, subscriber, frame)
-            subscriber.synced()
             continue
         if not items:
             return
