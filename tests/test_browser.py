@@ -6,6 +6,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from aiohttp import web
@@ -99,6 +100,62 @@ async def test_the_minimal_browser_client_example_follows_presence(
                     "#online li:text('bob')", state="detached", timeout=10_000
                 )
                 assert "bob OFFLINE" in (await alice.text_content("#log") or "")
+            finally:
+                await browser.close()
+    finally:
+        await server.close()
+
+
+async def test_two_pages_in_a_room_see_each_others_status_under_a_prefix(
+    redis: Redis, settings: Settings
+) -> None:
+    """The demo page with ``?room=``, mounted with ``setup`` under ``/presence``."""
+    app = web.Application()
+    presence = setup(app, settings.replace(heartbeat_interval=30, leave_grace=0.3))
+    server = TestServer(app)
+    await server.start_server()
+    page_url = str(server.make_url("/presence/"))
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            try:
+                alice = await browser.new_page()
+                bob = await browser.new_page()
+                await alice.goto(f"{page_url}?room=lobby")
+                # Set before connecting: it goes with the join (?data=).
+                await alice.fill("#status", "typing")
+                await alice.click("#set-status")
+                await alice.fill("#name", "alice")
+                await alice.click("#connect")
+                await bob.goto(f"{page_url}?name=bob&room=lobby")
+                await bob.wait_for_selector(
+                    '#online li[data-client="alice"]:has-text("alice — typing")', timeout=10_000
+                )
+                await alice.wait_for_selector('#online li[data-client="bob"]', timeout=10_000)
+                assert await alice.text_content("#state") == "online as alice in lobby"
+                assert await alice.text_content("#list-title") == "In lobby"
+                # Set while connected: PUT .../data, an UPDATE for the others.
+                await alice.fill("#status", "away")
+                await alice.click("#set-status")
+                await bob.wait_for_selector(
+                    '#online li[data-client="alice"]:has-text("alice — away")', timeout=10_000
+                )
+                assert await redis.hget("room.{lobby}.data", "alice") == b'{"status":"away"}'
+                assert "alice is away" in (await bob.text_content("#activity") or "")
+                await bob.close()
+                await alice.wait_for_selector(
+                    '#online li[data-client="bob"]', state="detached", timeout=5_000
+                )
+                assert "bob left" in (await alice.text_content("#activity") or "")
+                # Reconnecting with the first URL would set "typing" again.
+                async with alice.expect_request(
+                    lambda r: "/events?" in r.url, timeout=10_000
+                ) as reconnect:
+                    presence.deliveries.close_all("closed")
+                query = parse_qs(urlsplit((await reconnect.value).url).query)
+                assert query["data"] == ['{"status":"away"}']
+                assert query["lastEventId"]
+                await alice.wait_for_selector("#state.open", timeout=10_000)
             finally:
                 await browser.close()
     finally:
