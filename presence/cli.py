@@ -15,7 +15,7 @@ from typing import NoReturn
 from aiohttp import web
 
 from . import logs, terminal
-from .contract import ID_RULE, is_valid_id
+from .contract import ID_RULE, ROOM_RULE, is_valid_id
 from .errors import PresenceError
 from .settings import Settings
 from .web import auth
@@ -111,19 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     watch = commands.add_parser(
         "watch",
-        help="follow the presence stream, one line per transition",
-        description="Follow the presence stream live: time, status, client and server.",
+        help="follow the presence stream (or a room's), one line per transition",
+        description="Follow the presence stream live: time, status, client and server. "
+        "With --room, the room's stream: ONLINE, UPDATE and OFFLINE, with the member's data.",
     )
     _redis_options(watch)
+    watch.add_argument("--room", help="follow this room's stream instead")
     watch.add_argument(
         "--last", type=int, default=0, metavar="N", help="first show the last N transitions"
     )
     status = commands.add_parser(
         "status",
-        help="list the online clients, with counts per server",
-        description="The online clients as a table, then how many each server holds.",
+        help="list the online clients (or a room's members), with counts per server",
+        description="The online clients as a table, then how many each server holds. "
+        "With --room, the room's members and their data.",
     )
     _redis_options(status)
+    status.add_argument("--room", help="list this room's members instead")
     token = commands.add_parser(
         "token",
         help="mint a client token (HS256) for development",
@@ -155,8 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     last = args.pop("last", 0)
+    room = args.pop("room", None)
     if command == "token":
         return _token(args["client"], args["ttl"], args["auth_secret"], args["rooms"])
+    if room is not None and not is_valid_id(room):
+        print(f"presence: error: room {ROOM_RULE}", file=sys.stderr)
+        return 2
     try:
         settings = Settings.from_env(**args)
     except PresenceError as exc:
@@ -166,7 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(settings)
     try:
         if command == "watch":
-            asyncio.run(_watch(settings, last))
+            asyncio.run(_watch(settings, room, last))
+        elif room is not None:
+            asyncio.run(terminal.room_status(settings, room))
         else:
             asyncio.run(terminal.status(settings))
     except PresenceError as exc:
@@ -192,12 +202,12 @@ def _token(client: str, ttl: float, secret: str | None, rooms: list[str]) -> int
     return 0
 
 
-async def _watch(settings: Settings, last: int) -> None:
+async def _watch(settings: Settings, room: str | None, last: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await terminal.watch(settings, last=last, stop=stop)
+    await terminal.watch(settings, room=room, last=last, stop=stop)
 
 
 #: Allocations between young collections (CPython's default is 700).

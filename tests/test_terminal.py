@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from presence import Settings
+from presence import Presence, Settings
 
 from .support import Redis, RedisServer, StartPresence, free_port, poll
 
@@ -93,3 +93,81 @@ def test_watch_and_status_explain_in_one_line_what_is_missing() -> None:
         assert unreachable.returncode == 1
         assert unreachable.stderr.startswith("presence: error: cannot reach Redis")
         assert "Traceback" not in unreachable.stderr
+
+
+async def test_status_of_a_room_lists_its_members_with_their_data(
+    redis: Redis, settings: Settings, start_presence: StartPresence, redis_server: RedisServer
+) -> None:
+    presence = await start_presence(settings.replace(heartbeat_interval=30))
+    for client, server, room in (
+        ("carol", "node-1", "lobby"),
+        ("alice", "node-1", "lobby"),
+        ("bob", "node-2", "lobby"),
+        ("dave", "node-1", "kitchen"),
+    ):
+        await redis.xadd("heartbeat", {"client": client, "server": server, "room": room})
+    await poll(lambda: _members(presence, "lobby", 3), what="three in the lobby")
+    assert await presence.set_data("lobby", "alice", {"status": "away"})
+    done = await asyncio.to_thread(
+        run, "status", "--redis-url", redis_server.url, "--room", "lobby"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "CLIENT  SERVER  DATA",
+        'alice   node-1  {"status":"away"}',
+        "bob     node-2",
+        "carol   node-1",
+        "",
+        "3 in lobby: node-1 2, node-2 1",
+    ]
+    empty = await asyncio.to_thread(run, "status", "--redis-url", redis_server.url, "--room", "x")
+    assert empty.stdout.splitlines() == ["CLIENT  SERVER  DATA", "", "0 in x"]
+
+
+async def _members(presence: Presence, room: str, n: int) -> bool:
+    return len((await presence.room(room)).members) == n
+
+
+async def test_watch_of_a_room_prints_its_transitions_with_data(
+    redis: Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    stream = "room.{lobby}.presence"
+    await redis.xadd(stream, {"room": "lobby", "client": "old", "status": "ONLINE", "server": "n1"})
+    out = tmp_path / "watch.out"
+    with out.open("w") as sink:
+        watcher = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "presence", "watch", "--redis-url", redis_server.url,
+            "--room", "lobby", "--last", "1",
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        await poll(lambda: _has(out, "old"), timeout=15, what="the last transition")
+        await redis.xadd("presence", {"client": "elsewhere", "status": "ONLINE", "server": "n1"})
+        for status, data in (("ONLINE", '{"status":"here"}'), ("UPDATE", '{"status":"away"}')):
+            fields = {"room": "lobby", "client": "alice", "status": status, "server": "n1"}
+            await redis.xadd(stream, {**fields, "data": data})
+        await redis.xadd(
+            stream, {"room": "lobby", "client": "alice", "status": "OFFLINE", "server": "n1"}
+        )
+        await poll(lambda: _has(out, "OFFLINE"), timeout=10, what="live transitions")
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        async with asyncio.timeout(10):
+            code = await watcher.wait()
+    lines = out.read_text().splitlines()
+    assert [line.split(None, 2)[2] for line in lines] == [
+        "ONLINE   old  (n1)",
+        'ONLINE   alice  (n1)  {"status":"here"}',
+        'UPDATE   alice  (n1)  {"status":"away"}',
+        "OFFLINE  alice  (n1)",
+    ]
+    assert code == 0
+
+
+def test_watch_and_status_refuse_an_invalid_room_in_one_line() -> None:
+    for command, room in (("watch", "no spaces"), ("status", ""), ("status", "x" * 129)):
+        # Refused before Redis is reached (none listens on port 1).
+        done = run(command, "--redis-url", "redis://127.0.0.1:1/0", "--room", room)
+        assert done.returncode == 2
+        assert done.stderr == "presence: error: room must be 1 to 128 letters, digits or ._:@-\n"
