@@ -44,9 +44,19 @@ async def heartbeat(redis: aioredis.Redis, args: argparse.Namespace) -> None:
         await asyncio.sleep(args.interval)
 
 
-async def follow(redis: aioredis.Redis, rooms: list[str]) -> None:
-    """Print each transition from now on; XREAD BLOCK stays below redis-py's 5 s timeout."""
-    positions = {f"room.{{{room}}}.presence": "$" for room in rooms} or {"presence": "$"}
+async def ends(redis: aioredis.Redis, rooms: list[str]) -> dict[str, str]:
+    """Where each stream to follow ends now, as an id: "$" in every read would
+    skip what came between two reads."""
+    positions = {}
+    for stream in [f"room.{{{room}}}.presence" for room in rooms] or ["presence"]:
+        last: Any = await redis.xrevrange(stream, count=1)
+        positions[stream] = last[0][0] if last else "0-0"
+    return positions
+
+
+async def follow(redis: aioredis.Redis, positions: dict[str, str]) -> None:
+    """Print each transition after ``positions``; XREAD BLOCK stays below
+    redis-py's 5 s timeout."""
     while True:
         reply: Any = await redis.xread(positions, block=1000)  # type: ignore[arg-type]
         for stream, entries in reply or []:
@@ -67,9 +77,10 @@ async def main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    positions = await ends(redis, args.room)  # before the first heartbeat: its ONLINE is seen
     tasks = [
+        asyncio.create_task(follow(redis, positions)),
         asyncio.create_task(heartbeat(redis, args)),
-        asyncio.create_task(follow(redis, args.room)),
     ]
     followed = ", ".join(args.room) if args.room else "presence"
     print(f"{args.name}: keeping {', '.join(args.user)} online; following {followed}", flush=True)
