@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 #: Blocking reads (XREAD BLOCK, pub/sub waits) stay well below this.
 SOCKET_TIMEOUT = 5.0
-BLOCK_MS = 1000
+#: Short enough that a stopping loop ends its read quickly by itself.
+BLOCK_MS = 250
 
 Redis = aioredis.Redis
 

@@ -15,7 +15,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ResponseError
 
 from ..contract import is_valid_id
-from ..redis_client import Redis, database
+from ..redis_client import BLOCK_MS, Redis, database
 from ..settings import Settings
 from ..supervise import Worker
 from ..wire import text
@@ -117,7 +117,7 @@ class KeyspaceListener:
                     self._reconnected = False
                     await self._enable()
                     await self.reconcile()
-                message = await pubsub.get_message(timeout=1.0)
+                message = await pubsub.get_message(timeout=BLOCK_MS / 1000)
                 clients: list[str] = []
                 while message is not None:
                     if client := self._client_of(message):
