@@ -12,7 +12,16 @@ from aiohttp.test_utils import TestServer
 
 from presence import Settings, create_app
 
-from .support import Event, EventStream, Redis, Serve, StartPresence, open_events, poll
+from .support import (
+    Event,
+    EventStream,
+    Redis,
+    Serve,
+    StartPresence,
+    metric,
+    open_events,
+    poll,
+)
 
 
 def _url(server: TestServer, path: str) -> str:
@@ -318,3 +327,20 @@ async def test_data_beyond_json_gets_a_400_on_the_stream_and_on_put(
     ) as response:
         assert response.status == 400
     alice.close()
+
+
+async def test_metrics_count_rooms_memberships_and_scoped_streams(
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession
+) -> None:
+    server = await serve(create_app(settings))
+    url = str(server.make_url("")).rstrip("/")
+    stream = await open_events(session, _url(server, "/clients/alice/events?room=a&room=b"))
+    await stream.next()
+    watcher = await open_events(session, _url(server, "/clients/w/events?watch=alice"))
+    await watcher.next()
+    assert await metric(session, url, "presence_rooms") == 2
+    assert await metric(session, url, "presence_room_memberships") == 2
+    assert await metric(session, url, "presence_scoped_connections") == 2
+    assert await metric(session, url, "presence_sse_connections") == 2
+    stream.close()
+    watcher.close()
