@@ -161,6 +161,14 @@ local function left_after(holders, server, ms, seq)
   return seq <= -tonumber(redis.call('ZSCORE', holders, '#' .. server) or '0')
 end
 
+-- A member's data, sent with a heartbeat: one UPDATE when it changed.
+local function set_data(scope, client, server, data, stored)
+  if data ~= '' and stored ~= data then
+    redis.call('HSET', scope.data, client, data)
+    publish(scope, client, 'UPDATE', server, data)
+  end
+end
+
 -- One heartbeat of server for client in scope, sent at heartbeat stream
 -- position ms-seq (ms 0: now). data: the member's data ('' keeps it).
 local function apply(scope, client, server, ms, seq, data)
@@ -194,10 +202,7 @@ local function apply(scope, client, server, ms, seq, data)
     -- A newer heartbeat was applied first: never move a deadline back. Its
     -- data still counts (sent with a connection's first heartbeat, it may
     -- reach Redis after that connection's next one).
-    if data ~= '' and stored ~= data then
-      redis.call('HSET', scope.data, client, data)
-      publish(scope, client, 'UPDATE', old, data)
-    end
+    set_data(scope, client, old, data, stored)
     return REFRESHED
   end
   if scope.online then redis.call('SET', scope.online, server, 'PX', deadline - now) end
@@ -206,10 +211,7 @@ local function apply(scope, client, server, ms, seq, data)
     -- Still announced, so a refresh: also when the key expired before its
     -- OFFLINE went out (Redis was unreachable, or the consumers are behind).
     if old ~= server then redis.call('HSET', scope.servers, client, server) end
-    if data ~= '' and stored ~= data then
-      redis.call('HSET', scope.data, client, data)
-      publish(scope, client, 'UPDATE', server, data)
-    end
+    set_data(scope, client, server, data, stored)
     return REFRESHED
   end
   redis.call('HSET', scope.servers, client, server)

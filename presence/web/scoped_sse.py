@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 
 from aiohttp import web
-from aiohttp_sse import EventSourceResponse, sse_response
+from aiohttp_sse import EventSourceResponse
 from redis.exceptions import RedisError
 
 from ..presence import Presence
@@ -25,9 +25,9 @@ from ..updates.deliveries import Resync
 from ..updates.room_snapshot import RoomSnapshot
 from ..updates.scoped import Item, Occupancy, Scope, ScopedSubscriber
 from ..updates.snapshot import Snapshot
-from ..wire import SEPARATOR, Delivery, RoomDelivery, parse_scope_id, scope_id, stream_position
+from ..wire import Delivery, RoomDelivery, parse_scope_id, scope_id, stream_position
 from .requests import fail
-from .sse import SNAPSHOT_TIMEOUT, watch_connection, write_pieces
+from .sse import SNAPSHOT_TIMEOUT, serve_stream, watch_connection, write_pieces
 
 log = logging.getLogger(__name__)
 
@@ -138,20 +138,14 @@ async def scoped_events(
             subscriber.resync()
         occupancy = _counted(subscriber, counts)
         with presence.held_online(client_id, scope.rooms, scope.data):
-            async with sse_response(
-                request, sep=SEPARATOR, ping_interval=presence.settings.keepalive_interval
-            ) as sse:
-                try:
-                    async with asyncio.timeout_at(expiry):
-                        first = start.frame + frames.frames(occupancy)
-                        await _stream(sse, presence, subscriber, frames, first)
-                except TimeoutError:
-                    log.debug("the token of %s expired: closing its stream", client_id)
-                except ConnectionError:
-                    pass  # the client left
-                except (RedisError, OSError) as exc:
-                    log.debug("no fresh snapshot for %s: %s", client_id, exc)  # it reconnects
-            return sse
+            first = start.frame + frames.frames(occupancy)
+            return await serve_stream(
+                request,
+                presence,
+                client_id,
+                expiry,
+                lambda sse: _stream(sse, presence, subscriber, frames, first),
+            )
 
 
 def _counted(subscriber: ScopedSubscriber, counts: dict[str, int]) -> list[Item]:

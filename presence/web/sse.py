@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
@@ -46,6 +46,30 @@ def watch_connection(
     return alive, transport.abort, transport.get_write_buffer_size
 
 
+async def serve_stream(
+    request: web.Request,
+    presence: Presence,
+    client_id: str,
+    expiry: float | None,
+    stream: Callable[[EventSourceResponse], Awaitable[None]],
+) -> EventSourceResponse:
+    """Run ``stream`` on an SSE response until the client leaves, its token
+    expires, or a fresh snapshot cannot be read (the client reconnects)."""
+    async with sse_response(
+        request, sep=SEPARATOR, ping_interval=presence.settings.keepalive_interval
+    ) as sse:
+        try:
+            async with asyncio.timeout_at(expiry):
+                await stream(sse)
+        except TimeoutError:
+            log.debug("the token of %s expired: closing its stream", client_id)
+        except ConnectionError:
+            pass  # the client left
+        except (RedisError, OSError) as exc:
+            log.debug("no fresh snapshot for %s: %s", client_id, exc)  # it reconnects
+    return sse
+
+
 async def global_events(
     request: web.Request,
     presence: Presence,
@@ -55,7 +79,6 @@ async def global_events(
 ) -> web.StreamResponse:
     """SSE: a ``snapshot`` event (or, resuming, the missed events), then every
     ``presence`` event about others."""
-    settings = presence.settings
     alive, abort, buffered = watch_connection(request)
     with presence.subscribed(client_id, alive=alive, abort=abort, buffered=buffered) as subscriber:
         try:
@@ -66,21 +89,15 @@ async def global_events(
             log.debug("no snapshot for %s: %s", client_id, exc)  # healthz says why
             fail(web.HTTPServiceUnavailable, "presence is unavailable: cannot read Redis")
         with presence.held_online(client_id):
-            async with sse_response(
-                request, sep=SEPARATOR, ping_interval=settings.keepalive_interval
-            ) as sse:
-                try:
-                    async with asyncio.timeout_at(expiry):
-                        await _stream(
-                            sse, presence, subscriber, client_id, start, resumed=bool(resume)
-                        )
-                except TimeoutError:
-                    log.debug("the token of %s expired: closing its stream", client_id)
-                except ConnectionError:
-                    pass  # the client left
-                except (RedisError, OSError) as exc:
-                    log.debug("no fresh snapshot for %s: %s", client_id, exc)  # it reconnects
-            return sse
+            return await serve_stream(
+                request,
+                presence,
+                client_id,
+                expiry,
+                lambda sse: _stream(
+                    sse, presence, subscriber, client_id, start, resumed=bool(resume)
+                ),
+            )
 
 
 async def _stream(
