@@ -41,10 +41,18 @@ def build() -> Path:
 
 
 class CLoad:
-    """``processes`` C processes holding ``total`` clients between them, interleaved."""
+    """``processes`` C processes holding ``total`` clients between them, interleaved;
+    with ``room_size``, each client streams its room of that many (see the C source)."""
 
     def __init__(
-        self, port: int, total: int, processes: int, *, niceness: int, spread_ms: float
+        self,
+        port: int,
+        total: int,
+        processes: int,
+        *,
+        niceness: int,
+        spread_ms: float,
+        room_size: int = 0,
     ) -> None:
         binary = build()
         processes = max(1, min(processes, total))
@@ -57,7 +65,7 @@ class CLoad:
             proc = subprocess.Popen(
                 [str(binary), "--port", str(port), "--total", str(total), "--first", str(p),
                  "--step", str(processes), "--nice", str(niceness), "--spread-ms",
-                 str(spread_ms)],
+                 str(spread_ms), "--room-size", str(room_size)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
             )  # fmt: skip
@@ -143,6 +151,9 @@ def _answer(status: dict[str, Any]) -> dict[str, Any]:
                 "unconverged",
                 "slow_connects",
                 "connect_max_s",
+                "foreign_ids",
+                "wrong_room",
+                "update_events",
             )
         },
     }

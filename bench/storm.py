@@ -12,11 +12,17 @@ time limit), the server's CPU and peak RSS, the load's CPU, how many streams
 the server ended, and then what the ``presence`` stream holds: exactly N
 ``ONLINE`` entries and no ``OFFLINE`` one when nothing went wrong.
 
+With ``room_size`` (the C load only), the N clients are in rooms of that many
+instead, each streaming its own room (``?room=``), and a client has converged
+when it knows its whole room is online; bench/rooms.py runs that storm. The
+room streams' entries are then counted too.
+
 Every client has to receive the other N-1 joins, in its snapshot or as events:
-N(N-1)/2 event deliveries at the least. Divided by the server's fan-out rate,
-measured in the same run (M connections of one client id, a burst of events, as
-bench/fanout.py does, on a process and Redis of their own), that gives the
-inherent bound the convergence time is compared with.
+N(N-1)/2 event deliveries at the least (per room, in rooms). Divided by the
+server's fan-out rate, measured in the same run (M connections of one client
+id, a burst of events, as bench/fanout.py does, on a process and Redis of
+their own), that gives the inherent bound the convergence time is compared
+with.
 
 ``python -m bench.storm --clients 10000 [--busy-neighbour] [--python-load]``; ``python -m bench``
 runs it too.
@@ -160,9 +166,13 @@ def storm(
     fanout: bool = True,
     load: str = "c",
     spread_ms: float = 0.0,
+    room_size: int = 0,
 ) -> dict[str, Any]:
     """One storm of ``clients``; ``load`` is "c" or "python"; the C load spreads
-    its first connects over ``spread_ms``."""
+    its first connects over ``spread_ms``; ``room_size`` puts the clients in rooms
+    of that many, each streaming its own (the C load only)."""
+    if room_size and load != "c":
+        raise ValueError("only the C load streams rooms")
     if processes is None:
         processes = C_LOAD_PROCESSES if load == "c" else LOAD_PROCESSES
     limit = limit_for(clients) if limit is None else limit
@@ -173,13 +183,13 @@ def storm(
     try:
         # The fan-out rate under the same conditions (the neighbour too, if any).
         rate = _fanout(clients) if fanout else None
-        row = _storm(clients, limit, processes, load, spread_ms)
+        row = _storm(clients, limit, processes, load, spread_ms, room_size)
     finally:
         if neighbour is not None:
             neighbour.terminate()
             neighbour.join()
     row["busy_neighbour"] = busy_neighbour
-    deliveries = clients * (clients - 1) // 2
+    deliveries = _deliveries(clients, room_size)
     row["fanout"] = rate
     bound = deliveries / rate["deliveries_per_s"] if rate else None
     row["inherent_bound_s"] = None if bound is None else round(bound, 2)
@@ -187,6 +197,19 @@ def storm(
     row["ratio_to_bound"] = round(took / bound, 2) if took is not None and bound else None
     _report(row)
     return row
+
+
+def _deliveries(clients: int, room_size: int) -> int:
+    """Joins every client must learn of, at the least: N(N-1)/2, per room in rooms."""
+    if not room_size:
+        return clients * (clients - 1) // 2
+    sizes = [min(room_size, clients - base) for base in range(0, clients, room_size)]
+    return sum(n * (n - 1) // 2 for n in sizes)
+
+
+def rooms_of(clients: int, room_size: int) -> list[str]:
+    """The rooms of a storm in rooms: client ``s<i>`` is in ``r<i // room_size>``."""
+    return [f"r{k}" for k in range(-(-clients // room_size))]
 
 
 def _fanout(clients: int) -> dict[str, Any]:
@@ -198,7 +221,7 @@ def _fanout(clients: int) -> dict[str, Any]:
 
 
 def _storm(
-    clients: int, limit: float, processes: int, kind: str, spread_ms: float
+    clients: int, limit: float, processes: int, kind: str, spread_ms: float, room_size: int
 ) -> dict[str, Any]:
     with (
         tempfile.TemporaryFile() as log,
@@ -212,7 +235,14 @@ def _storm(
         ) as (port, pid),
     ):
         load: Load | CLoad = (
-            CLoad(port, clients, processes, niceness=LOAD_NICENESS, spread_ms=spread_ms)
+            CLoad(
+                port,
+                clients,
+                processes,
+                niceness=LOAD_NICENESS,
+                spread_ms=spread_ms,
+                room_size=room_size,
+            )
             if kind == "c"
             else Load(port, clients, processes)
         )
@@ -246,7 +276,9 @@ def _storm(
         peak = peak_rss_kb(pid)
         load_cpu = sum(cpu_seconds(p) for p in load.pids) - load_cpu0
         overflows = {k: v - overflows0.get(k, 0) for k, v in _listen_overflows().items()}
-        stream = _presence_stream(redis.Redis.from_url(url))
+        r = redis.Redis.from_url(url)
+        stream = _presence_stream(r)
+        rooms = _room_streams(r, rooms_of(clients, room_size)) if room_size else None
         metrics = _metrics(port)
         final = load.stop()
         log.seek(0)
@@ -269,6 +301,17 @@ def _storm(
             "slow_connects": sum(s["c"]["slow_connects"] for s in final),
             "connect_max_s": max(s["c"]["connect_max_s"] for s in final),
             "connect_spread_ms": spread_ms,
+        }
+    in_rooms: dict[str, Any] = {}
+    if room_size:
+        in_rooms = {
+            "room_size": room_size,
+            "rooms": len(rooms_of(clients, room_size)),
+            # Members of another room, events of another room: routing errors.
+            "foreign_ids": sum(s["c"]["foreign_ids"] for s in final),
+            "wrong_room": sum(s["c"]["wrong_room"] for s in final),
+            "update_events_received": sum(s["c"]["update_events"] for s in final),
+            "room_streams": rooms,
         }
     return {
         "clients": clients,
@@ -302,6 +345,7 @@ def _storm(
         # The machine's TcpExt counters over the storm: a full accept queue.
         "listen_overflows": overflows,
         "presence_stream": stream,
+        **in_rooms,
         "server_metrics": metrics,
         "server_log_lines": len(lines),
         "server_log_sample": sorted({line[:200] for line in lines})[:5],
@@ -322,26 +366,44 @@ def _listen_overflows() -> dict[str, int]:
     return {}
 
 
-def _presence_stream(r: redis.Redis) -> dict[str, Any]:
-    """What the ``presence`` stream holds: ONLINE and OFFLINE entries, all added."""
-    online = offline = 0
+def _presence_stream(r: redis.Redis, key: str = "presence") -> dict[str, Any]:
+    """What a transition stream (``presence``, or a room's) holds: ONLINE, OFFLINE
+    (and UPDATE) entries, all added."""
+    counts = {b"ONLINE": 0, b"OFFLINE": 0, b"UPDATE": 0}
     start = "-"
     while True:
-        entries: list[Any] = r.xrange("presence", min=start, count=10_000) or []
+        entries: list[Any] = r.xrange(key, min=start, count=10_000) or []
         for _id, fields in entries:
             status = fields.get(b"status")
-            online += status == b"ONLINE"
-            offline += status == b"OFFLINE"
+            if status in counts:
+                counts[status] += 1
         if len(entries) < 10_000:
             break
         start = "(" + entries[-1][0].decode()
-    info = r.xinfo_stream("presence") if r.exists("presence") else {}
-    return {
-        "online": online,
-        "offline": offline,
+    info = r.xinfo_stream(key) if r.exists(key) else {}
+    found = {
+        "online": counts[b"ONLINE"],
+        "offline": counts[b"OFFLINE"],
         "length": info.get("length", 0),
         # More than the length when the stream was trimmed (--presence-maxlen).
         "entries_added": info.get("entries-added"),
+    }
+    if counts[b"UPDATE"]:
+        found["update"] = counts[b"UPDATE"]
+    return found
+
+
+def _room_streams(r: redis.Redis, rooms: list[str]) -> dict[str, Any]:
+    """The entries of every room's stream, summed: ONLINE, OFFLINE, UPDATE; and the
+    fewest and most ONLINE entries a room holds (one per member in a storm)."""
+    found = [_presence_stream(r, f"room.{{{room}}}.presence") for room in rooms]
+    online = [f["online"] for f in found]
+    return {
+        "online": sum(online),
+        "offline": sum(f["offline"] for f in found),
+        "update": sum(f.get("update", 0) for f in found),
+        "rooms": len(rooms),
+        "rooms_with_online_min_max": [min(online, default=0), max(online, default=0)],
     }
 
 
@@ -372,6 +434,7 @@ def _metrics(port: int) -> dict[str, float]:
 
 def _report(row: dict[str, Any]) -> None:
     n = row["clients"]
+    rooms = f" in {row['rooms']} rooms of {row['room_size']}" if row.get("room_size") else ""
     took = (
         f"all converged in {row['converged_s']} s"
         if row["converged_s"] is not None
@@ -389,12 +452,19 @@ def _report(row: dict[str, Any]) -> None:
     )
     stream = row["presence_stream"]
     print(
-        f"  storm {n:,}{' + busy neighbour' if row['busy_neighbour'] else ''}: {took}{versus}; "
+        f"  storm {n:,}{rooms}{' + busy neighbour' if row['busy_neighbour'] else ''}: "
+        f"{took}{versus}; "
         f"server CPU {row['server_cpu_s']} s, peak RSS {row['server_peak_rss_kb'] / 1024:.0f} MB, "
         f"{row['load']} load CPU {row['load_cpu_s']} s "
         f"({row['load_cpu_us_per_event']} µs/event); streams ended {row['streams_ended']:,}, "
         f"never connected {row['clients_never_streamed']:,}; "
-        f"presence stream {stream['online']:,} ONLINE / {stream['offline']:,} OFFLINE",
+        f"presence stream {stream['online']:,} ONLINE / {stream['offline']:,} OFFLINE"
+        + (
+            f"; room streams {row['room_streams']['online']:,} ONLINE / "
+            f"{row['room_streams']['offline']:,} OFFLINE"
+            if row.get("room_streams")
+            else ""
+        ),
         flush=True,
     )
 
@@ -420,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         "--spread-ms", type=float, default=0.0, help="spread the C load's first connects (ms)"
     )
     parser.add_argument("--no-fanout", action="store_true", help="skip the fan-out rate")
+    parser.add_argument(
+        "--room-size", type=int, default=0, metavar="S", help="clients in rooms of S (C load)"
+    )
     args = parser.parse_args(argv)
     started = time.time()
     command = " ".join(["python -m bench.storm", *(argv if argv is not None else sys.argv[1:])])
@@ -434,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
             fanout=not args.no_fanout,
             load="python" if args.python_load else "c",
             spread_ms=args.spread_ms,
+            room_size=args.room_size,
         )
         for n in args.clients
     ]

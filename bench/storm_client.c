@@ -28,6 +28,20 @@
  * one bit. A client id that is not s<number> below total is counted in bad_ids.
  * A client has converged when its view holds all total clients.
  *
+ * With --room-size S, the clients are in rooms of S instead: client i is in
+ * room r<i / S> and asks for its room's stream,
+ *
+ *     GET /clients/s<i>/events?room=r<i / S> HTTP/1.1
+ *
+ * Its view is then its room's members, a bitmap of S bits: the snapshot
+ * ({"rooms":{"r3":[{"client":"s150","server":"..."},...]}}) replaces it, and
+ * a presence event ({"room":"r3","client":"s151","status":"ONLINE"|"UPDATE"|
+ * "OFFLINE","server":"...","data"?:{...}}) sets or clears one bit (UPDATE is
+ * only counted). A member that is not of the client's room is counted in
+ * foreign_ids, an event of another room in wrong_room; neither changes the
+ * view. A client has converged when its view holds its whole room. (The
+ * scanner does not look into member data: a storm's members have none.)
+ *
  * The parent (bench/storm.py) talks to it on stdin and stdout. Once set up it
  * prints {"ready":true} and waits for a line on stdin; then it connects all its
  * clients (spread over --spread-ms milliseconds) and prints a one-line JSON
@@ -36,7 +50,7 @@
  * "final":true and each client's first convergence time, and exits.
  *
  *     storm_client --port P --total N [--first F --step K] [--spread-ms MS]
- *                  [--nice NICE]
+ *                  [--nice NICE] [--room-size S]
  *
  * Times are seconds since the go line; "started_at" is that moment in Unix time.
  */
@@ -78,6 +92,7 @@ struct buf {
 
 struct client {
     uint32_t index; /* its number in the storm: s<index> */
+    uint32_t base, members; /* the first index of its view, and how many it holds */
     int fd;
     enum conn_state state;
     uint64_t *view;
@@ -106,10 +121,11 @@ struct client {
 struct counters {
     unsigned long connects, streams_ended, http_errors, connect_failures, closed_early,
         protocol_errors, snapshots, reset_snapshots, online_events, offline_events, bytes,
-        bad_ids, slow_connects, unconverged;
+        bad_ids, slow_connects, unconverged, foreign_ids, wrong_room, update_events;
 };
 
 static uint32_t total, mine, first_index, step = 1;
+static uint32_t room_size; /* 0: one global stream each; else rooms of room_size */
 static struct client *clients;
 static size_t view_words;
 static struct counters n;
@@ -166,7 +182,7 @@ static void buf_reset(struct buf *b) {
 /* --- the view ------------------------------------------------------------------ */
 
 static void check_converged(struct client *c) {
-    char complete = c->known == total;
+    char complete = c->known == c->members;
     if (complete == c->converged)
         return;
     c->converged = complete;
@@ -192,7 +208,8 @@ static void check_converged(struct client *c) {
 
 static void view_clear(struct client *c) {
     memset(c->view, 0, view_words * sizeof(uint64_t));
-    c->view[c->index / 64] |= 1ULL << (c->index % 64);
+    uint32_t own = c->index - c->base;
+    c->view[own / 64] |= 1ULL << (own % 64);
     c->known = 1;
 }
 
@@ -220,6 +237,11 @@ static int64_t client_number(const char *p, size_t len) {
 static void view_set(struct client *c, int64_t i, int online) {
     if (i < 0)
         return;
+    if (i < c->base || i >= (int64_t)c->base + c->members) {
+        n.foreign_ids++; /* another room's client */
+        return;
+    }
+    i -= c->base;
     uint64_t bit = 1ULL << (i % 64);
     uint64_t *word = &c->view[i / 64];
     if (online) {
@@ -227,7 +249,7 @@ static void view_set(struct client *c, int64_t i, int online) {
             *word |= bit;
             c->known++;
         }
-    } else if ((uint32_t)i != c->index && (*word & bit)) {
+    } else if ((uint32_t)i + c->base != c->index && (*word & bit)) {
         *word &= ~bit;
         c->known--;
     }
@@ -238,15 +260,17 @@ static void view_set(struct client *c, int64_t i, int online) {
 /*
  * A small scanner over the data of presence's events: strings (with escapes),
  * keys (a string followed by ':'), and the literal true after "reset". For each
- * "client" key whose value is a string, on_client is called; "status" and
- * "reset" are noted. Nesting is not tracked: presence's events hold one level
+ * "client" key whose value is a string, on_client is called; "status", "room"
+ * and "reset" are noted. Nesting is not tracked: presence's events hold one level
  * of objects within a list, and no other key is called client.
  */
 struct scan {
     const char *client;
     size_t client_len;
+    const char *room; /* NULL unless the event names one, unescaped */
+    size_t room_len;
     int clients_found;
-    int online, offline, reset;
+    int online, offline, update, reset;
 };
 
 static size_t skip_ws(const char *p, size_t i, size_t len) {
@@ -305,6 +329,12 @@ static void scan_json(const char *p, size_t len, struct scan *s, struct client *
             size_t value_len = vend > j + 1 ? vend - j - 2 : 0;
             s->online = value_len == 6 && !memcmp(p + j + 1, "ONLINE", 6);
             s->offline = value_len == 7 && !memcmp(p + j + 1, "OFFLINE", 7);
+            s->update = value_len == 6 && !memcmp(p + j + 1, "UPDATE", 6);
+            i = vend;
+        } else if (key_len == 4 && !memcmp(key, "room", 4) && j < len && p[j] == '"') {
+            size_t vend = string_end(p, j, len, &escaped);
+            s->room = escaped ? NULL : p + j + 1;
+            s->room_len = vend > j + 1 ? vend - j - 2 : 0;
             i = vend;
         } else if (key_len == 5 && !memcmp(key, "reset", 5)) {
             s->reset = len - j >= 4 && !memcmp(p + j, "true", 4);
@@ -316,6 +346,13 @@ static void scan_json(const char *p, size_t len, struct scan *s, struct client *
 }
 
 /* --- the event stream ---------------------------------------------------------- */
+
+/* Whether a room event is of the client's room, r<index / room_size>. */
+static int in_own_room(const struct client *c, const struct scan *s) {
+    char own[16];
+    int own_len = snprintf(own, sizeof own, "r%u", c->index / room_size);
+    return s->room && s->room_len == (size_t)own_len && !memcmp(s->room, own, s->room_len);
+}
 
 static void dispatch(struct client *c) {
     memcpy(c->last_id, c->id_buf, (size_t)c->id_len);
@@ -339,7 +376,11 @@ static void dispatch(struct client *c) {
             buf_reset(&c->data);
     } else if (type == EV_PRESENCE) {
         scan_json(c->data.p, len, &s, NULL);
-        if (s.clients_found && (s.online || s.offline)) {
+        if (room_size && !in_own_room(c, &s)) {
+            n.wrong_room++;
+        } else if (s.clients_found && s.update) {
+            n.update_events++;
+        } else if (s.clients_found && (s.online || s.offline)) {
             int64_t i = s.client ? client_number(s.client, s.client_len) : (n.bad_ids++, -1);
             if (s.online)
                 n.online_events++;
@@ -530,11 +571,13 @@ static void send_request(struct client *c) {
         connect_max_s = took;
     if (took > SLOW_CONNECT_S)
         n.slow_connects++;
-    char request[512];
+    char request[512], query[32] = "";
+    if (room_size)
+        snprintf(query, sizeof query, "?room=r%u", c->index / room_size);
     int size = snprintf(request, sizeof request,
-                        "GET /clients/s%u/events HTTP/1.1\r\nHost: bench\r\n"
+                        "GET /clients/s%u/events%s HTTP/1.1\r\nHost: bench\r\n"
                         "Accept: text/event-stream\r\n",
-                        c->index);
+                        c->index, query);
     if (c->last_id_len)
         size += snprintf(request + size, sizeof request - (size_t)size,
                          "Last-Event-ID: %.*s\r\n", c->last_id_len, c->last_id);
@@ -759,11 +802,12 @@ static void status(int final) {
            "\"connect_failures\":%lu,\"closed_early\":%lu,\"protocol_errors\":%lu,"
            "\"snapshots\":%lu,\"reset_snapshots\":%lu,\"online_events\":%lu,"
            "\"offline_events\":%lu,\"bytes\":%lu,\"bad_ids\":%lu,\"unconverged\":%lu,"
-           "\"slow_connects\":%lu,\"connect_max_s\":%.3f,\"never_streamed\":%u",
+           "\"slow_connects\":%lu,\"connect_max_s\":%.3f,\"never_streamed\":%u,"
+           "\"room_size\":%u,\"foreign_ids\":%lu,\"wrong_room\":%lu,\"update_events\":%lu",
            n.connects, n.streams_ended, n.http_errors, n.connect_failures, n.closed_early,
            n.protocol_errors, n.snapshots, n.reset_snapshots, n.online_events,
            n.offline_events, n.bytes, n.bad_ids, n.unconverged, n.slow_connects, connect_max_s,
-           never);
+           never, room_size, n.foreign_ids, n.wrong_room, n.update_events);
     if (final) {
         printf(",\"final\":true,\"converged_at\":[");
         for (uint32_t s = 0; s < mine; s++) {
@@ -805,7 +849,7 @@ static void read_stdin(void) {
 
 static void usage(void) {
     fprintf(stderr, "usage: storm_client --port P --total N [--first F] [--step K] "
-                    "[--spread-ms MS] [--nice NICE]\n");
+                    "[--spread-ms MS] [--nice NICE] [--room-size S]\n");
     exit(2);
 }
 
@@ -828,6 +872,8 @@ int main(int argc, char **argv) {
             spread_ms = atof(value);
         else if (!strcmp(flag, "--nice"))
             niceness = atoi(value);
+        else if (!strcmp(flag, "--room-size"))
+            room_size = (uint32_t)strtoul(value, NULL, 10);
         else
             usage();
     }
@@ -849,7 +895,7 @@ int main(int argc, char **argv) {
     sigaction(SIGUSR1, &sa, NULL);
 
     mine = (total - first_index + step - 1) / step;
-    view_words = (total + 63) / 64;
+    view_words = ((room_size ? room_size : total) + 63) / 64;
     clients = calloc(mine, sizeof *clients);
     retries = calloc(mine, sizeof *retries);
     uint64_t *views = calloc((size_t)mine * view_words, sizeof(uint64_t));
@@ -858,6 +904,10 @@ int main(int argc, char **argv) {
     for (uint32_t s = 0; s < mine; s++) {
         struct client *c = &clients[s];
         c->index = first_index + s * step;
+        c->base = room_size ? c->index / room_size * room_size : 0;
+        c->members = room_size ? total - c->base : total;
+        if (room_size && c->members > room_size)
+            c->members = room_size;
         c->fd = -1;
         c->view = views + (size_t)s * view_words;
         c->converged_at = -1;
