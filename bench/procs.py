@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -73,17 +73,20 @@ def presence_server(
     max_connections: int = 20_000,
     max_connections_per_client: int | None = 20_000,
     log: IO[bytes] | None = None,
+    program: Sequence[str] = ("-m", "presence", "serve"),
 ) -> Iterator[tuple[int, int]]:
     """(http port, pid) of ``python -m presence serve``, logging warnings and worse
     to ``log`` (discarded without one). ``max_connections_per_client=None`` leaves
-    presence's default."""
+    presence's default. ``program`` runs another server taking serve's flags
+    (bench/held.py), from the repository's root."""
     port = free_port()
     limits = ["--max-connections", str(max_connections)]
     if max_connections_per_client is not None:
         limits += ["--max-connections-per-client", str(max_connections_per_client)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "presence", "serve", "--port", str(port), "--redis-url",
+        [sys.executable, *program, "--port", str(port), "--redis-url",
          redis_url, "--server-id", "bench", "--log-level", "WARNING", *limits, *flags],
+        cwd=Path(__file__).resolve().parent.parent,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL if log is None else log,
     )  # fmt: skip

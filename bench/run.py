@@ -17,6 +17,10 @@ side in one run, next to the absolute numbers, which drift between machines.
    heartbeat's XADD to the ``ONLINE`` event at an SSE client.
 6. Connect storm (bench/storm.py): N EventSource clients connecting to one
    process at once, until each knows all the others are online.
+7. Rooms (bench/rooms.py): a connect storm in rooms against the global one; the
+   CPU of memberships heartbeated in rooms against global heartbeats as many,
+   Redis's per heartbeat included; UPDATE latency under that load; and the
+   fan-out of a room's events with and without idle connections in other rooms.
 
 Shared: bench/procs.py (the processes), bench/stats.py (numbers and the result
 file), bench/redis_load.py and bench/sse_load.py (load generators), bench/lua.py
@@ -35,6 +39,7 @@ from .fanout import bench_fanout
 from .ingest import bench_ingest
 from .offline import bench_offline
 from .plot import plot
+from .rooms import bench_rooms
 from .scale import FULL, SHORT, Scale
 from .stats import ROOT, header, write_results
 from .storm import bench_storm
@@ -44,6 +49,7 @@ BENCHES: list[tuple[str, Callable[[Scale], Any]]] = [
     ("fanout", bench_fanout),
     ("offline", bench_offline),
     ("storm", bench_storm),
+    ("rooms", bench_rooms),
 ]
 
 

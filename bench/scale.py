@@ -25,6 +25,21 @@ class Scale:
     #: (for ``storm_busy``) beside a process burning one core.
     storm: list[int]
     storm_busy: list[int]
+    #: Rooms (bench/rooms.py): a storm of N clients in rooms of S, beside the
+    #: global storm of N.
+    rooms_storm: int
+    rooms_storm_room_size: int
+    #: Steady memberships: clients in K rooms each of the given size, heartbeated
+    #: at the interval; measured for so many seconds (a whole number of intervals).
+    rooms_steady_clients: int
+    rooms_per_client: int
+    rooms_steady_room_size: int
+    rooms_steady_interval: float
+    rooms_steady_seconds: float
+    #: Fan-out scaling: bursts of this many UPDATEs to a room of 10, alone and
+    #: beside so many idle connections in other rooms.
+    rooms_idle_connections: int
+    rooms_updates: int
 
 
 SHORT = Scale(
@@ -40,6 +55,15 @@ SHORT = Scale(
     expired_wait=30,
     storm=[2_000],
     storm_busy=[],
+    rooms_storm=2_000,
+    rooms_storm_room_size=50,
+    rooms_steady_clients=2_000,
+    rooms_per_client=5,
+    rooms_steady_room_size=50,
+    rooms_steady_interval=1.0,
+    rooms_steady_seconds=6,
+    rooms_idle_connections=1_000,
+    rooms_updates=500,
 )
 FULL = Scale(
     ingest=[1_000, 10_000, 100_000],
@@ -54,4 +78,13 @@ FULL = Scale(
     expired_wait=60,
     storm=[5_000, 10_000],
     storm_busy=[5_000, 10_000],
+    rooms_storm=10_000,
+    rooms_storm_room_size=50,
+    rooms_steady_clients=20_000,
+    rooms_per_client=5,
+    rooms_steady_room_size=50,
+    rooms_steady_interval=5.0,
+    rooms_steady_seconds=20,
+    rooms_idle_connections=5_000,
+    rooms_updates=2_000,
 )
