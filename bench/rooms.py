@@ -59,7 +59,7 @@ FAN_MEMBERS = 10
 FAN_ROOM = "fan"
 IDLE_ROOM_SIZE = 50
 #: UPDATEs sent one at a time, each once the previous one reached every member.
-ONE_AT_A_TIME = 200
+ONE_AT_A_TIME = 500
 BURSTS = 3
 #: Seconds of idle CPU measured before a burst, to take out of its CPU.
 BACKGROUND_S = 1.0
@@ -110,7 +110,9 @@ class RoomStreams:
     of its own: who each sees online, and when each ``UPDATE`` reached each one
     (by the number ``n`` in the member data).
 
-    Times are ``time.monotonic()``, the clock senders in other threads use too.
+    Times are ``time.monotonic()``, the clock senders in other threads use too;
+    each UPDATE's wall-clock arrival is kept as well, beside the time its entry
+    was written in Redis (the stream position in its event id, in ms).
     """
 
     def __init__(self, port: int, room: str, members: list[str]) -> None:
@@ -119,6 +121,9 @@ class RoomStreams:
         self.members = members
         #: n -> arrival times of its UPDATE, one per member that received it.
         self.arrivals: dict[int, list[float]] = defaultdict(list)
+        self.arrivals_wall: dict[int, list[float]] = defaultdict(list)
+        #: n -> when Redis wrote its entry (Unix ms).
+        self.written_ms: dict[int, int] = {}
         #: Member -> the others it knows are online.
         self.online: dict[str, set[str]] = {m: set() for m in members}
         self.other_events = 0
@@ -146,23 +151,30 @@ class RoomStreams:
             self._readers.append(asyncio.create_task(self._read(member, response)))
 
     async def _read(self, member: str, response: aiohttp.ClientResponse) -> None:
-        event, data = b"", b""
+        event, data, event_id = b"", b"", b""
         async for raw in response.content:
             line = raw.rstrip(b"\r\n")
             if line.startswith(b"event:"):
                 event = line[6:].strip()
             elif line.startswith(b"data:"):
                 data = line[5:].strip()
+            elif line.startswith(b"id:"):
+                event_id = line[3:].strip()
             elif not line and data:
-                self._dispatch(member, event, data, time.monotonic())
+                self._dispatch(member, event, data, event_id)
                 event, data = b"", b""
 
-    def _dispatch(self, member: str, event: bytes, data: bytes, now: float) -> None:
+    def _dispatch(self, member: str, event: bytes, data: bytes, event_id: bytes) -> None:
+        now, wall = time.monotonic(), time.time()
         found = json.loads(data)
         if event == b"snapshot":
             self.online[member] = {m["client"] for m in found["rooms"][self._room]}
         elif event == b"presence" and found["status"] == "UPDATE" and "n" in found.get("data", {}):
-            self.arrivals[found["data"]["n"]].append(now)
+            n = found["data"]["n"]
+            self.arrivals[n].append(now)
+            self.arrivals_wall[n].append(wall)
+            # A stream of one room: "<scope tag>.<ms>-<seq>".
+            self.written_ms[n] = int(event_id.rsplit(b".", 1)[-1].split(b"-")[0])
         elif event == b"presence" and found["status"] in ("ONLINE", "OFFLINE"):
             seen = self.online[member]
             (seen.add if found["status"] == "ONLINE" else seen.discard)(found["client"])
@@ -279,6 +291,14 @@ def _steady(
             "update_p99_ms": _round(percentile(latencies.ms, 99)),
             "update_max_ms": _round(max(latencies.ms, default=float("nan"))),
             "update_percentiles_ms": curve(latencies.ms),
+            # Where it went: the PUT's round trip, the PUT to its entry in
+            # Redis, and that entry to the UPDATE at a member (1 ms resolution).
+            "put_p50_ms": _round(percentile(latencies.put_ms, 50)),
+            "put_p99_ms": _round(percentile(latencies.put_ms, 99)),
+            "to_redis_p50_ms": _round(percentile(latencies.to_redis_ms, 50)),
+            "to_redis_p99_ms": _round(percentile(latencies.to_redis_ms, 99)),
+            "from_redis_p50_ms": _round(percentile(latencies.from_redis_ms, 50)),
+            "from_redis_p99_ms": _round(percentile(latencies.from_redis_ms, 99)),
             "other_events": streams.other_events,
         }
         if beats:
@@ -293,7 +313,14 @@ def _round(value: float) -> float | None:
 class Latencies:
     def __init__(self) -> None:
         self.sent: dict[int, float] = {}
+        self.sent_wall: dict[int, float] = {}
+        #: PUT to UPDATE at a member, each member.
         self.ms: list[float] = []
+        #: The PUT's round trip; from the PUT to its entry in Redis; from that
+        #: entry to its UPDATE at a member (ms, the clock of the machine).
+        self.put_ms: list[float] = []
+        self.to_redis_ms: list[float] = []
+        self.from_redis_ms: list[float] = []
 
 
 async def _probe(streams: RoomStreams, seconds: float) -> Latencies:
@@ -305,8 +332,9 @@ async def _probe(streams: RoomStreams, seconds: float) -> Latencies:
     start = loop.time()
     n = 0
     while loop.time() - start < seconds:
-        found.sent[n] = time.monotonic()
+        found.sent[n], found.sent_wall[n] = time.monotonic(), time.time()
         await streams.put_data(first, {"n": n})
+        found.put_ms.append((time.monotonic() - found.sent[n]) * 1000)
         n += 1
         await asyncio.sleep(max(0.0, start + n * PROBE_EVERY - loop.time()))
     for _ in range(100):  # the last ones: 5 s at most
@@ -316,6 +344,10 @@ async def _probe(streams: RoomStreams, seconds: float) -> Latencies:
     found.ms = [
         (at - sent) * 1000 for k, sent in found.sent.items() for at in streams.arrivals.get(k, ())
     ]
+    for k, sent in found.sent_wall.items():
+        if (written := streams.written_ms.get(k)) is not None:
+            found.to_redis_ms.append(written - sent * 1000)
+            found.from_redis_ms += [at * 1000 - written for at in streams.arrivals_wall[k]]
     return found
 
 
@@ -388,7 +420,9 @@ def _statuses(r: redis.Redis, keys: list[str]) -> dict[str, int]:
 
 def fanout(idle_connections: int, updates: int) -> dict[str, Any]:
     """A room of ``FAN_MEMBERS``, its UPDATEs alone on the process, then beside
-    ``idle_connections`` in other rooms."""
+    ``idle_connections`` in other rooms, then alone again once they are gone:
+    "alone" is the mean of the two, so that a drift of the machine's speed
+    over the run weighs on both sides."""
     with (
         redis_server() as (url, _rport, _rpid),
         presence_server(
@@ -400,7 +434,7 @@ def fanout(idle_connections: int, updates: int) -> dict[str, Any]:
         streams = RoomStreams(port, FAN_ROOM, members)
         try:
             streams.wait_joined()
-            alone = _updates(streams, r, pid, updates, base=0)
+            before = _updates(streams, r, pid, updates, base=0)
             load = CLoad(port, idle_connections, 1, niceness=LOAD_NICENESS, spread_ms=0.0,
                          room_size=IDLE_ROOM_SIZE)  # fmt: skip
             try:
@@ -411,17 +445,25 @@ def fanout(idle_connections: int, updates: int) -> dict[str, Any]:
                 beside = _updates(streams, r, pid, updates, base=1_000_000)
             finally:
                 load.stop()
+            # Their leaves (after the leave grace) published and delivered.
+            poll(lambda: metric(port, "presence_sse_connections") <= FAN_MEMBERS, 30, "closes")
+            time.sleep(4)
+            after = _updates(streams, r, pid, updates, base=2_000_000)
         finally:
             streams.close()
+    keys = ("burst_ms_per_update", "burst_server_us_per_update", "one_p50_ms", "one_p99_ms")
+    alone = {key: round((before[key] + after[key]) / 2, 4) for key in keys}
     row: dict[str, Any] = {
         "members": FAN_MEMBERS,
         "idle_connections": idle_connections,
         "idle_rooms": -(-idle_connections // IDLE_ROOM_SIZE),
         "connections_beside": int(connections),
         "alone": alone,
+        "alone_before": before,
         "beside": beside,
+        "alone_after": after,
     }
-    for key in ("burst_ms_per_update", "burst_server_us_per_update", "one_p50_ms", "one_p99_ms"):
+    for key in keys:
         row[f"ratio_{key}"] = _ratio(beside[key], alone[key])
     print(
         f"  fan-out, room of {FAN_MEMBERS}, {updates:,} UPDATEs: alone "
