@@ -33,9 +33,6 @@ __all__ = ["CAME_ONLINE", "FAILED", "KEPT", "LEFT", "REFRESHED", "STALE", "Trans
 
 Arg = str | bytes | int | float
 
-#: A membership heartbeat to publish: client, room ('' for none), data ('' for none).
-Heartbeat = tuple[str, str, str]
-
 
 class Transitions:
     """The one way scripts are called: the only writer of online keys, the
@@ -93,9 +90,10 @@ class Transitions:
         """
         pipe.execute_command(*self.heartbeat_command(lines))
 
-    def publish(self, pipe: Pipeline, server: str, beats: Sequence[Heartbeat], cap: int) -> None:
-        """Add a heartbeat of ``server`` for each of ``beats`` to the heartbeat stream."""
-        self._queue(pipe, PUBLISH, cap, server, *(arg for beat in beats for arg in beat))
+    def publish(self, pipe: Pipeline, server: str, lines: str, cap: int) -> None:
+        """Add a heartbeat of ``server`` to the heartbeat stream for each of
+        ``lines``, one a line: ``"<client>[ <room>[ <data>]]"``."""
+        self._queue(pipe, PUBLISH, cap, server, lines)
 
     def leave(self, pipe: Pipeline, client: str, server: str) -> None:
         """This server stops holding ``client``: ``LEFT`` or ``KEPT``."""
