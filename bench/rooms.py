@@ -15,10 +15,11 @@
    ``UPDATE`` at the others' streams. Also measured on an idle process and under
    the global load.
 4. Fan-out scaling: UPDATEs of a room of 10 members, alone on a process and then
-   beside M idle connections in other rooms (rooms of 50, the C load): a burst,
-   and one at a time. The entries are added to the room's stream as a PUT on
-   another server adds them, so what is timed is this process's delivery: it
-   should cost the room's members, not every connection.
+   beside M idle connections in other rooms (rooms of 50, the C load), and beside
+   as many in rooms of 5: a burst, and one at a time. The entries are added to
+   the room's stream as a PUT on another server adds them, so what is timed is
+   this process's delivery: it should cost the room's members, not every
+   connection or room.
 
 ``python -m bench.rooms [--full]``; ``python -m bench --only rooms`` runs it too.
 """
@@ -58,6 +59,8 @@ PROBE_EVERY = 0.05
 FAN_MEMBERS = 10
 FAN_ROOM = "fan"
 IDLE_ROOM_SIZE = 50
+#: The same idle connections in ten times the rooms: what grows with rooms.
+SMALL_ROOM_SIZE = 5
 #: UPDATEs sent one at a time, each once the previous one reached every member.
 ONE_AT_A_TIME = 500
 BURSTS = 3
@@ -420,9 +423,11 @@ def _statuses(r: redis.Redis, keys: list[str]) -> dict[str, int]:
 
 def fanout(idle_connections: int, updates: int) -> dict[str, Any]:
     """A room of ``FAN_MEMBERS``, its UPDATEs alone on the process, then beside
-    ``idle_connections`` in other rooms, then alone again once they are gone:
-    "alone" is the mean of the two, so that a drift of the machine's speed
-    over the run weighs on both sides."""
+    ``idle_connections`` in other rooms of ``IDLE_ROOM_SIZE`` (the target's
+    comparison), then beside as many in rooms of ``SMALL_ROOM_SIZE`` (as many
+    connections, ten times the rooms), then alone again once they are gone:
+    "alone" is the mean of the first and the last, so that a drift of the
+    machine's speed over the run weighs on both sides."""
     with (
         redis_server() as (url, _rport, _rpid),
         presence_server(
@@ -435,20 +440,11 @@ def fanout(idle_connections: int, updates: int) -> dict[str, Any]:
         try:
             streams.wait_joined()
             before = _updates(streams, r, pid, updates, base=0)
-            load = CLoad(port, idle_connections, 1, niceness=LOAD_NICENESS, spread_ms=0.0,
-                         room_size=IDLE_ROOM_SIZE)  # fmt: skip
-            try:
-                load.go()
-                poll(lambda: all(s["all_converged_at"] for s in load.ask()), 120, "the idle rooms")
-                time.sleep(2)  # their joins delivered: idle from here
-                connections = metric(port, "presence_sse_connections")
-                beside = _updates(streams, r, pid, updates, base=1_000_000)
-            finally:
-                load.stop()
-            # Their leaves (after the leave grace) published and delivered.
-            poll(lambda: metric(port, "presence_sse_connections") <= FAN_MEMBERS, 30, "closes")
-            time.sleep(4)
-            after = _updates(streams, r, pid, updates, base=2_000_000)
+            beside = [
+                _beside(streams, r, port, pid, idle_connections, size, updates, base=n * 1_000_000)
+                for n, size in enumerate((IDLE_ROOM_SIZE, SMALL_ROOM_SIZE), start=1)
+            ]
+            after = _updates(streams, r, pid, updates, base=9_000_000)
         finally:
             streams.close()
     keys = ("burst_ms_per_update", "burst_server_us_per_update", "one_p50_ms", "one_p99_ms")
@@ -456,26 +452,62 @@ def fanout(idle_connections: int, updates: int) -> dict[str, Any]:
     row: dict[str, Any] = {
         "members": FAN_MEMBERS,
         "idle_connections": idle_connections,
-        "idle_rooms": -(-idle_connections // IDLE_ROOM_SIZE),
-        "connections_beside": int(connections),
+        "idle_rooms": beside[0]["idle_rooms"],
         "alone": alone,
         "alone_before": before,
-        "beside": beside,
+        "beside": beside[0],
+        "beside_small_rooms": beside[1],
         "alone_after": after,
     }
     for key in keys:
-        row[f"ratio_{key}"] = _ratio(beside[key], alone[key])
+        row[f"ratio_{key}"] = _ratio(beside[0][key], alone[key])
+        row[f"small_rooms_ratio_{key}"] = _ratio(beside[1][key], alone[key])
     print(
         f"  fan-out, room of {FAN_MEMBERS}, {updates:,} UPDATEs: alone "
-        f"{alone['burst_ms_per_update']} ms and {alone['burst_server_us_per_update']} µs "
-        f"of server CPU each, beside {idle_connections:,} idle connections "
-        f"{beside['burst_ms_per_update']} ms and {beside['burst_server_us_per_update']} µs "
-        f"(ratios {row['ratio_burst_ms_per_update']}, {row['ratio_burst_server_us_per_update']}); "
-        f"one at a time p50 {alone['one_p50_ms']} vs {beside['one_p50_ms']} ms "
-        f"(ratio {row['ratio_one_p50_ms']})",
+        f"{alone['burst_server_us_per_update']} µs of server CPU each, "
+        f"one at a time p50 {alone['one_p50_ms']} ms; beside {idle_connections:,} idle "
+        f"connections in {beside[0]['idle_rooms']:,} rooms "
+        f"{beside[0]['burst_server_us_per_update']} µs, {beside[0]['one_p50_ms']} ms "
+        f"(ratios {row['ratio_burst_server_us_per_update']}, {row['ratio_one_p50_ms']}); "
+        f"in {beside[1]['idle_rooms']:,} rooms {beside[1]['burst_server_us_per_update']} µs, "
+        f"{beside[1]['one_p50_ms']} ms "
+        f"(ratios {row['small_rooms_ratio_burst_server_us_per_update']}, "
+        f"{row['small_rooms_ratio_one_p50_ms']})",
         flush=True,
     )
     return row
+
+
+def _beside(
+    streams: RoomStreams,
+    r: redis.Redis,
+    port: int,
+    pid: int,
+    idle_connections: int,
+    room_size: int,
+    updates: int,
+    base: int,
+) -> dict[str, Any]:
+    """:func:`_updates` beside ``idle_connections`` in rooms of ``room_size``; back
+    to the room alone after."""
+    load = CLoad(port, idle_connections, 1, niceness=LOAD_NICENESS, spread_ms=0.0,
+                 room_size=room_size)  # fmt: skip
+    try:
+        load.go()
+        poll(lambda: all(s["all_converged_at"] for s in load.ask()), 120, "the idle rooms")
+        time.sleep(2)  # their joins delivered: idle from here
+        connections = metric(port, "presence_sse_connections")
+        found = _updates(streams, r, pid, updates, base=base)
+    finally:
+        load.stop()
+    # Their leaves (after the leave grace) published and delivered.
+    poll(lambda: metric(port, "presence_sse_connections") <= FAN_MEMBERS, 30, "closes")
+    time.sleep(4)
+    return found | {
+        "idle_room_size": room_size,
+        "idle_rooms": -(-idle_connections // room_size),
+        "connections": int(connections),
+    }
 
 
 def _add_updates(r: redis.Redis, numbers: range) -> float:
