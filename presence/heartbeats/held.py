@@ -21,7 +21,8 @@ Member = tuple[str, str]
 class HeldClients:
     def __init__(self, leave_grace: float = 0.0) -> None:
         self._holds: dict[Member, int] = {}
-        self._fresh: set[Member] = set()
+        #: In the order they were held (a dict as an ordered set), as ``heartbeated``.
+        self._fresh: dict[Member, None] = {}
         #: Data to send with a membership's next heartbeat.
         self._data: dict[Member, str] = {}
         self._leave_grace = leave_grace
@@ -41,7 +42,8 @@ class HeldClients:
         return sum(1 for _, room in self._holds if room)
 
     def heartbeated(self) -> list[Member]:
-        """Every membership this server heartbeats: held, or in its leave grace.
+        """Every membership this server heartbeats: held, or in its leave grace;
+        in the order they were held, so a client's memberships come side by side.
 
         Past its grace, a membership whose leave could not be sent yet is no
         longer heartbeated: its TTL decides, however long Redis stays away.
@@ -60,7 +62,7 @@ class HeldClients:
         if (count == 0 and self._leaving.pop(member, None) is None) or data is not None:
             # Back within its leave grace (a reload), a membership was heartbeated
             # all along: it is simply still held.
-            self._fresh.add(member)
+            self._fresh[member] = None
             self.wake.set()
 
     def release(self, client: str, room: str = "", *, leave: bool = True) -> None:
@@ -98,7 +100,7 @@ class HeldClients:
         for client, room, data in beats:
             if (client, room) in self._holds:
                 self._data.setdefault((client, room), data)
-                self._fresh.add((client, room))
+                self._fresh[(client, room)] = None
 
     def take_leaves(self) -> list[Member]:
         """Memberships whose leave grace ran out: announce that they ended here."""

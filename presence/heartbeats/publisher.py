@@ -85,7 +85,14 @@ class HeartbeatPublisher:
                 self.tick_lag = now - next_tick
                 self.max_tick_lag = max(self.max_tick_lag, self.tick_lag)
                 next_tick = now + self._interval
-                batch = list({*self._held.take_fresh(), *self._held.heartbeated()})
+                # In the order they were held, a client's memberships side by
+                # side: Redis applies a client's heartbeats one after another
+                # faster than scattered among everyone's (its keys are hot).
+                # A fresh one released since is heartbeated too (its first
+                # heartbeat); one in its leave grace is then listed twice,
+                # which costs a refresh.
+                batch = self._held.heartbeated()
+                batch += [m for m in self._held.take_fresh() if m not in self._held]
             else:
                 batch = self._held.take_fresh()
             if batch:
