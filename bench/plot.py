@@ -18,9 +18,9 @@ PERCENTILES = list(range(101))
 
 
 def plot(results: dict[str, Any], out: Path) -> None:
-    panels = [_online, _fanout, _offline]
+    panels = [_online, _fanout, _offline, _update]
     # A Figure of its own, not pyplot's: no backend, no display, no global state.
-    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    fig = Figure(figsize=(20, 4.2), layout="constrained")
     axes = fig.subplots(1, len(panels))
     for draw, ax in zip(panels, axes, strict=True):
         draw(results, ax)
@@ -72,6 +72,19 @@ def _offline(results: dict[str, Any], ax: Axes) -> None:
                 f"{offline['expired_wait_s']:g} s)", linestyle="--")  # fmt: skip
     tracked = offline.get("tracked_clients", 0)
     ax.set_title(f"OFFLINE after the deadline, {tracked:,} tracked")
+    ax.set_xlabel("ms")
+
+
+def _update(results: dict[str, Any], ax: Axes) -> None:
+    steady = results.get("rooms", {}).get("steady", {})
+    for key, label in (("idle", "idle"), ("global", "global load"), ("rooms", "load in rooms")):
+        row = steady.get(key, {})
+        _curve(ax, row.get("update_percentiles_ms", []), label)
+    rooms = steady.get("rooms", {})
+    ax.set_title(
+        f"UPDATE: PUT to SSE member, {rooms.get('clients', 0):,} clients x "
+        f"{rooms.get('rooms_per_client', 0)} rooms"
+    )
     ax.set_xlabel("ms")
 
 
