@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,7 +39,10 @@ async def heartbeat(redis: aioredis.Redis, args: argparse.Namespace) -> None:
                     fields["room"] = room
                     if data is not None:
                         fields["data"] = data
-                pipe.xadd("heartbeat", fields, maxlen=100_000)  # type: ignore[arg-type]
+                # Trimmed by age: entries two TTLs old (3 intervals at the
+                # default TTL factor) are stale, whoever reads them.
+                oldest = f"{int((time.time() - 3 * args.interval) * 1000)}-0"
+                pipe.xadd("heartbeat", fields, minid=oldest)  # type: ignore[arg-type]
         await pipe.execute()
         data = None
         await asyncio.sleep(args.interval)

@@ -46,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--heartbeat-interval", type=float, metavar="SECONDS", help="default 5")
     opt("--ttl-factor", type=float, help="key TTL = factor x interval (default 1.5)")
     opt("--namespace", help="prefix of every Redis key (default none)")
-    opt("--heartbeat-maxlen", type=int, metavar="N", help="heartbeat stream cap (default 100000)")
+    opt(
+        "--heartbeat-maxlen",
+        type=int,
+        metavar="N",
+        help="heartbeat stream ceiling; it is trimmed by age, 2 x TTL (default 1000000)",
+    )
     opt("--presence-maxlen", type=int, metavar="N", help="presence stream cap (default 100000)")
     opt("--keepalive-interval", type=float, metavar="SECONDS", help="SSE keep-alive (default 15)")
     opt("--queue-size", type=int, metavar="N", help="events a connection may lag (default 16384)")

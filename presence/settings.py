@@ -64,7 +64,7 @@ class Settings:
     #: Prefix of every Redis key; empty gives exactly the documented names.
     namespace: str = ""
     #: Approximate cap (``XADD MAXLEN ~``) of the heartbeat stream.
-    heartbeat_maxlen: int = 100_000
+    heartbeat_maxlen: int = 1_000_000
     #: Approximate cap (``XADD MAXLEN ~``) of the presence stream.
     presence_maxlen: int = 100_000
     #: Approximate cap (``XADD MAXLEN ~``) of each room's transition stream.

@@ -230,27 +230,36 @@ return {published, #rooms, failed, failure}
 # reply to parse, not 100,000. All in one argument, as HEARTBEAT's: a call of
 # 1,000 heartbeats as 3,000 arguments cost the server more to encode than
 # everything else its tick does.
+# The stream is trimmed by age: an entry older than twice the TTL is stale
+# when applied, so trimming it loses nothing, however far behind the
+# consumers are. (A count would: a tick of more heartbeats than the cap trims
+# entries nobody read.) The cap is only a ceiling against runaway producers.
 # ARGV[1] heartbeat stream cap
 # ARGV[2] the server
 # ARGV[3] one line per heartbeat: "<client>[ <room>[ <data>]]"; data is a
 #         JSON object on one line
+# ARGV[4] ttl ms
 # Returns how many entries were added.
 PUBLISH: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local oldest = string.format('%d-0', math.max(0, now - 2 * tonumber(ARGV[4])))
 local added = 0
 for line in string.gmatch(ARGV[3], '[^\\n]+') do
   local client, room, data = string.match(line, '^(%S+) ?(%S*) ?(.*)$')
   if room == '' then
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[1], '*', 'client', client,
+    redis.call('XADD', KEYS[4], 'MINID', '~', oldest, '*', 'client', client,
       'server', ARGV[2])
   elseif data == '' then
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[1], '*', 'client', client,
+    redis.call('XADD', KEYS[4], 'MINID', '~', oldest, '*', 'client', client,
       'server', ARGV[2], 'room', room)
   else
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[1], '*', 'client', client,
+    redis.call('XADD', KEYS[4], 'MINID', '~', oldest, '*', 'client', client,
       'server', ARGV[2], 'room', room, 'data', data)
   end
   added = added + 1
 end
+redis.call('XTRIM', KEYS[4], 'MAXLEN', '~', ARGV[1])
 return added
 """
 
