@@ -542,3 +542,18 @@ async def test_a_room_sweep_takes_out_at_most_its_budget_per_call(
     assert (await t.sweep_rooms(100, members=20))[0] == 20
     assert (await t.sweep_rooms(100, members=20))[0] == 10
     assert await redis.zscore("rooms.due", "big") is None
+
+
+async def test_a_clients_rooms_in_one_millisecond_apply_its_global_part_once(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings.replace(heartbeat_interval=10))
+    ms = await redis_ms(redis)
+    lines = [f"alice s1 {ms}-{n} {room}".encode() for n, room in enumerate("abc")]
+    lines.append(f"bob s1 {ms}-3 a".encode())
+    [codes] = await t.execute(lambda pipe: t.heartbeats(pipe, lines))
+    assert codes == [1, 0, 0, 1]
+    assert [c for c, _, _ in await statuses(redis)] == ["alice", "bob"]
+    for room in "abc":
+        assert (await room_statuses(redis, room))[0][:2] == ("alice", "ONLINE")
+    assert await redis.zscore("online.deadlines", "alice") == ms + 15_000
