@@ -557,3 +557,26 @@ async def test_a_clients_rooms_in_one_millisecond_apply_its_global_part_once(
     for room in "abc":
         assert (await room_statuses(redis, room))[0][:2] == ("alice", "ONLINE")
     assert await redis.zscore("online.deadlines", "alice") == ms + 15_000
+
+
+async def test_the_heartbeat_stream_is_trimmed_by_age_but_never_past_what_is_unapplied(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings)
+    await redis.xgroup_create("heartbeat", "presence", id="0", mkstream=True)
+    pipe = redis.pipeline(transaction=False)
+    for n in range(1, 201):  # two stream nodes of entries from 1970: long stale
+        pipe.xadd("heartbeat", {"client": f"old{n}", "server": "ext"}, id=f"{n}-0")
+    await pipe.execute()
+
+    async def publish(clients: list[str]) -> None:
+        await t.execute(lambda pipe: t.publish(pipe, "s1", "\n".join(clients), 1_000_000))
+
+    await publish(["c"])
+    assert await redis.xlen("heartbeat") == 201  # unread: the sweeper waits for them
+    reply = await redis.xreadgroup("presence", "s1", {"heartbeat": ">"}, count=200)
+    await redis.xack("heartbeat", "presence", *(i for i, _ in reply[0][1]))
+    # Applied, they go; a tick far larger than any count cap a deployment would
+    # guess stays whole.
+    await publish([f"c{n}" for n in range(3000)])
+    assert await redis.xlen("heartbeat") == 3001

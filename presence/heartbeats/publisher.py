@@ -122,7 +122,8 @@ class HeartbeatPublisher:
         goes with the next ones."""
         take = self._held.take_data
         lines: list[str] = []
-        sent_data: list[tuple[str, str, str]] = []
+        # The data in the lines, with its line's index.
+        sent_data: list[tuple[int, tuple[str, str, str]]] = []
         try:
             await asyncio.sleep(0)  # after the tick's memberships were listed
             in_rooms = {client for client, room in members if room}
@@ -133,8 +134,8 @@ class HeartbeatPublisher:
                         if client not in in_rooms:
                             lines.append(client)
                     elif data := take((client, room)):
+                        sent_data.append((len(lines), (client, room, data)))
                         lines.append(f"{client} {room} {data}")
-                        sent_data.append((client, room, data))
                     else:
                         lines.append(f"{client} {room}")
 
@@ -143,12 +144,19 @@ class HeartbeatPublisher:
                     batch = "\n".join(lines[start : start + PUBLISH_BATCH])
                     self._transitions.publish(pipe, self._server, batch, self._maxlen)
 
-            for reply in await self._transitions.execute(fill):
-                if isinstance(reply, Exception):
-                    raise reply
+            replies = await self._transitions.execute(fill)
         except BaseException:
-            self._held.keep_data(sent_data)
+            # Whether Redis took any of it is unknown: the data goes again.
+            self._held.keep_data(beat for _, beat in sent_data)
             raise
+        failed = [n for n, reply in enumerate(replies) if isinstance(reply, Exception)]
+        if failed:
+            # Only the data of the calls Redis failed: what it took may since
+            # have been replaced (a PUT), and must not come back.
+            self._held.keep_data(
+                beat for index, beat in sent_data if index // PUBLISH_BATCH in failed
+            )
+            raise replies[failed[0]]
         self.published += len(lines)
 
     async def leave(self, members: list[Member]) -> None:

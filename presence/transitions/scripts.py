@@ -93,7 +93,7 @@ class Transitions:
     def publish(self, pipe: Pipeline, server: str, lines: str, cap: int) -> None:
         """Add a heartbeat of ``server`` to the heartbeat stream for each of
         ``lines``, one a line: ``"<client>[ <room>[ <data>]]"``."""
-        self._queue(pipe, PUBLISH, cap, server, lines, self._ttl_ms)
+        self._queue(pipe, PUBLISH, cap, server, lines, self._ttl_ms, CONSUMER_GROUP)
 
     def leave(self, pipe: Pipeline, client: str, server: str) -> None:
         """This server stops holding ``client``: ``LEFT`` or ``KEPT``."""

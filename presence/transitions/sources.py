@@ -237,20 +237,24 @@ return {published, #rooms, failed, failure}
 # reply to parse, not 100,000. All in one argument, as HEARTBEAT's: a call of
 # 1,000 heartbeats as 3,000 arguments cost the server more to encode than
 # everything else its tick does.
-# The stream is trimmed by age: an entry older than twice the TTL is stale
-# when applied, so trimming it loses nothing, however far behind the
-# consumers are. (A count would: a tick of more heartbeats than the cap trims
-# entries nobody read.) The cap is only a ceiling against runaway producers.
+# The stream is trimmed by age: entries older than twice the TTL, but never
+# one the group has not applied (it may still move a deadline, and the
+# sweeper waits for it; see applied_until). A count would trim entries nobody
+# read whenever a tick adds more than the cap; the cap is only a ceiling
+# against runaway producers.
 # ARGV[1] heartbeat stream cap
 # ARGV[2] the server
 # ARGV[3] one line per heartbeat: "<client>[ <room>[ <data>]]"; data is a
 #         JSON object on one line
 # ARGV[4] ttl ms
+# ARGV[5] the consumer group
 # Returns how many entries were added.
-PUBLISH: Final = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local oldest = string.format('%d-0', math.max(0, now - 2 * tonumber(ARGV[4])))
+PUBLISH: Final = (
+    PRELUDE
+    + """
+cfg.group = ARGV[5]
+local keep = math.min(now - 2 * tonumber(ARGV[4]), applied_until())
+local oldest = string.format('%d-0', math.max(0, keep))
 local added = 0
 for line in string.gmatch(ARGV[3], '[^\\n]+') do
   local client, room, data = string.match(line, '^(%S+) ?(%S*) ?(.*)$')
@@ -269,6 +273,7 @@ end
 redis.call('XTRIM', KEYS[4], 'MAXLEN', '~', ARGV[1])
 return added
 """
+)
 
 # Returns {last presence entry id or '0-0', {client, server, ...}}: the online
 # clients exactly as of that entry, so a reader can continue right after it.
