@@ -20,10 +20,10 @@ from .support import Redis, StartRedis, free_port, poll, tracked_online
 #: The commands the README lists for an ACL user, and nothing else.
 DOCUMENTED = (
     "ping xadd xgroup xreadgroup xack xinfo info time xread xrevrange xrange "
-    "hget hgetall evalsha script|load subscribe zscan config|get config|set "
+    "hget hgetall evalsha script|load subscribe zscan config|get config|set zcard xlen "
     # what the scripts call
     "set get exists del pttl pexpire zadd zscore zrem zrangebyscore zremrangebyscore hset hdel "
-    "type xpending xclaim"
+    "type xpending xclaim xtrim hmget zrange zrevrangebyscore pexpireat persist"
 )
 
 
@@ -51,10 +51,17 @@ async def test_an_acl_user_with_only_the_documented_commands_runs_everything(
     url = server.url.replace("redis://", "redis://presence:s3cret@")
     async with Presence(settings.replace(redis_url=url, leave_grace=0.2)) as presence:
         async with presence.changes() as events:
-            async with presence.track("alice"):
+            async with presence.track("alice", rooms=["lobby"], data={"s": 1}):
                 first = await anext(events)
                 assert isinstance(first, PresenceEvent)
                 assert (first.client, first.status) == ("alice", "ONLINE")
+
+                async def in_lobby() -> bool:
+                    return bool((await presence.room("lobby")).members)
+
+                await poll(in_lobby, what="alice in the lobby")
+                assert await presence.set_data("lobby", "alice", {"s": 2}) is True
+                assert (await presence.watched(["alice", "bob"])).clients[0].client == "alice"
             # The leave: the LEAVE script, run as the restricted user.
             last = await anext(events)
             assert isinstance(last, PresenceEvent)
