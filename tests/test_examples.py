@@ -7,7 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,14 +128,7 @@ async def test_the_external_platform_keeps_its_users_online_and_sees_everyone(
     server = spawn("--redis-url", redis_server.url, "--server-id", "node-1")
     await server.wait_healthy()
     out = tmp_path / "platform.out"
-    with out.open("w") as sink:
-        platform = await asyncio.create_subprocess_exec(
-            sys.executable, str(EXAMPLES / "external_platform.py"),
-            "--redis-url", redis_server.url, "--user", "carol", "--interval", "1",
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
+    async with _platform(out, redis_server):
         await poll(lambda: _contains(out, "following presence"), timeout=10, what="platform up")
         await poll(lambda: _server_of(redis, "carol"), timeout=10, what="carol ONLINE")
         alice = await open_events(session, f"{server.url}/clients/alice/events")
@@ -142,10 +136,6 @@ async def test_the_external_platform_keeps_its_users_online_and_sees_everyone(
         assert snapshot.data == {"clients": [{"client": "carol", "server": "platform-x"}]}
         await poll(lambda: _contains(out, "alice is ONLINE (on node-1)"), what="platform sees")
         alice.close()
-    finally:
-        platform.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(10):
-            assert await platform.wait() == 0
 
 
 async def test_the_external_platform_puts_its_users_in_rooms_through_redis_alone(
@@ -157,15 +147,7 @@ async def test_the_external_platform_puts_its_users_in_rooms_through_redis_alone
     server = spawn("--redis-url", redis_server.url, "--server-id", "node-1")
     await server.wait_healthy()
     out = tmp_path / "platform.out"
-    with out.open("w") as sink:
-        platform = await asyncio.create_subprocess_exec(
-            sys.executable, str(EXAMPLES / "external_platform.py"),
-            "--redis-url", redis_server.url, "--user", "carol", "--interval", "1",
-            "--room", "lobby", "--data", '{"status": "here"}',
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
+    async with _platform(out, redis_server, "--room", "lobby", "--data", '{"status": "here"}'):
         await poll(lambda: _contains(out, "following lobby"), timeout=10, what="platform up")
         await poll(lambda: _contains(out, "carol is ONLINE in lobby"), what="carol in lobby")
         alice = await open_events(session, f"{server.url}/clients/alice/events?room=lobby")
@@ -177,6 +159,21 @@ async def test_the_external_platform_puts_its_users_in_rooms_through_redis_alone
         }
         await poll(lambda: _contains(out, "alice is ONLINE in lobby (on node-1)"), what="alice")
         alice.close()
+
+
+@asynccontextmanager
+async def _platform(out: Path, redis_server: RedisServer, *extra: str) -> AsyncIterator[None]:
+    """examples/external_platform.py for user carol, its output in ``out``;
+    stopped with SIGTERM, which it must answer with exit code 0."""
+    with out.open("w") as sink:
+        platform = await asyncio.create_subprocess_exec(
+            sys.executable, str(EXAMPLES / "external_platform.py"),
+            "--redis-url", redis_server.url, "--user", "carol", "--interval", "1", *extra,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        yield
     finally:
         platform.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):
