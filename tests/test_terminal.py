@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from presence import Presence, Settings
@@ -45,6 +47,25 @@ async def test_status_lists_online_clients_with_counts_per_server(
     ]
 
 
+@asynccontextmanager
+async def _watching(out: Path, redis_server: RedisServer, *extra: str) -> AsyncIterator[list[int]]:
+    """``presence watch`` printing into ``out`` while the block runs, then
+    ended with Ctrl-C; its exit code is in the list yielded, after."""
+    code: list[int] = []
+    with out.open("w") as sink:
+        watcher = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "presence", "watch", "--redis-url", redis_server.url, *extra,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        yield code
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        async with asyncio.timeout(10):
+            code.append(await watcher.wait())
+
+
 async def _count(online: object, n: int) -> bool:
     return len(await online) == n  # type: ignore[misc]
 
@@ -54,29 +75,18 @@ async def test_watch_prints_one_line_per_transition_live_and_ends_on_ctrl_c(
 ) -> None:
     await redis.xadd("presence", {"client": "old", "status": "ONLINE", "server": "n1"})
     out = tmp_path / "watch.out"
-    with out.open("w") as sink:
-        watcher = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "presence", "watch", "--redis-url", redis_server.url,
-            "--last", "1",
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
+    async with _watching(out, redis_server, "--last", "1") as code:
         await poll(lambda: _has(out, "old"), timeout=15, what="the last transition")
         await redis.xadd("presence", {"client": "alice", "status": "ONLINE", "server": "n1"})
         await redis.xadd("presence", {"client": "alice", "status": "OFFLINE", "server": "n1"})
         await poll(lambda: _has(out, "OFFLINE"), timeout=10, what="live transitions")
-    finally:
-        watcher.send_signal(signal.SIGINT)
-        async with asyncio.timeout(10):
-            code = await watcher.wait()
     lines = out.read_text().splitlines()
     assert [line.split(None, 2)[2] for line in lines] == [
         "ONLINE   old  (n1)",
         "ONLINE   alice  (n1)",
         "OFFLINE  alice  (n1)",
     ]
-    assert code == 0
+    assert code == [0]
 
 
 async def _has(path: Path, text: str) -> bool:
@@ -134,14 +144,7 @@ async def test_watch_of_a_room_prints_its_transitions_with_data(
     stream = "room.{lobby}.presence"
     await redis.xadd(stream, {"room": "lobby", "client": "old", "status": "ONLINE", "server": "n1"})
     out = tmp_path / "watch.out"
-    with out.open("w") as sink:
-        watcher = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "presence", "watch", "--redis-url", redis_server.url,
-            "--room", "lobby", "--last", "1",
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
+    async with _watching(out, redis_server, "--room", "lobby", "--last", "1") as code:
         await poll(lambda: _has(out, "old"), timeout=15, what="the last transition")
         await redis.xadd("presence", {"client": "elsewhere", "status": "ONLINE", "server": "n1"})
         for status, data in (("ONLINE", '{"status":"here"}'), ("UPDATE", '{"status":"away"}')):
@@ -151,10 +154,6 @@ async def test_watch_of_a_room_prints_its_transitions_with_data(
             stream, {"room": "lobby", "client": "alice", "status": "OFFLINE", "server": "n1"}
         )
         await poll(lambda: _has(out, "OFFLINE"), timeout=10, what="live transitions")
-    finally:
-        watcher.send_signal(signal.SIGINT)
-        async with asyncio.timeout(10):
-            code = await watcher.wait()
     lines = out.read_text().splitlines()
     assert [line.split(None, 2)[2] for line in lines] == [
         "ONLINE   old  (n1)",
@@ -162,7 +161,7 @@ async def test_watch_of_a_room_prints_its_transitions_with_data(
         'UPDATE   alice  (n1)  {"status":"away"}',
         "OFFLINE  alice  (n1)",
     ]
-    assert code == 0
+    assert code == [0]
 
 
 def test_watch_and_status_refuse_an_invalid_room_in_one_line() -> None:
