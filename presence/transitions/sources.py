@@ -19,6 +19,9 @@ from typing import Final
 
 from .lua import PRELUDE
 
+#: Seconds of heartbeats the stream keeps at least (with short TTLs).
+HEARTBEATS_KEPT = 10
+
 # Any number of heartbeats in one call, all in one argument: one round of
 # script overhead, and next to nothing to encode, for a whole batch read from
 # the stream. The per-client and per-room keys are built here from their
@@ -237,7 +240,8 @@ return {published, #rooms, failed, failure}
 # reply to parse, not 100,000. All in one argument, as HEARTBEAT's: a call of
 # 1,000 heartbeats as 3,000 arguments cost the server more to encode than
 # everything else its tick does.
-# The stream is trimmed by age: entries older than twice the TTL, but never
+# The stream is trimmed by age: entries older than twice the TTL (and than
+# MIN_KEEP ms, for whoever inspects it), but never
 # one the group has not applied (it may still move a deadline, and the
 # sweeper waits for it; see applied_until). A count would trim entries nobody
 # read whenever a tick adds more than the cap; the cap is only a ceiling
@@ -251,9 +255,10 @@ return {published, #rooms, failed, failure}
 # Returns how many entries were added.
 PUBLISH: Final = (
     PRELUDE
+    + f"local MIN_KEEP = {HEARTBEATS_KEPT * 1000}\n"
     + """
 cfg.group = ARGV[5]
-local keep = math.min(now - 2 * tonumber(ARGV[4]), applied_until())
+local keep = math.min(now - math.max(2 * tonumber(ARGV[4]), MIN_KEEP), applied_until())
 local oldest = string.format('%d-0', math.max(0, keep))
 local added = 0
 for line in string.gmatch(ARGV[3], '[^\\n]+') do
