@@ -271,6 +271,11 @@ class RoomDelivery:
     #: The member's data (JSON object text), with ONLINE and UPDATE.
     data: str | None
     body: bytes
+    #: ``stream_position(id)``, once for every stream it goes to.
+    position: tuple[int, int] = (0, 0)
+
+    def __post_init__(self) -> None:
+        self.position = stream_position(self.id)
 
 
 def parse_room_delivery(entry_id: str, fields: list[bytes] | None) -> RoomDelivery | None:

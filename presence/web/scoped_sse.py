@@ -87,8 +87,10 @@ class ScopedFrames:
                 continue
             if item.client == self._client:
                 continue
-            part = self.part[item.room] if isinstance(item, RoomDelivery) else 0
-            position = stream_position(item.id)
+            if isinstance(item, RoomDelivery):
+                part, position = self.part[item.room], item.position
+            else:
+                part, position = 0, stream_position(item.id)
             if position <= self._sent[part]:
                 continue  # in the start already
             self._sent[part] = position
