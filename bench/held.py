@@ -13,7 +13,7 @@ few clients and PUTs their data meanwhile).
 Client ``h<i>`` is in rooms ``m<(i mod G) + k G>`` for k below K, where G = N / S:
 every room has S members, and no two of a client's rooms are the same. With
 K = 0 the clients are held globally only. Everything else is ``presence serve``'s:
-the flags, the listen backlog, the collector's tuning.
+the flags, the listener and its guard, the collector's tuning.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from contextlib import ExitStack
 from aiohttp import web
 
 from presence import logs
-from presence.cli import LISTEN_BACKLOG, build_parser, tune_gc
+from presence.cli import build_parser, tune_gc
 from presence.settings import Settings
+from presence.web import server
 from presence.web.app import create_app
 from presence.web.requests import PRESENCE
 
@@ -78,15 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_gc()
     app = create_app(settings)
     app.cleanup_ctx.append(_holder(args.clients, args.rooms_per_client, args.room_size))
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=5,
-        backlog=LISTEN_BACKLOG,
-    )
+    server.run(app, settings, on_listening=lambda: None)
     return 0
 
 

@@ -12,13 +12,11 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from aiohttp import web
-
 from . import logs, terminal
 from .contract import ID_RULE, ROOM_RULE, is_valid_id
 from .errors import PresenceError
 from .settings import Settings
-from .web import auth
+from .web import auth, open_files, server
 from .web.app import create_app
 
 log = logging.getLogger("presence")
@@ -92,12 +90,36 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         help="require a token on /clients, /clients/<id> and /metrics too",
     )
-    opt("--max-connections", type=int, metavar="N", help="SSE connections (default 10000)")
+    opt(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="SSE connections; all connections: an eighth more (default 10000, or what "
+        "the open-file limit holds)",
+    )
     opt(
         "--max-connections-per-client",
         type=int,
         metavar="N",
         help="SSE connections of one client id (default 16)",
+    )
+    opt(
+        "--max-connections-per-address",
+        type=int,
+        metavar="N",
+        help="connections one client address may hold; 0: no cap (default 0)",
+    )
+    opt(
+        "--trusted-proxies",
+        metavar="LIST",
+        help="comma-separated proxy addresses or networks whose X-Forwarded-For is "
+        "believed (default none)",
+    )
+    opt(
+        "--request-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="a request's line and headers, then its body, must arrive within it (default 5)",
     )
     opt(
         "--max-rooms-per-connection",
@@ -176,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"presence: error: {exc}", file=sys.stderr)
         return 2
     if command == "serve":
-        return serve(settings)
+        given = args["max_connections"] is not None or "PRESENCE_MAX_CONNECTIONS" in os.environ
+        return serve(settings, explicit_max_connections=given)
     try:
         if command == "watch":
             asyncio.run(_watch(settings, room, last))
@@ -236,13 +259,14 @@ def tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, GC_MIDDLE, old)
 
 
-#: Connections the kernel queues before the server accepts them.
-LISTEN_BACKLOG = 4096
-
-
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, *, explicit_max_connections: bool = True) -> int:
     logs.configure(settings)
     tune_gc()
+    try:
+        settings = open_files.fit(settings, explicit=explicit_max_connections)
+    except PresenceError as exc:
+        print(f"presence: error: {exc}", file=sys.stderr)
+        return 2
     log.info("starting with %r", settings)
     if settings.in_memory:
         log.info(
@@ -250,21 +274,12 @@ def serve(settings: Settings) -> int:
             "pass --redis-url to share it with other servers"
         )
     try:
-        web.run_app(
+        server.run(
             create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            print=lambda _: log.info("listening on http://%s:%d", settings.host, settings.port),
-            access_log=log if settings.log_level == "DEBUG" else None,
-            access_log_class=logs.PathOnlyAccessLogger,
-            # Passed on to each connection's request parser.
-            max_line_size=settings.max_line_size,
-            max_field_size=settings.max_field_size,
-            shutdown_timeout=5,
-            # A connect storm arrives faster than one event loop accepts: with
-            # aiohttp's 128, the kernel drops SYNs and clients wait seconds to
-            # retry. The kernel caps it at net.core.somaxconn.
-            backlog=LISTEN_BACKLOG,
+            settings,
+            on_listening=lambda: log.info(
+                "listening on http://%s:%d", settings.host, settings.port
+            ),
         )
     except PresenceError as exc:
         print(f"presence: error: {exc}", file=sys.stderr)

@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import sys
+import time
 from datetime import UTC, datetime
 
 from aiohttp.abc import AbstractAccessLogger
@@ -15,6 +16,27 @@ from .settings import Settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _TOKEN = re.compile(r"(token=)[^&\s'\"]+")
+
+
+class Throttle:
+    """Counts events that a flood could log by the thousand: the first is
+    reported at once, then at most one line per ``every`` seconds, with the
+    count since the last (the metrics count every one)."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self._every = every
+        self._next = 0.0
+        self._unlogged = 0
+
+    def count(self, events: int = 1) -> int:
+        """Count ``events``; returns how many to report now, or 0 to stay quiet."""
+        self._unlogged += events
+        now = time.monotonic()
+        if now < self._next:
+            return 0
+        self._next = now + self._every
+        due, self._unlogged = self._unlogged, 0
+        return due
 
 
 class RedactTokens(logging.Filter):

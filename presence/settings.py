@@ -7,8 +7,9 @@ import math
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -17,6 +18,7 @@ from redis.connection import parse_url
 from .contract import ID_RULE, Keys, is_valid_id
 from .errors import ConfigError
 
+IPNetwork = IPv4Network | IPv6Network
 ENV_PREFIX = "PRESENCE_"
 MEMORY_URL = "memory://"
 _SCHEMES = ("redis", "rediss", "unix", "memory")
@@ -102,10 +104,19 @@ class Settings:
     auth_leeway: float = 5.0
     #: Whether GET /clients, /clients/<id> and /metrics need a token too.
     auth_reads: bool = False
-    #: Open SSE connections this process accepts; more get a 503.
+    #: Open SSE connections this process accepts; more get a 503. ``serve``
+    #: holds at most an eighth more connections of every kind (``open_files``).
     max_connections: int = 10_000
     #: Open SSE connections one client id may hold on this process; more get a 429.
     max_connections_per_client: int = 16
+    #: Connections one client address may hold; 0 (the default) sets no cap. The
+    #: address is the peer's, or, from a trusted proxy, the one it forwards.
+    max_connections_per_address: int = 0
+    #: Comma-separated addresses or networks (``10.0.0.0/8``) of the proxies in
+    #: front: their ``X-Forwarded-For`` names the client; anyone else's is ignored.
+    trusted_proxies: str = ""
+    #: Seconds a request's line and headers, and then a body, may take to arrive.
+    request_timeout: float = 5.0
     #: Comma-separated origins (``https://app.example.com``) allowed by CORS; none by default.
     cors_origins: str = ""
     #: Longest request line and longest header field accepted, in bytes.
@@ -117,6 +128,8 @@ class Settings:
     #: ``text`` or ``json`` (one object a line).
     log_format: str = "text"
     keys: Keys = field(init=False, repr=False, compare=False)
+    #: ``trusted_proxies``, parsed.
+    networks: tuple[IPNetwork, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port must be between 0 and 65535")
@@ -162,6 +175,14 @@ class Settings:
         _check(
             self.max_connections_per_client >= 1, "max connections per client must be at least 1"
         )
+        _check(
+            self.max_connections_per_address >= 0,
+            "max connections per address must be 0 (no cap) or more",
+        )
+        _check(
+            math.isfinite(self.request_timeout) and self.request_timeout > 0,
+            "request timeout must be a positive number of seconds",
+        )
         for origin in self.origins:
             _check(
                 _ORIGIN.fullmatch(origin) is not None,
@@ -196,6 +217,7 @@ class Settings:
         object.__setattr__(self, "server_id", server_id)
         object.__setattr__(self, "log_level", level)
         object.__setattr__(self, "keys", Keys(self.namespace))
+        object.__setattr__(self, "networks", tuple(_networks(self.trusted_proxies)))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -283,6 +305,17 @@ def mask_url(url: str) -> str:
     user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _networks(listed: str) -> Iterator[IPNetwork]:
+    for entry in listed.split(","):
+        if entry := entry.strip():
+            try:
+                yield ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"trusted proxies must be addresses or networks (10.0.0.0/8), got {entry!r}"
+                ) from None
 
 
 def _check(ok: bool, message: str) -> None:

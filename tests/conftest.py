@@ -106,9 +106,11 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start ``python -m presence serve`` processes; each is stopped after the test."""
     processes: list[ServerProcess] = []
 
-    def spawn(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+    def spawn(
+        *args: str, env: dict[str, str] | None = None, open_files: int | None = None
+    ) -> ServerProcess:
         log = tmp_path / f"server-{len(processes) + 1}.log"
-        process = ServerProcess(list(args), log, env=env or {})
+        process = ServerProcess(list(args), log, env=env or {}, open_files=open_files)
         process.start()
         processes.append(process)
         return process

@@ -120,6 +120,8 @@ class ServerProcess:
     log: Path
     port: int = field(default_factory=free_port)
     env: dict[str, str] = field(default_factory=dict)
+    #: Its open-file limit, soft and hard (None: this process's).
+    open_files: int | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -129,8 +131,11 @@ class ServerProcess:
     def start(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with self.log.open("ab") as out:
+            command = [sys.executable, "-m", "presence", "serve", "--port", str(self.port)]
+            if self.open_files is not None:  # soft and hard: it cannot raise it
+                command = ["sh", "-c", f'ulimit -n {self.open_files} && exec "$@"', "sh", *command]
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "presence", "serve", "--port", str(self.port), *self.args],
+                [*command, *self.args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,

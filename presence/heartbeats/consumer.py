@@ -20,6 +20,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from ..contract import CONSUMER_GROUP
+from ..logs import Throttle
 from ..redis_client import BLOCK_MS, Redis, unparsed_streams
 from ..settings import Settings
 from ..supervise import Worker
@@ -59,8 +60,7 @@ class HeartbeatConsumer:
         self.stale = 0
         self.malformed = 0
         self.failed = 0
-        self._unlogged = 0
-        self._next_log = 0.0
+        self._malformed_log = Throttle(MALFORMED_LOG_EVERY)
 
     async def run(self, worker: Worker) -> None:
         await self.ensure_group()  # at every start: Redis may have lost it
@@ -174,16 +174,11 @@ class HeartbeatConsumer:
             self._log_malformed(len(bad), *bad[-1])
 
     def _log_malformed(self, count: int, entry_id: bytes, why: str) -> None:
-        self._unlogged += count
-        now = asyncio.get_running_loop().time()
-        if now < self._next_log:
-            return
-        log.warning(
-            "skipped %d malformed heartbeat entr%s (last %s: %s)",
-            self._unlogged,
-            "y" if self._unlogged == 1 else "ies",
-            entry_id.decode(),
-            why,
-        )
-        self._unlogged = 0
-        self._next_log = now + MALFORMED_LOG_EVERY
+        if due := self._malformed_log.count(count):
+            log.warning(
+                "skipped %d malformed heartbeat entr%s (last %s: %s)",
+                due,
+                "y" if due == 1 else "ies",
+                entry_id.decode(),
+                why,
+            )

@@ -114,6 +114,7 @@ class Connection:
         "_wake",
         "client",
         "congested",
+        "counted",
         "reason",
         "stale",
         "writing_since",
@@ -140,6 +141,8 @@ class Connection:
         self._left: int | None = None
         #: Waiting for what it has to send to drain; the pruner wakes it.
         self.congested = False
+        #: Whether it counts among the open connections (``DeliveryLog.connections``).
+        self.counted = False
         self._alive = alive
         self._abort = abort
         self._wake = asyncio.Event()
@@ -298,6 +301,7 @@ class DeliveryLog:
             self._readers.add(subscriber)
         client = subscriber.client
         if client is not None:
+            subscriber.counted = True
             self.connections += 1
             self._per_client[client] = self._per_client.get(client, 0) + 1
         try:
@@ -307,10 +311,23 @@ class DeliveryLog:
             self.subscribers.discard(subscriber)
             if isinstance(subscriber, Subscriber):
                 self._readers.discard(subscriber)
-            if client is not None:
-                self.connections -= 1
-                if (count := self._per_client.pop(client) - 1) > 0:
-                    self._per_client[client] = count
+            self.count_out(subscriber)
+
+    def gone(self, subscriber: Connection) -> None:
+        """``subscriber``'s connection closed."""
+        subscriber.close("gone")
+        self.count_out(subscriber)
+
+    def count_out(self, subscriber: Connection) -> None:
+        """Stop counting ``subscriber``'s connection (once): the moment it is
+        seen closed, not when its handler ends, so that its client's
+        reconnect is not refused for a connection that is gone."""
+        if not subscriber.counted or subscriber.client is None:
+            return
+        subscriber.counted = False
+        self.connections -= 1
+        if (count := self._per_client.pop(subscriber.client) - 1) > 0:
+            self._per_client[subscriber.client] = count
 
     def connections_of(self, client: str) -> int:
         """Open connections of ``client`` here, counted from the moment they subscribe."""
@@ -377,7 +394,7 @@ class DeliveryLog:
             if subscriber.congested and subscriber.buffered() <= BUFFERED_BYTES:
                 subscriber.wake()
             if not subscriber.alive():
-                subscriber.close("gone")
+                self.gone(subscriber)
             elif (
                 subscriber.behind(start)
                 and (stalled := subscriber.stalled(now)) >= self._stall_timeout

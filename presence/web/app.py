@@ -10,9 +10,10 @@ from aiohttp import web
 
 from ..presence import Presence
 from ..settings import Settings
+from .addresses import AddressCounts
 from .auth import Verifier
 from .metrics import registry_for
-from .requests import METRICS, PRESENCE, VERIFIER
+from .requests import ADDRESSES, METRICS, PRESENCE, VERIFIER
 from .routes import add_routes
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ def _install(app: web.Application, presence: Presence) -> None:
     app[PRESENCE] = presence
     app[METRICS] = registry_for(presence)
     app[VERIFIER] = Verifier(presence.settings)  # a bad key file fails here, at once
+    app[ADDRESSES] = AddressCounts()
     add_routes(app)
     if origins := presence.settings.origins:
         options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from ..presence import Presence
+    from .guard import Guard
 
 
 class PresenceCollector(Collector):
@@ -125,6 +126,55 @@ class PresenceCollector(Collector):
             "presence_keyspace_events",
             "1 when Redis publishes the keyspace events of online keys, else 0",
             value=1 if s.keyspace_events else 0,
+        )
+
+
+class GuardCollector(Collector):
+    """The connections of ``serve``'s listener (``guard``)."""
+
+    def __init__(self, guard: Guard) -> None:
+        self._guard = guard
+
+    def collect(self) -> Iterator[Metric]:
+        g = self._guard
+        yield GaugeMetricFamily(
+            "presence_http_connections",
+            "Open HTTP connections of every kind: streams, requests, and those still "
+            "sending theirs",
+            value=g.connections,
+        )
+        yield GaugeMetricFamily(
+            "presence_http_connections_max",
+            "HTTP connections this process holds at most (--max-connections and an eighth)",
+            value=g.cap,
+        )
+        refused = CounterMetricFamily(
+            "presence_connections_refused",
+            "Connections closed as soon as accepted: the process held all it may (cap), "
+            "or their address did (address)",
+            labels=["reason"],
+        )
+        refused.add_metric(["cap"], g.refused_full)
+        refused.add_metric(["address"], g.refused_address)
+        yield refused
+        yield _counter(
+            "connections_evicted",
+            "Connections closed at the cap to make room: they were waiting for a request "
+            "(half-sent, or idle between two)",
+            g.evicted,
+        )
+        yield _counter(
+            "requests_timed_out",
+            "Requests whose line and headers, or body, did not arrive within --request-timeout",
+            g.timed_out,
+        )
+        yield _counter(
+            "requests_malformed", "Requests refused by the HTTP parser with a 400", g.malformed
+        )
+        yield _counter(
+            "accept_errors",
+            "Connections the kernel could not hand over: accept() out of descriptors",
+            g.accept_errors,
         )
 
 

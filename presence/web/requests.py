@@ -11,11 +11,13 @@ from prometheus_client import CollectorRegistry
 
 from ..contract import ID_RULE, is_valid_id
 from ..presence import Presence
+from .addresses import AddressCounts
 from .auth import Claims, Unauthorized, Verifier, token_of
 
 PRESENCE = web.AppKey("presence", Presence)
 METRICS = web.AppKey("presence metrics", CollectorRegistry)
 VERIFIER = web.AppKey("presence token verifier", Verifier)
+ADDRESSES = web.AppKey("presence streams per address", AddressCounts)
 
 
 def authorize(request: web.Request) -> Claims | None:

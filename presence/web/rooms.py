@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from aiohttp import web
 
 from ..contract import MAX_DATA_BYTES
 from ..wire import member_data
+from .guard import count_timeout
 from .requests import authorize, authorize_read, client_id_of, fail, presence_of, room_of
+
+#: The largest body read: data is compared in canonical form, so its JSON
+#: may carry more whitespace than the 1 KB it stands for.
+MAX_BODY_BYTES = 16 * MAX_DATA_BYTES
 
 
 async def get_room(request: web.Request) -> web.Response:
@@ -32,9 +38,7 @@ async def put_data(request: web.Request) -> web.Response:
             fail(web.HTTPForbidden, "the token is for another client id")
         if not claims.may_join(room):
             fail(web.HTTPForbidden, f"the token does not allow room {room}")
-    if request.content_length is not None and request.content_length > 16 * MAX_DATA_BYTES:
-        fail(web.HTTPRequestEntityTooLarge, f"data must be at most {MAX_DATA_BYTES} bytes")
-    body = await request.content.read(16 * MAX_DATA_BYTES + 1)
+    body = await _body(request, within=presence_of(request).settings.request_timeout)
     try:
         data = json.loads(member_data(body))
     except ValueError as exc:
@@ -43,3 +47,28 @@ async def put_data(request: web.Request) -> web.Response:
     if changed is None:
         fail(web.HTTPNotFound, f"{client_id} is not in room {room}")
     return web.json_response({"room": room, "client": client_id, "data": data, "changed": changed})
+
+
+async def _body(request: web.Request, *, within: float) -> bytes:
+    """The whole body, within ``within`` seconds; a 413 past ``MAX_BODY_BYTES``, a 408
+    when it does not arrive in time."""
+    too_large = f"data must be at most {MAX_DATA_BYTES} bytes"
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        fail(web.HTTPRequestEntityTooLarge, too_large)
+    body = bytearray()
+    try:
+        async with asyncio.timeout(within):
+            # read(n) returns what has arrived so far: read until the end.
+            while chunk := await request.content.read(MAX_BODY_BYTES + 1 - len(body)):
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    fail(web.HTTPRequestEntityTooLarge, too_large)
+    except TimeoutError:
+        count_timeout(request)
+        late = web.HTTPRequestTimeout(
+            text=json.dumps({"error": "the request body did not arrive in time"}),
+            content_type="application/json",
+        )
+        late.force_close()
+        raise late from None
+    return bytes(body)

@@ -144,7 +144,7 @@ async def scoped_events(
             return await serve_stream(
                 request,
                 presence,
-                client_id,
+                subscriber,
                 expiry,
                 lambda sse: _stream(sse, presence, subscriber, frames, first),
             )

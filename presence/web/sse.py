@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
@@ -22,6 +23,7 @@ from ..updates.deliveries import WRITE_BYTES, Connection, Resync, Subscriber
 from ..updates.replay import Replay
 from ..updates.snapshot import Snapshot
 from ..wire import SEPARATOR, stream_position
+from .guard import on_connection_lost
 from .requests import fail
 
 log = logging.getLogger(__name__)
@@ -49,12 +51,14 @@ def watch_connection(
 async def serve_stream(
     request: web.Request,
     presence: Presence,
-    client_id: str,
+    connection: Connection,
     expiry: float | None,
     stream: Callable[[EventSourceResponse], Awaitable[None]],
 ) -> EventSourceResponse:
     """Run ``stream`` on an SSE response until the client leaves, its token
     expires, or a fresh snapshot cannot be read (the client reconnects)."""
+    client_id = connection.client
+    on_connection_lost(request, partial(presence.deliveries.gone, connection))
     async with sse_response(
         request, sep=SEPARATOR, ping_interval=presence.settings.keepalive_interval
     ) as sse:
@@ -92,7 +96,7 @@ async def global_events(
             return await serve_stream(
                 request,
                 presence,
-                client_id,
+                subscriber,
                 expiry,
                 lambda sse: _stream(
                     sse, presence, subscriber, client_id, start, resumed=bool(resume)

@@ -8,7 +8,11 @@ import time
 
 from aiohttp import web
 
-from .requests import authorize, client_id_of, fail, presence_of
+from ..presence import Presence
+from ..updates.scoped import Scope
+from .addresses import client_address
+from .guard import on_connection_lost
+from .requests import ADDRESSES, authorize, client_id_of, fail, presence_of
 from .scope_query import scope_of
 from .scoped_sse import scoped_events
 from .sse import global_events
@@ -22,13 +26,31 @@ async def client_events(request: web.Request) -> web.StreamResponse:
         fail(web.HTTPForbidden, "the token is for another client id")
     settings = presence.settings
     scope = scope_of(request, settings, claims)
+    # The stream ends when its token expires; the client reconnects with a fresh one.
+    loop = asyncio.get_running_loop()
+    expiry = None if claims is None else loop.time() + claims.exp - time.time()
     if presence.deliveries.connections >= settings.max_connections:
         fail(web.HTTPServiceUnavailable, "this server holds all the connections it may")
     if presence.deliveries.connections_of(client_id) >= settings.max_connections_per_client:
         fail(web.HTTPTooManyRequests, "too many connections for this client id")
-    # The stream ends when its token expires; the client reconnects with a fresh one.
-    loop = asyncio.get_running_loop()
-    expiry = None if claims is None else loop.time() + claims.exp - time.time()
+    if not settings.max_connections_per_address:
+        return await _events(request, presence, client_id, scope, expiry)
+    address = client_address(request, settings.networks)
+    addresses = request.config_dict[ADDRESSES]
+    if addresses[address] >= settings.max_connections_per_address:
+        fail(web.HTTPTooManyRequests, "too many connections from this address")
+    with addresses.held(address) as release:
+        on_connection_lost(request, release)
+        return await _events(request, presence, client_id, scope, expiry)
+
+
+async def _events(
+    request: web.Request,
+    presence: Presence,
+    client_id: str,
+    scope: Scope | None,
+    expiry: float | None,
+) -> web.StreamResponse:
     # Browsers resend the last id they saw by themselves when they reconnect.
     resume = request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or None
     if scope is None:

@@ -1,0 +1,302 @@
+"""Connections before their requests: the caps, a deadline for a request's
+head, and refusals that cost nothing (``serve`` only; an application that
+embeds presence owns its listener).
+
+aiohttp accepts every connection and waits for its request until the
+keep-alive timeout, 75 s. One host sending half a request on thousands of
+connections would hold every descriptor of the process, and with them
+``/healthz``, new streams and, through clients that cannot reconnect, who is
+online. So, deliberately unlike aiohttp's defaults:
+
+- a connection's request line and headers must arrive within
+  ``request_timeout`` (a keep-alive connection's next request: once its
+  first bytes arrive);
+- the process holds at most ``cap`` connections. At the cap, the connection
+  waiting longest for a request (half-sent, or idle between two) is closed
+  to make room; a stream or a request being served never is. With none
+  waiting, the new connection is refused;
+- one address holds at most ``max_connections_per_address`` (trusted
+  proxies excepted: their clients are counted per forwarded address, in
+  ``addresses``);
+- a refusal is a canned response written once, then the socket is closed;
+- a connection stops counting the moment its transport closes.
+
+Malformed requests and failed accepts are counted, and logged at most once
+in a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
+from ..logs import Throttle
+from ..settings import Settings
+from .addresses import is_trusted
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two log lines about the same kind of refusal.
+LOG_EVERY = 10.0
+ACCEPT_FAILED = "socket.accept() out of system resource"
+
+
+def _canned(status: str, error: str, *extra: str) -> bytes:
+    body = json.dumps({"error": error}).encode()
+    head = [
+        f"HTTP/1.1 {status}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *extra,
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+FULL = _canned(
+    "503 Service Unavailable", "this server holds all the connections it may", "Retry-After: 1"
+)
+TOO_MANY = _canned("429 Too Many Requests", "too many connections from this address")
+TIMED_OUT = _canned("408 Request Timeout", "the request did not arrive in time")
+
+
+class Guard:
+    """The process's connections, counted by kind and by address."""
+
+    def __init__(self, settings: Settings, cap: int) -> None:
+        #: Connections of every kind this process holds at most.
+        self.cap = cap
+        self.per_address = settings.max_connections_per_address
+        self.request_timeout = settings.request_timeout
+        self._trusted = settings.networks
+        # Each open connection, with the address it counts against (None: uncounted).
+        self._open: dict[GuardedHandler, str | None] = {}
+        self._per_address: dict[str, int] = {}
+        # Connections waiting for a request, oldest first: the ones to close at the cap.
+        self._waiting: dict[GuardedHandler, None] = {}
+        self.refused_full = 0
+        self.refused_address = 0
+        self.evicted = 0
+        self.timed_out = 0
+        self.malformed = 0
+        self.accept_errors = 0
+        self._logs = {kind: Throttle(LOG_EVERY) for kind in ("full", "address", "evicted")}
+        self._timeout_log = Throttle(LOG_EVERY)
+        self._malformed_log = Throttle(LOG_EVERY)
+        self._accept_log = Throttle(LOG_EVERY)
+
+    @property
+    def connections(self) -> int:
+        return len(self._open)
+
+    def admit(self, handler: GuardedHandler, address: str) -> bytes | None:
+        """Count a new connection in; or the refusal to write to it."""
+        counted = None
+        if self.per_address and not is_trusted(address, self._trusted):
+            counted = address
+            if self._per_address.get(address, 0) >= self.per_address:
+                self.refused_address += 1
+                if due := self._logs["address"].count():
+                    log.warning(
+                        "refused %d connection(s) from %s: at most %d per address "
+                        "(--max-connections-per-address)",
+                        due,
+                        address,
+                        self.per_address,
+                    )
+                return TOO_MANY
+        if len(self._open) >= self.cap:
+            if not self._waiting:
+                self.refused_full += 1
+                if due := self._logs["full"].count():
+                    log.warning(
+                        "refused %d connection(s): this process holds all %d it may",
+                        due,
+                        self.cap,
+                    )
+                return FULL
+            victim = next(iter(self._waiting))
+            self.release(victim)
+            victim.force_close()
+            self.evicted += 1
+            if due := self._logs["evicted"].count():
+                log.warning(
+                    "closed %d connection(s) that were waiting for a request, to make room "
+                    "(%d connections open)",
+                    due,
+                    self.cap,
+                )
+        self._open[handler] = counted
+        self._waiting[handler] = None
+        if counted is not None:
+            self._per_address[counted] = self._per_address.get(counted, 0) + 1
+        return None
+
+    def release(self, handler: GuardedHandler) -> None:
+        """Count a connection out (once, however often it is called)."""
+        if handler not in self._open:
+            return
+        counted = self._open.pop(handler)
+        self._waiting.pop(handler, None)
+        if counted is not None and (left := self._per_address.pop(counted) - 1) > 0:
+            self._per_address[counted] = left
+
+    def serving(self, handler: GuardedHandler) -> None:
+        """A request arrived whole: the connection is no longer one to close."""
+        self._waiting.pop(handler, None)
+
+    def waiting(self, handler: GuardedHandler) -> None:
+        """Its response is sent; it waits for the next request."""
+        if handler in self._open:
+            self._waiting[handler] = None
+
+    def timed_out_request(self) -> None:
+        self.timed_out += 1
+        if due := self._timeout_log.count():
+            log.info(
+                "closed %d connection(s) whose request did not arrive within %g s "
+                "(--request-timeout)",
+                due,
+                self.request_timeout,
+            )
+
+    def malformed_request(self, address: str, exc: BaseException) -> None:
+        self.malformed += 1
+        if due := self._malformed_log.count():
+            # The exception's name only: its message quotes what the client sent.
+            log.warning(
+                "refused %d malformed request(s) (last from %s: %s)",
+                due,
+                address,
+                type(exc).__name__,
+            )
+
+    def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The event loop's exception handler: a failed ``accept()`` (out of
+        descriptors) is counted, not logged with a traceback each time."""
+        if context.get("message") != ACCEPT_FAILED:
+            loop.default_exception_handler(context)
+            return
+        self.accept_errors += 1
+        if due := self._accept_log.count():
+            log.warning(
+                "accept() failed %d time(s): %s (%d connections open); new connections "
+                "wait in the kernel's queue",
+                due,
+                context.get("exception"),
+                len(self._open),
+            )
+
+
+class GuardedHandler(RequestHandler):
+    """aiohttp's protocol, with the guard's caps and the request deadline."""
+
+    __slots__ = ("_address", "_deadline", "_guard", "_on_lost", "_refused")
+
+    def __init__(self, manager: web.Server, guard: Guard, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = guard
+        self._address = ""
+        self._deadline: asyncio.TimerHandle | None = None
+        self._on_lost: list[Callable[[], None]] | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._address = peer[0] if isinstance(peer, tuple) else ""
+        refusal = self._guard.admit(self, self._address)
+        if refusal is not None:
+            self._refused = True
+            assert isinstance(transport, asyncio.Transport)
+            transport.write(refusal)
+            transport.abort()
+            return
+        super().connection_made(transport)
+        self._start_deadline()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._refused:
+            return  # nothing was started
+        self._guard.release(self)
+        self._cancel_deadline()
+        callbacks, self._on_lost = self._on_lost, None
+        super().connection_lost(exc)
+        for callback in callbacks or ():
+            callback()
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` the moment the connection closes."""
+        if self._on_lost is None:
+            self._on_lost = []
+        self._on_lost.append(callback)
+
+    def data_received(self, data: bytes) -> None:
+        requests = self._request_count
+        super().data_received(data)
+        if self._request_count != requests:
+            self._cancel_deadline()
+            self._guard.serving(self)
+        elif data and self._deadline is None and not self._request_in_progress:
+            self._start_deadline()  # the next request has begun
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        done = await super().finish_response(request, resp, start_time)
+        if not self._messages:
+            self._guard.waiting(self)
+        return done
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status != 400 or not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        # The client's error, not the server's: counted, no traceback per request.
+        self._guard.malformed_request(self._address, exc)
+        error = "request line or header too long" if isinstance(exc, LineTooLong) else None
+        response = web.json_response({"error": error or "malformed request"}, status=400)
+        response.force_close()
+        return response
+
+    def _start_deadline(self) -> None:
+        self._deadline = self._loop.call_later(self._guard.request_timeout, self._late)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _late(self) -> None:
+        self._deadline = None
+        if self._request_in_progress or self._messages or self.transport is None:
+            return
+        self._guard.timed_out_request()
+        self.transport.write(TIMED_OUT)
+        self.force_close()
+
+
+def on_connection_lost(request: web.BaseRequest, callback: Callable[[], None]) -> None:
+    """Call ``callback`` as soon as the request's connection closes, where the
+    guard runs it (``serve``); elsewhere the stream's own checks notice."""
+    protocol = request.protocol
+    if isinstance(protocol, GuardedHandler):
+        protocol.on_lost(callback)
+
+
+def count_timeout(request: web.BaseRequest) -> None:
+    """A request's body did not arrive in time (counted where the guard runs)."""
+    protocol = request.protocol
+    if isinstance(protocol, GuardedHandler):
+        protocol._guard.timed_out_request()
