@@ -15,7 +15,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -33,34 +33,6 @@ CONNECTIONS = 700
 LEGITIMATE = 20
 #: Fast heartbeats, so that a stalled server would let keys expire within the attack.
 FAST = ("--heartbeat-interval", "0.5", "--leave-grace", "1", "--request-timeout", "1")
-
-
-@pytest.fixture
-def attackers() -> Iterator[Callable[..., list[subprocess.Popen[str]]]]:
-    started: list[subprocess.Popen[str]] = []
-
-    def start(mode: str, port: int, seconds: float) -> list[subprocess.Popen[str]]:
-        procs = [
-            subprocess.Popen(
-                [
-                    *(sys.executable, str(ATTACK), mode, "127.0.0.1", str(port)),
-                    *("--connections", str(CONNECTIONS), "--seconds", str(seconds)),
-                ],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(ATTACKERS)
-        ]
-        started.extend(procs)
-        for proc in procs:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
-        return procs
-
-    yield start
-    for proc in started:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture
@@ -104,42 +76,64 @@ async def probe(session: aiohttp.ClientSession, url: str, n: int) -> None:
             stream.close()
 
 
-async def under_attack(
-    spawn: Spawn,
-    attackers: Callable[..., list[subprocess.Popen[str]]],
-    session: aiohttp.ClientSession,
-    redis: Redis,
-    redis_server: RedisServer,
-    mode: str,
-    *flags: str,
-) -> tuple[dict[str, float], str]:
-    """Connect the legitimate clients, attack for a while, probe throughout;
-    returns the server's counters and its log."""
-    server = spawn("--redis-url", redis_server.url, *FAST, *flags, open_files=OPEN_FILES)
-    await server.wait_healthy()
-    clients = {f"user-{i}" for i in range(LEGITIMATE)}
-    streams = [await open_events(session, f"{server.url}/clients/{c}/events") for c in clients]
-    logged = len(server.output())
-    seconds = 6.0
-    procs = attackers(mode, server.port, seconds)
-    for n in range(int(seconds / 0.5) - 2):
-        await probe(session, server.url, n)
-        await asyncio.sleep(0.5)
-    for proc in procs:
-        stdout, _ = proc.communicate(timeout=30)
-        assert json.loads(stdout.splitlines()[-1])["opened"] > 0
-    assert await offlines(redis, clients) == []
-    async with session.get(f"{server.url}/clients") as response:
-        online = {c["client"] for c in (await response.json())["clients"]}
-    assert clients <= online
-    # The streams connected before the attack still get every event.
-    final = await open_events(session, f"{server.url}/clients/final/events")
-    for stream in streams:
-        await stream.until(lambda e: e.event == "presence" and e.data["client"] == "final")
-        stream.close()
-    final.close()
-    log = server.output()[logged:]
-    return await counters(session, server.url), log
+Attack = Callable[..., Awaitable[tuple[dict[str, float], str]]]
+
+
+@pytest.fixture
+async def attack(
+    spawn: Spawn, session: aiohttp.ClientSession, redis: Redis, redis_server: RedisServer
+) -> AsyncIterator[Attack]:
+    """``attack(mode, *serve_flags)``: a server with the legitimate clients
+    connected, attacked for a while and probed throughout; returns the
+    server's counters and what it logged meanwhile."""
+    started: list[subprocess.Popen[str]] = []
+
+    async def attack(mode: str, *flags: str) -> tuple[dict[str, float], str]:
+        server = spawn("--redis-url", redis_server.url, *FAST, *flags, open_files=OPEN_FILES)
+        await server.wait_healthy()
+        clients = {f"user-{i}" for i in range(LEGITIMATE)}
+        url = server.url
+        streams = [await open_events(session, f"{url}/clients/{c}/events") for c in clients]
+        logged = len(server.output())
+        seconds = 6.0
+        procs = [attacker(mode, server.port, seconds) for _ in range(ATTACKERS)]
+        started.extend(procs)
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+        for n in range(int(seconds / 0.5) - 2):
+            await probe(session, url, n)
+            await asyncio.sleep(0.5)
+        for proc in procs:
+            stdout, _ = proc.communicate(timeout=30)
+            assert json.loads(stdout.splitlines()[-1])["opened"] > 0
+        assert await offlines(redis, clients) == []
+        async with session.get(f"{url}/clients") as response:
+            online = {c["client"] for c in (await response.json())["clients"]}
+        assert clients <= online
+        # The streams connected before the attack still get every event.
+        final = await open_events(session, f"{url}/clients/final/events")
+        for stream in streams:
+            await stream.until(lambda e: e.event == "presence" and e.data["client"] == "final")
+            stream.close()
+        final.close()
+        return await counters(session, url), server.output()[logged:]
+
+    yield attack
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def attacker(mode: str, port: int, seconds: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            *(sys.executable, str(ATTACK), mode, "127.0.0.1", str(port)),
+            *("--connections", str(CONNECTIONS), "--seconds", str(seconds)),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def assert_quiet(log: str) -> None:
@@ -147,55 +141,25 @@ def assert_quiet(log: str) -> None:
     assert len(log.encode()) < 20_000, log[-3000:]
 
 
-async def test_slowloris_past_the_per_address_cap(
-    spawn: Spawn,
-    attackers: Callable[..., list[subprocess.Popen[str]]],
-    session: aiohttp.ClientSession,
-    redis: Redis,
-    redis_server: RedisServer,
-) -> None:
-    found, log = await under_attack(
-        spawn,
-        attackers,
-        session,
-        redis,
-        redis_server,
-        "slowloris",
-        "--max-connections-per-address",
-        "100",
-    )
+async def test_slowloris_past_the_per_address_cap(attack: Attack) -> None:
+    found, log = await attack("slowloris", "--max-connections-per-address", "100")
     assert found["presence_connections_refused_total{reason=address}"] > 0
     assert found["presence_requests_timed_out_total"] > 0
     assert_quiet(log)
 
 
-async def test_flood_past_the_connection_cap(
-    spawn: Spawn,
-    attackers: Callable[..., list[subprocess.Popen[str]]],
-    session: aiohttp.ClientSession,
-    redis: Redis,
-    redis_server: RedisServer,
-) -> None:
+async def test_flood_past_the_connection_cap(attack: Attack) -> None:
     """No per-address cap: half-sent and idle connections make room for new ones."""
-    found, log = await under_attack(
-        spawn, attackers, session, redis, redis_server, "flood", "--max-connections", "300"
-    )
+    found, log = await attack("flood", "--max-connections", "300")
     assert found["presence_connections_evicted_total"] > 0
     assert found["presence_http_connections_max"] == 300 + 64
     assert_quiet(log)
 
 
-async def test_slowloris_at_the_default_caps(
-    spawn: Spawn,
-    attackers: Callable[..., list[subprocess.Popen[str]]],
-    session: aiohttp.ClientSession,
-    redis: Redis,
-    redis_server: RedisServer,
-) -> None:
+async def test_slowloris_at_the_default_caps(attack: Attack) -> None:
     """The default connection cap, lowered to what the open-file limit holds."""
-    found, log = await under_attack(spawn, attackers, session, redis, redis_server, "slowloris")
-    assert (
-        found["presence_requests_timed_out_total"] + found["presence_connections_evicted_total"] > 0
-    )
+    found, log = await attack("slowloris")
     assert found["presence_http_connections_max"] < OPEN_FILES
+    evicted_or_late = found["presence_connections_evicted_total"]
+    assert evicted_or_late + found["presence_requests_timed_out_total"] > 0
     assert_quiet(log)

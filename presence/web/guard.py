@@ -87,10 +87,10 @@ class Guard:
         self.timed_out = 0
         self.malformed = 0
         self.accept_errors = 0
-        self._logs = {kind: Throttle(LOG_EVERY) for kind in ("full", "address", "evicted")}
-        self._timeout_log = Throttle(LOG_EVERY)
-        self._malformed_log = Throttle(LOG_EVERY)
-        self._accept_log = Throttle(LOG_EVERY)
+        self._logs = {
+            kind: Throttle(LOG_EVERY)
+            for kind in ("full", "address", "evicted", "timeout", "malformed", "accept")
+        }
 
     @property
     def connections(self) -> int:
@@ -103,41 +103,40 @@ class Guard:
             counted = address
             if self._per_address.get(address, 0) >= self.per_address:
                 self.refused_address += 1
-                if due := self._logs["address"].count():
-                    log.warning(
-                        "refused %d connection(s) from %s: at most %d per address "
-                        "(--max-connections-per-address)",
-                        due,
-                        address,
-                        self.per_address,
-                    )
+                self._log(
+                    "address",
+                    "refused %d connection(s) from %s: at most %d per address "
+                    "(--max-connections-per-address)",
+                    address,
+                    self.per_address,
+                )
                 return TOO_MANY
         if len(self._open) >= self.cap:
             if not self._waiting:
                 self.refused_full += 1
-                if due := self._logs["full"].count():
-                    log.warning(
-                        "refused %d connection(s): this process holds all %d it may",
-                        due,
-                        self.cap,
-                    )
+                self._log(
+                    "full", "refused %d connection(s): this process holds all %d it may", self.cap
+                )
                 return FULL
             victim = next(iter(self._waiting))
             self.release(victim)
             victim.force_close()
             self.evicted += 1
-            if due := self._logs["evicted"].count():
-                log.warning(
-                    "closed %d connection(s) that were waiting for a request, to make room "
-                    "(%d connections open)",
-                    due,
-                    self.cap,
-                )
+            self._log(
+                "evicted",
+                "closed %d connection(s) waiting for a request, to make room (%d open)",
+                self.cap,
+            )
         self._open[handler] = counted
         self._waiting[handler] = None
         if counted is not None:
             self._per_address[counted] = self._per_address.get(counted, 0) + 1
         return None
+
+    def _log(self, kind: str, message: str, *args: object, level: int = logging.WARNING) -> None:
+        """Log ``message`` with the count of its kind since its last line."""
+        if due := self._logs[kind].count():
+            log.log(level, message, due, *args)
 
     def release(self, handler: GuardedHandler) -> None:
         """Count a connection out (once, however often it is called)."""
@@ -159,24 +158,22 @@ class Guard:
 
     def timed_out_request(self) -> None:
         self.timed_out += 1
-        if due := self._timeout_log.count():
-            log.info(
-                "closed %d connection(s) whose request did not arrive within %g s "
-                "(--request-timeout)",
-                due,
-                self.request_timeout,
-            )
+        self._log(
+            "timeout",
+            "closed %d connection(s) whose request did not arrive within %g s (--request-timeout)",
+            self.request_timeout,
+            level=logging.INFO,
+        )
 
     def malformed_request(self, address: str, exc: BaseException) -> None:
         self.malformed += 1
-        if due := self._malformed_log.count():
-            # The exception's name only: its message quotes what the client sent.
-            log.warning(
-                "refused %d malformed request(s) (last from %s: %s)",
-                due,
-                address,
-                type(exc).__name__,
-            )
+        # The exception's name only: its message quotes what the client sent.
+        self._log(
+            "malformed",
+            "refused %d malformed request(s) (last from %s: %s)",
+            address,
+            type(exc).__name__,
+        )
 
     def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """The event loop's exception handler: a failed ``accept()`` (out of
@@ -185,14 +182,13 @@ class Guard:
             loop.default_exception_handler(context)
             return
         self.accept_errors += 1
-        if due := self._accept_log.count():
-            log.warning(
-                "accept() failed %d time(s): %s (%d connections open); new connections "
-                "wait in the kernel's queue",
-                due,
-                context.get("exception"),
-                len(self._open),
-            )
+        self._log(
+            "accept",
+            "accept() failed %d time(s): %s (%d connections open); new connections "
+            "wait in the kernel's queue",
+            context.get("exception"),
+            len(self._open),
+        )
 
 
 class GuardedHandler(RequestHandler):
