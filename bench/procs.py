@@ -4,6 +4,7 @@ with nchan, each on a free loopback port of its own; and waiting on them."""
 from __future__ import annotations
 
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import IO
 
 import redis
+
+from presence.web import open_files
 
 
 def free_port() -> int:
@@ -70,7 +73,7 @@ def redis_server() -> Iterator[tuple[str, int, int]]:
 def presence_server(
     redis_url: str,
     *flags: str,
-    max_connections: int = 20_000,
+    max_connections: int | None = None,
     max_connections_per_client: int | None = 20_000,
     log: IO[bytes] | None = None,
     program: Sequence[str] = ("-m", "presence", "serve"),
@@ -78,8 +81,11 @@ def presence_server(
     """(http port, pid) of ``python -m presence serve``, logging warnings and worse
     to ``log`` (discarded without one). ``max_connections_per_client=None`` leaves
     presence's default. ``program`` runs another server taking serve's flags
-    (bench/held.py), from the repository's root."""
+    (bench/held.py), from the repository's root. ``max_connections`` defaults
+    to all that the hard open-file limit holds."""
     port = free_port()
+    if max_connections is None:
+        max_connections = open_files.largest(resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     limits = ["--max-connections", str(max_connections)]
     if max_connections_per_client is not None:
         limits += ["--max-connections-per-client", str(max_connections_per_client)]

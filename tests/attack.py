@@ -7,8 +7,8 @@ opening a new one whenever the server closes one:
   header a second, and never finishes it;
 - ``flood``: each is opened as fast as the server accepts and sends nothing.
 
-It prints ``ready`` once it has tried every connection once, then, at the end,
-one JSON line: connections opened, closed by the server, failed to connect.
+It prints ``ready`` half a second after it started, then, at the end, one
+JSON line: connections opened, closed by the server, failed to connect.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 
+IP_BIND_ADDRESS_NO_PORT = 24  # Linux's, not in the socket module
 HEAD = b"GET /clients/x/events HTTP/1.1\r\nHost: presence\r\n"
 
 
@@ -33,10 +35,10 @@ class Attack:
         args = self.args
         while not stop.is_set():
             try:
-                reader, writer = await asyncio.open_connection(
-                    args.host, args.port, local_addr=(args.source, 0)
-                )
-            except OSError:
+                # A SYN the server's full queue dropped is retried for minutes.
+                async with asyncio.timeout(5):
+                    reader, writer = await asyncio.open_connection(sock=await self.connect())
+            except (OSError, TimeoutError):
                 self.failed += 1
                 await asyncio.sleep(0.05)
                 continue
@@ -57,6 +59,20 @@ class Attack:
                 self.closed += 1
             finally:
                 writer.close()
+
+    async def connect(self) -> socket.socket:
+        sock = socket.socket()
+        try:
+            # The port is picked at connect(), by the whole address pair: picked
+            # at bind(), each of thousands of binds would scan every port in use.
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((self.args.source, 0))
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, (self.args.host, self.args.port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     async def run(self) -> None:
         stop = asyncio.Event()

@@ -1,12 +1,14 @@
-"""Hostile load against ``presence serve`` processes and a real Redis: half-sent
-requests, floods of connections past the caps, malformed requests, dead
-connections that still count.
+"""Hostile load against a ``presence serve`` process and a real Redis:
+half-sent requests (slowloris) and floods of connections past the caps.
 
-The attacks run in their own processes, from 127.0.0.2, against a server
-whose open-file limit they pass together; the legitimate clients connect
-from 127.0.0.1. Whatever the attack, ``/healthz`` answers, new streams
-open, connected clients keep their heartbeats (no OFFLINE), and the log
-stays small.
+The attacks run in their own processes (``attack.py``), from 127.0.0.2,
+against a server whose open-file limit they pass together; the legitimate
+clients connect from 127.0.0.1. Whatever the attack, ``/healthz`` answers,
+new streams get their snapshot, connected clients keep their heartbeats
+(nobody is published OFFLINE) and their streams, and the log stays small
+and free of tracebacks.
+
+``python -m bench.hostile`` runs the same harness at full size.
 """
 
 from __future__ import annotations
@@ -15,35 +17,157 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from .support import Redis, RedisServer, ServerProcess, open_events
 
 ATTACK = Path(__file__).with_name("attack.py")
-Spawn = Callable[..., ServerProcess]
-#: The server's open-file limit: two attackers hold more connections than it.
-OPEN_FILES = 1024
-ATTACKERS = 2
-CONNECTIONS = 700
-LEGITIMATE = 20
 #: Fast heartbeats, so that a stalled server would let keys expire within the attack.
-FAST = ("--heartbeat-interval", "0.5", "--leave-grace", "1", "--request-timeout", "1")
+FAST = ("--heartbeat-interval", "0.5", "--leave-grace", "1")
+#: Seconds between two probes, and the longest one may take.
+PROBE_EVERY = 0.5
+PROBE_TIMEOUT = 3.0
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
+@dataclass(frozen=True)
+class Plan:
+    mode: str  # slowloris or flood
+    #: ``presence serve`` flags besides the Redis URL.
+    flags: tuple[str, ...] = (*FAST, "--request-timeout", "1")
+    #: The server's open-file limit (None: this process's).
+    open_files: int | None = 1024
+    attackers: int = 2
+    connections: int = 700  #: per attacker
+    seconds: float = 6.0
+    clients: int = 20
+
+
+@dataclass
+class Report:
+    #: Seconds per probe; None for one that failed or took over PROBE_TIMEOUT.
+    healthz: list[float | None] = field(default_factory=list)
+    streams: list[float | None] = field(default_factory=list)
+    #: The legitimate clients published OFFLINE, and those missing from /clients.
+    offline: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    #: Legitimate streams that did not get an event published after the attack.
+    deaf: int = 0
+    counters: dict[str, float] = field(default_factory=dict)
+    log: str = ""
+    attackers: list[dict[str, int]] = field(default_factory=list)
+    server_cpu: float = 0.0
+
+    @property
+    def failed_probes(self) -> int:
+        return sum(p is None for p in [*self.healthz, *self.streams])
+
+
+async def run_attack(plan: Plan, redis_url: str, workdir: Path) -> Report:
+    """Start a server, connect the clients, attack, probe throughout; report."""
+    report = Report()
+    server = ServerProcess(
+        ["--redis-url", redis_url, *plan.flags], workdir / "server.log", open_files=plan.open_files
+    )
+    server.start()
+    procs: list[subprocess.Popen[str]] = []
     # A new connection per request: each probe must get past the attack itself.
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        yield session
+    connector = aiohttp.TCPConnector(force_close=True, limit=0)
+    redis: Redis = aioredis.from_url(redis_url)
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await server.wait_healthy()
+            url = server.url
+            clients = [f"user-{i}" for i in range(plan.clients)]
+            streams = [await open_events(session, f"{url}/clients/{c}/events") for c in clients]
+            logged = len(server.output())
+            assert server.process is not None
+            cpu = _cpu(server.process.pid)
+            procs = [_attacker(plan, server.port) for _ in range(plan.attackers)]
+            for proc in procs:
+                assert proc.stdout is not None
+                assert proc.stdout.readline().strip() == "ready"
+            end = time.monotonic() + plan.seconds - 1
+            n = 0
+            while time.monotonic() < end:
+                await _probe(session, url, n, report)
+                n += 1
+                await asyncio.sleep(PROBE_EVERY)
+            for proc in procs:
+                stdout, _ = proc.communicate(timeout=60)
+                report.attackers.append(json.loads(stdout.splitlines()[-1]))
+            report.server_cpu = _cpu(server.process.pid) - cpu
+            entries = await redis.xrange("presence")
+            report.offline = [
+                f[b"client"].decode()
+                for _, f in entries
+                if f[b"status"] == b"OFFLINE" and f[b"client"].decode() in clients
+            ]
+            async with session.get(f"{url}/clients") as response:
+                online = {c["client"] for c in (await response.json())["clients"]}
+            report.missing = [c for c in clients if c not in online]
+            # The streams connected before the attack still get every event.
+            final = await open_events(session, f"{url}/clients/final/events")
+            for stream in streams:
+                try:
+                    await stream.until(
+                        lambda e: e.event == "presence" and e.data["client"] == "final"
+                    )
+                except (TimeoutError, EOFError, aiohttp.ClientError):
+                    report.deaf += 1
+                stream.close()
+            final.close()
+            report.counters = await _counters(session, url)
+            report.log = server.output()[logged:]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        server.kill()
+        await redis.aclose()
+    return report
 
 
-async def counters(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+def _attacker(plan: Plan, port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            *(sys.executable, str(ATTACK), plan.mode, "127.0.0.1", str(port)),
+            *("--connections", str(plan.connections), "--seconds", str(plan.seconds)),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def _probe(session: aiohttp.ClientSession, url: str, n: int, report: Report) -> None:
+    """Time ``/healthz``, and a new stream until its snapshot."""
+    loop = asyncio.get_running_loop()
+    for kind, path in (("healthz", "/healthz"), ("streams", f"/clients/probe-{n}/events")):
+        started = loop.time()
+        took: float | None = None
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                if kind == "healthz":
+                    async with session.get(url + path) as response:
+                        ok = response.status == 200
+                else:
+                    stream = await open_events(session, url + path)
+                    ok = (await stream.next()).event == "snapshot"
+                    stream.close()
+            took = loop.time() - started if ok else None
+        except (TimeoutError, AssertionError, aiohttp.ClientError):
+            pass
+        getattr(report, kind).append(took)
+
+
+async def _counters(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
     """Every sample of ``/metrics``, by name and labels."""
     async with session.get(f"{url}/metrics") as response:
         text = await response.text()
@@ -55,111 +179,49 @@ async def counters(session: aiohttp.ClientSession, url: str) -> dict[str, float]
     return samples
 
 
-async def offlines(redis: Redis, clients: set[str]) -> list[str]:
-    entries = await redis.xrange("presence")
-    return [
-        fields[b"client"].decode()
-        for _, fields in entries
-        if fields[b"status"] == b"OFFLINE" and fields[b"client"].decode() in clients
-    ]
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / 100
 
 
-async def probe(session: aiohttp.ClientSession, url: str, n: int) -> None:
-    """``/healthz`` answers, and a new stream gets its snapshot, in time."""
-    async with asyncio.timeout(3):
-        async with session.get(f"{url}/healthz") as response:
-            assert response.status == 200, await response.text()
-        stream = await open_events(session, f"{url}/clients/probe-{n}/events")
-        try:
-            assert (await stream.next()).event == "snapshot"
-        finally:
-            stream.close()
-
-
-Attack = Callable[..., Awaitable[tuple[dict[str, float], str]]]
+Attack = Callable[[Plan], Awaitable[Report]]
 
 
 @pytest.fixture
-async def attack(
-    spawn: Spawn, session: aiohttp.ClientSession, redis: Redis, redis_server: RedisServer
-) -> AsyncIterator[Attack]:
-    """``attack(mode, *serve_flags)``: a server with the legitimate clients
-    connected, attacked for a while and probed throughout; returns the
-    server's counters and what it logged meanwhile."""
-    started: list[subprocess.Popen[str]] = []
+def attack(redis: Redis, redis_server: RedisServer, tmp_path: Path) -> Attack:
+    """``attack(plan)``: the report of a run, checked against what never may happen."""
 
-    async def attack(mode: str, *flags: str) -> tuple[dict[str, float], str]:
-        server = spawn("--redis-url", redis_server.url, *FAST, *flags, open_files=OPEN_FILES)
-        await server.wait_healthy()
-        clients = {f"user-{i}" for i in range(LEGITIMATE)}
-        url = server.url
-        streams = [await open_events(session, f"{url}/clients/{c}/events") for c in clients]
-        logged = len(server.output())
-        seconds = 6.0
-        procs = [attacker(mode, server.port, seconds) for _ in range(ATTACKERS)]
-        started.extend(procs)
-        for proc in procs:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
-        for n in range(int(seconds / 0.5) - 2):
-            await probe(session, url, n)
-            await asyncio.sleep(0.5)
-        for proc in procs:
-            stdout, _ = proc.communicate(timeout=30)
-            assert json.loads(stdout.splitlines()[-1])["opened"] > 0
-        assert await offlines(redis, clients) == []
-        async with session.get(f"{url}/clients") as response:
-            online = {c["client"] for c in (await response.json())["clients"]}
-        assert clients <= online
-        # The streams connected before the attack still get every event.
-        final = await open_events(session, f"{url}/clients/final/events")
-        for stream in streams:
-            await stream.until(lambda e: e.event == "presence" and e.data["client"] == "final")
-            stream.close()
-        final.close()
-        return await counters(session, url), server.output()[logged:]
+    async def attack(plan: Plan) -> Report:
+        report = await run_attack(plan, redis_server.url, tmp_path)
+        assert report.failed_probes == 0, (report.healthz, report.streams)
+        assert report.offline == []
+        assert report.missing == []
+        assert report.deaf == 0
+        assert all(a["opened"] > 0 for a in report.attackers)
+        assert "Traceback" not in report.log, report.log[-3000:]
+        assert len(report.log.encode()) < 20_000, report.log[-3000:]
+        return report
 
-    yield attack
-    for proc in started:
-        proc.kill()
-        proc.wait()
-
-
-def attacker(mode: str, port: int, seconds: float) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            *(sys.executable, str(ATTACK), mode, "127.0.0.1", str(port)),
-            *("--connections", str(CONNECTIONS), "--seconds", str(seconds)),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-
-
-def assert_quiet(log: str) -> None:
-    assert "Traceback" not in log, log[-3000:]
-    assert len(log.encode()) < 20_000, log[-3000:]
+    return attack
 
 
 async def test_slowloris_past_the_per_address_cap(attack: Attack) -> None:
-    found, log = await attack("slowloris", "--max-connections-per-address", "100")
+    plan = Plan("slowloris", (*Plan.flags, "--max-connections-per-address", "100"))
+    found = (await attack(plan)).counters
     assert found["presence_connections_refused_total{reason=address}"] > 0
     assert found["presence_requests_timed_out_total"] > 0
-    assert_quiet(log)
 
 
 async def test_flood_past_the_connection_cap(attack: Attack) -> None:
     """No per-address cap: half-sent and idle connections make room for new ones."""
-    found, log = await attack("flood", "--max-connections", "300")
+    found = (await attack(Plan("flood", (*Plan.flags, "--max-connections", "300")))).counters
     assert found["presence_connections_evicted_total"] > 0
     assert found["presence_http_connections_max"] == 300 + 64
-    assert_quiet(log)
 
 
 async def test_slowloris_at_the_default_caps(attack: Attack) -> None:
     """The default connection cap, lowered to what the open-file limit holds."""
-    found, log = await attack("slowloris")
-    assert found["presence_http_connections_max"] < OPEN_FILES
-    evicted_or_late = found["presence_connections_evicted_total"]
-    assert evicted_or_late + found["presence_requests_timed_out_total"] > 0
-    assert_quiet(log)
+    found = (await attack(Plan("slowloris"))).counters
+    assert found["presence_http_connections_max"] < 1024
+    evicted = found["presence_connections_evicted_total"]
+    assert evicted + found["presence_requests_timed_out_total"] > 0

@@ -39,6 +39,14 @@ def needed(max_connections: int) -> int:
     return connection_cap(max_connections) + ACCEPT_BATCH + RESERVE
 
 
+def largest(limit: int) -> int:
+    """The most streams (``max_connections``) an open-file limit holds; 0 for none."""
+    fitting = (limit - ACCEPT_BATCH - RESERVE) * 8 // 9
+    while fitting > 0 and needed(fitting) > limit:
+        fitting -= 1
+    return max(0, fitting)
+
+
 def raise_limit() -> int:
     """Raise the soft open-file limit to the hard one; returns the limit now."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -71,9 +79,7 @@ def fit(settings: Settings, *, explicit: bool) -> Settings:
             f"--max-connections {want} needs {needed(want)} open files, but this process "
             f"may open {limit} (ulimit -n): raise the limit or lower --max-connections"
         )
-    fitting = (limit - ACCEPT_BATCH - RESERVE) * 8 // 9
-    while fitting > 0 and needed(fitting) > limit:
-        fitting -= 1
+    fitting = largest(limit)
     if fitting < 1:
         raise ConfigError(f"the open-file limit ({limit}, ulimit -n) is too low to serve")
     log.warning(
