@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import socket
 import struct
@@ -337,3 +338,24 @@ async def _all_online(redis: Redis, clients: int) -> bool:
 
 async def _redis_after(redis: Redis, second: int) -> bool:
     return bool((await redis.time())[0] >= second)
+
+
+def test_failed_accepts_are_counted_and_logged_once_in_a_while(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    guard = Guard(Settings(), cap=10)
+    loop = asyncio.new_event_loop()
+    try:
+        failure = {"message": "socket.accept() out of system resource", "exception": OSError(24)}
+        with caplog.at_level(logging.WARNING, logger="presence.web.guard"):
+            for _ in range(1000):
+                guard.loop_exception(loop, failure)
+        assert guard.accept_errors == 1000
+        assert len(caplog.records) == 1
+        assert caplog.records[0].exc_info is None
+        # Anything else still reaches asyncio's own handler.
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            guard.loop_exception(loop, {"message": "something else"})
+        assert any(r.name == "asyncio" for r in caplog.records)
+    finally:
+        loop.close()
