@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--stall-timeout",
         type=float,
         metavar="SECONDS",
-        help="drop a stream that fell behind and sent nothing this long (default 10)",
+        help="drop a stream that fell behind and sent nothing this long, or a connection "
+        "that reads nothing of a response (default 10)",
     )
     opt(
         "--leave-grace",

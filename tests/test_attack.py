@@ -93,7 +93,8 @@ async def run_attack(plan: Plan, redis_url: str, workdir: Path) -> Report:
             procs = [_attacker(plan, server.port) for _ in range(plan.attackers)]
             for proc in procs:
                 assert proc.stdout is not None
-                assert proc.stdout.readline().strip() == "ready"
+                ready = await asyncio.to_thread(proc.stdout.readline)
+                assert ready.strip() == "ready"
             end = time.monotonic() + plan.seconds - 1
             n = 0
             while time.monotonic() < end:
@@ -101,7 +102,7 @@ async def run_attack(plan: Plan, redis_url: str, workdir: Path) -> Report:
                 n += 1
                 await asyncio.sleep(PROBE_EVERY)
             for proc in procs:
-                stdout, _ = proc.communicate(timeout=60)
+                stdout, _ = await asyncio.to_thread(proc.communicate, timeout=60)
                 report.attackers.append(json.loads(stdout.splitlines()[-1]))
             report.server_cpu = _cpu(server.process.pid) - cpu
             entries = await redis.xrange("presence")

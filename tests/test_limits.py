@@ -19,7 +19,7 @@ import pytest
 from presence import ConfigError, Settings, create_app
 from presence.web.addresses import client_address, is_trusted
 from presence.web.guard import FULL, TOO_MANY, Guard
-from presence.web.open_files import needed
+from presence.web.open_files import connection_cap, largest, needed
 
 from .support import EventStream, Redis, RedisServer, Serve, ServerProcess, open_events, poll
 
@@ -70,6 +70,50 @@ async def test_a_request_that_does_not_arrive_in_time_is_closed_but_streams_are_
     stream.close()
 
 
+async def test_body_bytes_after_the_response_are_no_request_to_time_out(
+    spawn: Spawn,
+) -> None:
+    server = spawn("--request-timeout", "0.5")
+    await server.wait_healthy()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 18\r\n\r\n")
+    assert (await reader.readline()).startswith(b"HTTP/1.1 200 ")
+    await reader.readuntil(b"}")
+    writer.write(b'{"ignored": true}\n')  # the body, late
+    await writer.drain()
+    # Past the deadline, the connection still serves the next request.
+    await asyncio.sleep(1)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+
+
+async def test_a_client_that_stops_reading_a_response_is_dropped(
+    spawn: Spawn, session: aiohttp.ClientSession
+) -> None:
+    """Not a stream: past --stall-timeout without progress, it no longer holds a connection."""
+    server = spawn("--stall-timeout", "1", "--max-connections", "1")
+    await server.wait_healthy()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    sock.connect(("127.0.0.1", server.port))
+    # The static script, over and over, never read.
+    sock.sendall(b"GET /static/demo.js HTTP/1.1\r\nHost: x\r\n\r\n" * 200)
+    try:
+        await poll(lambda: _dropped(session, server.url), timeout=15, what="the reader dropped")
+    finally:
+        sock.close()
+
+
+async def _dropped(session: aiohttp.ClientSession, url: str) -> bool:
+    async with session.get(f"{url}/metrics") as response:
+        text = await response.text()
+    found = re.search(r"^presence_requests_timed_out_total (\S+)$", text, re.MULTILINE)
+    assert found is not None
+    return float(found[1]) >= 1
+
+
 async def _more_comments(stream: EventStream, before: int) -> bool:
     with contextlib.suppress(TimeoutError):
         await stream.next(timeout=0.05)
@@ -84,9 +128,13 @@ async def test_a_body_that_does_not_arrive_in_time_gets_a_408(
         b"PUT /rooms/lobby/clients/alice/data HTTP/1.1\r\nHost: x\r\n"
         b"Content-Type: application/json\r\nContent-Length: 40\r\n\r\n"
     )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     answer = await raw(server.port, head + b'{"status":')
     assert answer.startswith(b"HTTP/1.1 408 "), answer
     assert body_of(answer) == {"error": "the request body did not arrive in time"}
+    # Closed with the 408, not after reading the rest of the body for seconds.
+    assert loop.time() - started < 2
 
 
 async def test_a_body_sent_in_pieces_is_read_whole(
@@ -180,7 +228,7 @@ class _Handler:
     def __init__(self) -> None:
         self.closed = False
 
-    def force_close(self) -> None:
+    def evict(self) -> None:
         self.closed = True
 
 
@@ -279,9 +327,11 @@ async def test_the_default_cap_is_lowered_to_fit_the_open_file_limit(
 ) -> None:
     server = spawn(open_files=1024)
     await server.wait_healthy()
-    assert "max connections lowered to 568" in server.output()
+    fitting = largest(1024)
+    assert needed(fitting) <= 1024 < needed(fitting + 1)
+    assert f"max connections lowered to {fitting}" in server.output()
     async with session.get(f"{server.url}/metrics") as response:
-        assert "presence_http_connections_max 639.0" in await response.text()
+        assert f"presence_http_connections_max {connection_cap(fitting)}.0" in await response.text()
 
 
 async def test_a_reconnect_is_not_refused_for_connections_that_are_gone(

@@ -28,13 +28,16 @@ in a while.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from ..logs import Throttle
@@ -75,6 +78,8 @@ class Guard:
         self.cap = cap
         self.per_address = settings.max_connections_per_address
         self.request_timeout = settings.request_timeout
+        #: Seconds a response other than a stream may take to be sent.
+        self.write_timeout = settings.stall_timeout
         self._trusted = settings.networks
         # Each open connection, with the address it counts against (None: uncounted).
         self._open: dict[GuardedHandler, str | None] = {}
@@ -89,7 +94,7 @@ class Guard:
         self.accept_errors = 0
         self._logs = {
             kind: Throttle(LOG_EVERY)
-            for kind in ("full", "address", "evicted", "timeout", "malformed", "accept")
+            for kind in ("full", "address", "evicted", "timeout", "stalled", "malformed", "accept")
         }
 
     @property
@@ -120,7 +125,7 @@ class Guard:
                 return FULL
             victim = next(iter(self._waiting))
             self.release(victim)
-            victim.force_close()
+            victim.evict()
             self.evicted += 1
             self._log(
                 "evicted",
@@ -155,6 +160,14 @@ class Guard:
         """Its response is sent; it waits for the next request."""
         if handler in self._open:
             self._waiting[handler] = None
+
+    def stalled_response(self) -> None:
+        self.timed_out += 1
+        self._log(
+            "stalled",
+            "dropped %d connection(s) that did not read their response within %g s",
+            self.write_timeout,
+        )
 
     def timed_out_request(self) -> None:
         self.timed_out += 1
@@ -194,7 +207,7 @@ class Guard:
 class GuardedHandler(RequestHandler):
     """aiohttp's protocol, with the guard's caps and the request deadline."""
 
-    __slots__ = ("_address", "_deadline", "_guard", "_on_lost", "_refused")
+    __slots__ = ("_address", "_body", "_deadline", "_guard", "_on_lost", "_refused")
 
     def __init__(self, manager: web.Server, guard: Guard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -203,6 +216,8 @@ class GuardedHandler(RequestHandler):
         self._deadline: asyncio.TimerHandle | None = None
         self._on_lost: list[Callable[[], None]] | None = None
         self._refused = False
+        #: The body of the last request whose head arrived.
+        self._body: StreamReader | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -211,6 +226,10 @@ class GuardedHandler(RequestHandler):
         if refusal is not None:
             self._refused = True
             assert isinstance(transport, asyncio.Transport)
+            # What the client sent already is read first: closed with it
+            # unread, the socket would be reset, losing the refusal.
+            with contextlib.suppress(OSError):
+                os.read(transport.get_extra_info("socket").fileno(), 65536)
             transport.write(refusal)
             transport.abort()
             return
@@ -227,28 +246,68 @@ class GuardedHandler(RequestHandler):
         for callback in callbacks or ():
             callback()
 
-    def on_lost(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` the moment the connection closes."""
+    def on_lost(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` the moment the connection closes; returns a
+        function that cancels that (the request ended first)."""
         if self._on_lost is None:
             self._on_lost = []
-        self._on_lost.append(callback)
+        callbacks = self._on_lost
+        callbacks.append(callback)
+
+        def cancel() -> None:
+            with contextlib.suppress(ValueError):
+                callbacks.remove(callback)
+
+        return cancel
+
+    def evict(self) -> None:
+        """Close it now, whatever it has still to send."""
+        transport = self.transport
+        self.force_close()
+        if transport is not None:
+            transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        reading_body = self._reading_body()
         requests = self._request_count
         super().data_received(data)
         if self._request_count != requests:
             self._cancel_deadline()
             self._guard.serving(self)
-        elif data and self._deadline is None and not self._request_in_progress:
+            self._body = self._messages[-1][1] if self._messages else None
+        elif data and self._deadline is None and not reading_body:
             self._start_deadline()  # the next request has begun
+
+    def _reading_body(self) -> bool:
+        return self._body is not None and not self._body.is_eof()
 
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
-        done = await super().finish_response(request, resp, start_time)
+        # A stream's own writes are watched by its subscriber; this watches the
+        # rest: a client that stops reading its response would hold the
+        # connection, unevictable, for ever.
+        sending = asyncio.ensure_future(super().finish_response(request, resp, start_time))
+        sent = -1
+        try:
+            while not (await asyncio.wait({sending}, timeout=self._guard.write_timeout))[0]:
+                progress = request.writer.output_size - self._buffered()
+                if progress <= sent:
+                    sending.cancel()
+                    self._guard.stalled_response()
+                    self.evict()
+                    return resp, True
+                sent = progress
+        except asyncio.CancelledError:
+            sending.cancel()
+            raise
+        done = sending.result()
         if not self._messages:
             self._guard.waiting(self)
         return done
+
+    def _buffered(self) -> int:
+        return 0 if self.transport is None else self.transport.get_write_buffer_size()
 
     def handle_error(
         self,
@@ -276,19 +335,32 @@ class GuardedHandler(RequestHandler):
 
     def _late(self) -> None:
         self._deadline = None
-        if self._request_in_progress or self._messages or self.transport is None:
-            return
+        transport = self.transport
+        if transport is None or self._request_in_progress or self._messages:
+            return  # closed, or serving a request (a stream too)
+        if self._reading_body():
+            return  # the body of one: its handler's deadline, or aiohttp's lingering
         self._guard.timed_out_request()
-        self.transport.write(TIMED_OUT)
-        self.force_close()
+        transport.write(TIMED_OUT)
+        self.force_close()  # once the 408 is out: at once, but for a client that does not read
+        if transport.get_write_buffer_size():
+            transport.abort()
 
 
-def on_connection_lost(request: web.BaseRequest, callback: Callable[[], None]) -> None:
+def on_connection_lost(
+    request: web.BaseRequest, callback: Callable[[], None]
+) -> Callable[[], None]:
     """Call ``callback`` as soon as the request's connection closes, where the
-    guard runs it (``serve``); elsewhere the stream's own checks notice."""
+    guard runs it (``serve``; elsewhere the stream's own checks notice);
+    returns a function that cancels it."""
     protocol = request.protocol
     if isinstance(protocol, GuardedHandler):
-        protocol.on_lost(callback)
+        return protocol.on_lost(callback)
+    return _nothing
+
+
+def _nothing() -> None:
+    pass
 
 
 def count_timeout(request: web.BaseRequest) -> None:

@@ -165,7 +165,8 @@ class GuardCollector(Collector):
         )
         yield _counter(
             "requests_timed_out",
-            "Requests whose line and headers, or body, did not arrive within --request-timeout",
+            "Requests whose line and headers, or body, did not arrive within --request-timeout, "
+            "and responses left unread for --stall-timeout",
             g.timed_out,
         )
         yield _counter(

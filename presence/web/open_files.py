@@ -20,9 +20,13 @@ log = logging.getLogger(__name__)
 #: Descriptors kept for Redis (pool, pub/sub, blocking readers), the
 #: listeners, the log and files served.
 RESERVE = 256
-#: Connections accepted in one event loop iteration (asyncio's accept loop):
-#: they hold descriptors before the caps are applied to them.
-ACCEPT_BATCH = 128
+#: Connections asyncio accepts from a listener in one event loop iteration.
+ACCEPT_BATCH = 32
+#: Listeners budgeted for (a host name may resolve to IPv4 and IPv6).
+LISTENERS = 2
+#: Descriptors of connections accepted but not yet seen by the caps, or
+#: refused and not yet closed: each batch lives about four loop iterations.
+IN_FLIGHT = 4 * ACCEPT_BATCH * LISTENERS
 #: Linux's ceiling for a soft limit when the hard one is unlimited.
 _NR_OPEN = "/proc/sys/fs/nr_open"
 
@@ -36,12 +40,12 @@ def connection_cap(max_connections: int) -> int:
 
 def needed(max_connections: int) -> int:
     """Open files a server with ``max_connections`` streams may need."""
-    return connection_cap(max_connections) + ACCEPT_BATCH + RESERVE
+    return connection_cap(max_connections) + IN_FLIGHT + RESERVE
 
 
 def largest(limit: int) -> int:
     """The most streams (``max_connections``) an open-file limit holds; 0 for none."""
-    fitting = (limit - ACCEPT_BATCH - RESERVE) * 8 // 9
+    fitting = (limit - IN_FLIGHT - RESERVE) * 8 // 9
     while fitting > 0 and needed(fitting) > limit:
         fitting -= 1
     return max(0, fitting)

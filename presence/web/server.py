@@ -32,6 +32,8 @@ ACCESS_LOG = logging.getLogger("presence")
 #: kernel drops SYNs and clients wait seconds to retry. The kernel caps it at
 #: net.core.somaxconn.
 LISTEN_BACKLOG = 4096
+#: Seconds an idle keep-alive connection is kept (aiohttp's run_app default).
+KEEPALIVE_TIMEOUT = 75.0
 #: Seconds a response may take to read the rest of a body it ignored.
 LINGERING_TIME = 1.0
 #: Seconds open streams and requests get to finish at shutdown.
@@ -73,6 +75,7 @@ async def _serve(
         "max_line_size": settings.max_line_size,
         "max_field_size": settings.max_field_size,
         "lingering_time": LINGERING_TIME,
+        "keepalive_timeout": KEEPALIVE_TIMEOUT,
     }
     runner = web.AppRunner(
         app, handle_signals=True, shutdown_timeout=SHUTDOWN_TIMEOUT, **handler_args

@@ -58,19 +58,22 @@ async def serve_stream(
     """Run ``stream`` on an SSE response until the client leaves, its token
     expires, or a fresh snapshot cannot be read (the client reconnects)."""
     client_id = connection.client
-    on_connection_lost(request, partial(presence.deliveries.gone, connection))
-    async with sse_response(
-        request, sep=SEPARATOR, ping_interval=presence.settings.keepalive_interval
-    ) as sse:
-        try:
-            async with asyncio.timeout_at(expiry):
-                await stream(sse)
-        except TimeoutError:
-            log.debug("the token of %s expired: closing its stream", client_id)
-        except ConnectionError:
-            pass  # the client left
-        except (RedisError, OSError) as exc:
-            log.debug("no fresh snapshot for %s: %s", client_id, exc)  # it reconnects
+    forget = on_connection_lost(request, partial(presence.deliveries.gone, connection))
+    try:
+        async with sse_response(
+            request, sep=SEPARATOR, ping_interval=presence.settings.keepalive_interval
+        ) as sse:
+            try:
+                async with asyncio.timeout_at(expiry):
+                    await stream(sse)
+            except TimeoutError:
+                log.debug("the token of %s expired: closing its stream", client_id)
+            except ConnectionError:
+                pass  # the client left
+            except (RedisError, OSError) as exc:
+                log.debug("no fresh snapshot for %s: %s", client_id, exc)  # it reconnects
+    finally:
+        forget()
     return sse
 
 

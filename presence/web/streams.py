@@ -40,8 +40,11 @@ async def client_events(request: web.Request) -> web.StreamResponse:
     if addresses[address] >= settings.max_connections_per_address:
         fail(web.HTTPTooManyRequests, "too many connections from this address")
     with addresses.held(address) as release:
-        on_connection_lost(request, release)
-        return await _events(request, presence, client_id, scope, expiry)
+        forget = on_connection_lost(request, release)
+        try:
+            return await _events(request, presence, client_id, scope, expiry)
+        finally:
+            forget()
 
 
 async def _events(
