@@ -98,8 +98,9 @@ async def test_a_client_that_stops_reading_a_response_is_dropped(
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
     sock.connect(("127.0.0.1", server.port))
-    # The static script, over and over, never read.
-    sock.sendall(b"GET /static/demo.js HTTP/1.1\r\nHost: x\r\n\r\n" * 200)
+    # The static script, over and over (more than the kernel buffers), never read.
+    sock.settimeout(10)
+    sock.sendall(b"GET /static/demo.js HTTP/1.1\r\nHost: x\r\n\r\n" * 1000)
     try:
         await poll(lambda: _dropped(session, server.url), timeout=15, what="the reader dropped")
     finally:

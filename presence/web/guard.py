@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import struct
+import termios
 from collections.abc import Callable
 from typing import Any
 
@@ -207,7 +210,17 @@ class Guard:
 class GuardedHandler(RequestHandler):
     """aiohttp's protocol, with the guard's caps and the request deadline."""
 
-    __slots__ = ("_address", "_body", "_deadline", "_guard", "_on_lost", "_refused")
+    __slots__ = (
+        "_address",
+        "_body",
+        "_conn",
+        "_deadline",
+        "_guard",
+        "_on_lost",
+        "_progress",
+        "_refused",
+        "_send_watch",
+    )
 
     def __init__(self, manager: web.Server, guard: Guard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -218,6 +231,11 @@ class GuardedHandler(RequestHandler):
         self._refused = False
         #: The body of the last request whose head arrived.
         self._body: StreamReader | None = None
+        #: The transport, also once aiohttp has let go of it (closing).
+        self._conn: asyncio.Transport | None = None
+        self._send_watch: asyncio.TimerHandle | None = None
+        #: What of the response in progress was acknowledged, and since when.
+        self._progress = (-1, 0.0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -233,6 +251,8 @@ class GuardedHandler(RequestHandler):
             transport.write(refusal)
             transport.abort()
             return
+        assert isinstance(transport, asyncio.Transport)
+        self._conn = transport
         super().connection_made(transport)
         self._start_deadline()
 
@@ -241,6 +261,9 @@ class GuardedHandler(RequestHandler):
             return  # nothing was started
         self._guard.release(self)
         self._cancel_deadline()
+        if self._send_watch is not None:
+            self._send_watch.cancel()
+            self._send_watch = None
         callbacks, self._on_lost = self._on_lost, None
         super().connection_lost(exc)
         for callback in callbacks or ():
@@ -262,9 +285,16 @@ class GuardedHandler(RequestHandler):
 
     def evict(self) -> None:
         """Close it now, whatever it has still to send."""
-        transport = self.transport
         self.force_close()
-        if transport is not None:
+        if self._conn is not None:
+            self._conn.abort()
+
+    def force_close(self) -> None:
+        # aiohttp's closes wait for what is still to send: for ever, with a
+        # client that does not read.
+        transport = self._conn
+        super().force_close()
+        if transport is not None and transport.get_write_buffer_size():
             transport.abort()
 
     def data_received(self, data: bytes) -> None:
@@ -284,30 +314,50 @@ class GuardedHandler(RequestHandler):
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
-        # A stream's own writes are watched by its subscriber; this watches the
+        # A stream's writes are watched by its subscriber; this watches the
         # rest: a client that stops reading its response would hold the
-        # connection, unevictable, for ever.
-        sending = asyncio.ensure_future(super().finish_response(request, resp, start_time))
-        sent = -1
+        # connection, unevictable, for ever. Dropped, the response's writes
+        # fail as for any client that left.
+        self._progress = (-1, self._loop.time())
+        self._watch(request)
         try:
-            while not (await asyncio.wait({sending}, timeout=self._guard.write_timeout))[0]:
-                progress = request.writer.output_size - self._buffered()
-                if progress <= sent:
-                    sending.cancel()
-                    self._guard.stalled_response()
-                    self.evict()
-                    return resp, True
-                sent = progress
-        except asyncio.CancelledError:
-            sending.cancel()
-            raise
-        done = sending.result()
+            done = await super().finish_response(request, resp, start_time)
+        finally:
+            if self._send_watch is not None:
+                self._send_watch.cancel()
+                self._send_watch = None
         if not self._messages:
             self._guard.waiting(self)
         return done
 
-    def _buffered(self) -> int:
-        return 0 if self.transport is None else self.transport.get_write_buffer_size()
+    def _watch(self, request: web.BaseRequest) -> None:
+        """Every half stall timeout: drop the connection once nothing of its
+        response was acknowledged for a whole one."""
+        sent, since = self._progress
+        now = self._loop.time()
+        acknowledged = request.writer.output_size - self._unacknowledged()
+        if acknowledged > sent:
+            self._progress = (acknowledged, now)
+        elif now - since >= self._guard.write_timeout:
+            self._guard.stalled_response()
+            self._send_watch = None
+            self.evict()
+            return
+        self._send_watch = self._loop.call_later(
+            self._guard.write_timeout / 2, self._watch, request
+        )
+
+    def _unacknowledged(self) -> int:
+        """Bytes written and not yet acknowledged by the client: in the
+        transport's buffer, and in the kernel's send queue."""
+        transport = self._conn
+        if transport is None:
+            return 0
+        left = transport.get_write_buffer_size()
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            fd = transport.get_extra_info("socket").fileno()
+            left += struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0" * 4))[0]
+        return left
 
     def handle_error(
         self,
@@ -336,8 +386,11 @@ class GuardedHandler(RequestHandler):
     def _late(self) -> None:
         self._deadline = None
         transport = self.transport
-        if transport is None or self._request_in_progress or self._messages:
-            return  # closed, or serving a request (a stream too)
+        if transport is None:
+            return
+        if self._request_in_progress or self._messages:
+            self._start_deadline()  # a request behind one being served: its turn comes
+            return
         if self._reading_body():
             return  # the body of one: its handler's deadline, or aiohttp's lingering
         self._guard.timed_out_request()
