@@ -58,7 +58,8 @@ async def demo_asset(request: web.Request) -> web.Response:
 
 
 def _static(name: str, content_type: str) -> web.Response:
-    return web.Response(body=(STATIC / name).read_bytes(), content_type=content_type)
+    body = (STATIC / name).read_bytes()
+    return web.Response(body=body, content_type=content_type, charset="utf-8")
 
 
 async def list_clients(request: web.Request) -> web.Response:
