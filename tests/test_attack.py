@@ -34,7 +34,7 @@ ATTACK = Path(__file__).with_name("attack.py")
 FAST = ("--heartbeat-interval", "0.5", "--leave-grace", "1")
 #: Seconds between two probes, and the longest one may take.
 PROBE_EVERY = 0.5
-PROBE_TIMEOUT = 3.0
+PROBE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)

@@ -81,12 +81,15 @@ async def test_body_bytes_after_the_response_are_no_request_to_time_out(
     await reader.readuntil(b"}")
     writer.write(b'{"ignored": true}\n')  # the body, late
     await writer.drain()
-    # Past the deadline, the connection still serves the next request.
+    # Nothing can be polled for here: the check is that no 408 comes, past
+    # the deadline. (aiohttp reads an unread body for 1 s after its response;
+    # a test stalled longer sees the connection closed, without a 408.)
     await asyncio.sleep(1)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     answer = await reader.read()
     writer.close()
-    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert b" 408 " not in answer, answer
+    assert not answer or answer.startswith(b"HTTP/1.1 200 "), answer
 
 
 async def test_a_client_that_stops_reading_a_response_is_dropped(
@@ -191,7 +194,8 @@ async def test_malformed_requests_are_client_errors_counted_and_logged_rarely(
 async def test_a_connection_past_the_per_address_cap_is_refused_at_once(
     spawn: Spawn, session: aiohttp.ClientSession
 ) -> None:
-    server = spawn("--max-connections-per-address", "3")
+    # A long request deadline: the held connections send nothing.
+    server = spawn("--max-connections-per-address", "3", "--request-timeout", "60")
     await server.wait_healthy()
     held = [
         await asyncio.open_connection("127.0.0.1", server.port, local_addr=("127.0.0.2", 0))
