@@ -9,7 +9,7 @@ from aiohttp import web
 
 from ..contract import MAX_DATA_BYTES
 from ..wire import member_data
-from .guard import count_timeout
+from .protocol import count_timeout
 from .requests import authorize, authorize_read, client_id_of, fail, presence_of, room_of
 
 #: The largest body read: data is compared in canonical form, so its JSON

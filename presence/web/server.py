@@ -20,9 +20,10 @@ from aiohttp import web
 
 from ..logs import PathOnlyAccessLogger
 from ..settings import Settings
-from .guard import Guard, GuardedHandler
+from .guard import Guard
 from .metrics import GuardCollector
 from .open_files import ACCEPT_BATCH, connection_cap
+from .protocol import GuardedHandler
 from .requests import METRICS
 
 ACCESS_LOG = logging.getLogger("presence")

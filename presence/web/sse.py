@@ -23,7 +23,7 @@ from ..updates.deliveries import WRITE_BYTES, Connection, Resync, Subscriber
 from ..updates.replay import Replay
 from ..updates.snapshot import Snapshot
 from ..wire import SEPARATOR, stream_position
-from .guard import on_connection_lost
+from .protocol import on_connection_lost
 from .requests import fail
 
 log = logging.getLogger(__name__)

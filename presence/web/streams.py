@@ -11,7 +11,7 @@ from aiohttp import web
 from ..presence import Presence
 from ..updates.scoped import Scope
 from .addresses import client_address
-from .guard import on_connection_lost
+from .protocol import on_connection_lost
 from .requests import ADDRESSES, authorize, client_id_of, fail, presence_of
 from .scope_query import scope_of
 from .scoped_sse import scoped_events
