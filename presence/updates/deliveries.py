@@ -322,12 +322,13 @@ class DeliveryLog:
         """Stop counting ``subscriber``'s connection (once): the moment it is
         seen closed, not when its handler ends, so that its client's
         reconnect is not refused for a connection that is gone."""
-        if not subscriber.counted or subscriber.client is None:
+        client = subscriber.client
+        if not subscriber.counted or client is None:  # counted: it has a client
             return
         subscriber.counted = False
         self.connections -= 1
-        if (count := self._per_client.pop(subscriber.client) - 1) > 0:
-            self._per_client[subscriber.client] = count
+        if (count := self._per_client.pop(client) - 1) > 0:
+            self._per_client[client] = count
 
     def connections_of(self, client: str) -> int:
         """Open connections of ``client`` here, counted from the moment they subscribe."""

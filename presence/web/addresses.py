@@ -45,7 +45,7 @@ def client_address(request: web.BaseRequest, networks: Sequence[IPNetwork]) -> s
 
 
 class AddressCounts:
-    """Open streams per client address."""
+    """Open connections (or streams) per client address."""
 
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
@@ -53,19 +53,25 @@ class AddressCounts:
     def __getitem__(self, address: str) -> int:
         return self._counts.get(address, 0)
 
+    def add(self, address: str) -> None:
+        self._counts[address] = self._counts.get(address, 0) + 1
+
+    def remove(self, address: str) -> None:
+        if (left := self._counts.pop(address) - 1) > 0:
+            self._counts[address] = left
+
     @contextmanager
     def held(self, address: str) -> Iterator[Callable[[], None]]:
-        """Count a stream of ``address`` while the block runs; yields a function
+        """Count one of ``address`` while the block runs; yields a function
         that counts it out early (its connection closed), once."""
-        self._counts[address] = self._counts.get(address, 0) + 1
+        self.add(address)
         counted = True
 
         def release() -> None:
             nonlocal counted
             if counted:
                 counted = False
-                if (left := self._counts.pop(address) - 1) > 0:
-                    self._counts[address] = left
+                self.remove(address)
 
         try:
             yield release

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..logs import Throttle
 from ..settings import Settings
-from .addresses import is_trusted
+from .addresses import AddressCounts, is_trusted
 
 if TYPE_CHECKING:
     from .protocol import GuardedHandler
@@ -79,7 +79,7 @@ class Guard:
         self._trusted = settings.networks
         # Each open connection, with the address it counts against (None: uncounted).
         self._open: dict[GuardedHandler, str | None] = {}
-        self._per_address: dict[str, int] = {}
+        self._per_address = AddressCounts()
         # Connections waiting for a request, oldest first: the ones to close at the cap.
         self._waiting: dict[GuardedHandler, None] = {}
         self.refused_full = 0
@@ -102,7 +102,7 @@ class Guard:
         counted = None
         if self.per_address and not is_trusted(address, self._trusted):
             counted = address
-            if self._per_address.get(address, 0) >= self.per_address:
+            if self._per_address[address] >= self.per_address:
                 self.refused_address += 1
                 self._log(
                     "address",
@@ -131,7 +131,7 @@ class Guard:
         self._open[handler] = counted
         self._waiting[handler] = None
         if counted is not None:
-            self._per_address[counted] = self._per_address.get(counted, 0) + 1
+            self._per_address.add(counted)
         return None
 
     def _log(self, kind: str, message: str, *args: object, level: int = logging.WARNING) -> None:
@@ -145,8 +145,8 @@ class Guard:
             return
         counted = self._open.pop(handler)
         self._waiting.pop(handler, None)
-        if counted is not None and (left := self._per_address.pop(counted) - 1) > 0:
-            self._per_address[counted] = left
+        if counted is not None:
+            self._per_address.remove(counted)
 
     def serving(self, handler: GuardedHandler) -> None:
         """A request arrived whole: the connection is no longer one to close."""
