@@ -12,10 +12,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from .errors import RedisMisconfigured, RedisUnavailable
+from .sentinel_url import is_sentinel_url, parse_sentinel_url
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,16 +36,42 @@ def open_redis(settings: Settings) -> Redis:
         import fakeredis
 
         return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-    return aioredis.from_url(
-        settings.redis_url,
-        socket_timeout=SOCKET_TIMEOUT,
-        socket_connect_timeout=SOCKET_TIMEOUT,
-        health_check_interval=30,
+    options: dict[str, Any] = {
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": SOCKET_TIMEOUT,
+        "health_check_interval": 30,
         # One immediate retry replaces a pooled connection that died (Redis
         # restarted); anything longer is the workers' own backoff, which logs
         # and reports it, instead of commands hanging in redis-py's retries.
-        retry=Retry(NoBackoff(), 1),
+        "retry": Retry(NoBackoff(), 1),
+    }
+    if is_sentinel_url(settings.redis_url):
+        return _primary(settings.redis_url, options)
+    return aioredis.from_url(settings.redis_url, **options)
+
+
+def _primary(url: str, options: dict[str, Any]) -> Redis:
+    """A client of the primary the sentinels name: each new connection asks
+    them where it is, so a failover moves every connection that reconnects."""
+    target = parse_sentinel_url(url)
+    sentinels = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.sentinels),
+        sentinel_kwargs={
+            "socket_timeout": SOCKET_TIMEOUT,
+            "socket_connect_timeout": SOCKET_TIMEOUT,
+            "password": target.sentinel_password,
+        },
     )
+    primary: Redis = sentinels.master_for(
+        target.service,
+        connection_pool_class=_PrimaryPool,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        ssl=target.tls,
+        **options,
+    )
+    return primary
 
 
 async def wait_for_redis(redis: Redis, settings: Settings) -> None:
@@ -89,6 +117,13 @@ async def check_version(redis: Redis, settings: Settings) -> None:
     found = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
     if found < MIN_VERSION:
         raise RedisMisconfigured(f"presence needs Redis 6.2 or newer; this server runs {version}")
+
+
+class _PrimaryPool(SentinelConnectionPool):
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        if inuse_connections:  # closed: the sentinels' connections too
+            await self.sentinel_manager.aclose()
 
 
 _STREAM_READS = ("XRANGE", "XREVRANGE", "XREAD", "XREADGROUP")

@@ -17,6 +17,7 @@ from redis.connection import parse_url
 
 from .contract import ID_RULE, Keys, is_valid_id
 from .errors import ConfigError
+from .sentinel_url import is_sentinel_url, parse_sentinel_url
 
 IPNetwork = IPv4Network | IPv6Network
 ENV_PREFIX = "PRESENCE_"
@@ -37,6 +38,7 @@ _BOOLS = {
 #: Fields never shown in full: in logs, errors or ``repr``.
 _SECRETS = ("auth_secret",)
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+_SENTINEL_SECRET = re.compile(r"(sentinel_password=)[^&]*")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -55,7 +57,8 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 8080
-    #: ``redis://``, ``rediss://``, ``unix://`` or ``memory://`` (in-process Redis).
+    #: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``,
+    #: ``rediss+sentinel://`` or ``memory://`` (in-process Redis).
     redis_url: str = MEMORY_URL
     #: Defaults to ``<host name>:<port>``.
     server_id: str = ""
@@ -300,6 +303,9 @@ def mask_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return url
+    if "sentinel_password=" in parts.query:
+        parts = parts._replace(query=_SENTINEL_SECRET.sub(r"\1***", parts.query))
+        url = urlunsplit(parts)
     if parts.password is None:
         return url
     user = parts.username or ""
@@ -324,6 +330,9 @@ def _check(ok: bool, message: str) -> None:
 
 
 def _check_redis_url(url: str) -> None:
+    if is_sentinel_url(url):
+        parse_sentinel_url(url)
+        return
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
@@ -331,8 +340,8 @@ def _check_redis_url(url: str) -> None:
         raise ConfigError(f"redis url is not a valid URL: {mask_url(url)!r}") from None
     if parts.scheme not in _SCHEMES:
         raise ConfigError(
-            f"redis url must start with redis://, rediss://, unix:// or memory://, "
-            f"got {mask_url(url)!r}"
+            "redis url must start with redis://, rediss://, unix://, redis+sentinel://, "
+            f"rediss+sentinel:// or memory://, got {mask_url(url)!r}"
         )
     if parts.scheme == "unix" and not parts.path:
         raise ConfigError("a unix:// redis url needs a socket path, e.g. unix:///run/redis.sock")

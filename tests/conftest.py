@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestServer
 from presence import Presence, Settings
 
 from .support import Redis, RedisServer, Serve, ServerProcess, StartPresence, StartRedis
+from .topology import Sentinels
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +38,17 @@ def start_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartRedis
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sentinels]:
+    """A primary, a replica and three sentinels, stopped after the test."""
+    topology = Sentinels(tmp_path_factory.mktemp("sentinel"))
+    try:
+        topology.start()
+        yield topology
+    finally:
+        topology.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,130 @@
+"""Presence on a Sentinel-managed Redis: a primary, a replica, three sentinels.
+
+The primary is SIGKILLed under connected clients; the sentinels promote the
+replica, and the servers follow it through ``redis+sentinel://``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import subprocess
+import sys
+from collections.abc import Callable
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from .support import Follower, Redis, ServerProcess, follow, poll
+from .test_faults import events_of, health, listed, settled
+from .topology import Sentinels
+
+Spawn = Callable[..., ServerProcess]
+INTERVAL = 1.0
+# Two intervals, as promised, and a second for scheduling on a busy machine.
+CONVERGE = 2 * INTERVAL + 1.0
+
+
+async def start_server(spawn: Spawn, url: str, server_id: str) -> ServerProcess:
+    server = spawn(
+        "--redis-url", url,
+        "--server-id", server_id,
+        "--heartbeat-interval", str(INTERVAL),
+        "--keepalive-interval", "0.25",
+    )  # fmt: skip
+    await server.wait_healthy()
+    return server
+
+
+def contradictions(follower: Follower) -> list[str]:
+    """Events that contradict what the follower was told before them: an
+    ONLINE of a client it has online, an OFFLINE of one it has not. Only a
+    snapshot (a reset) may change its view otherwise."""
+    online: set[str] = set()
+    wrong = []
+    for event in follower.events:
+        if event.event == "snapshot":
+            online = {c["client"] for c in event.data["clients"]}
+            continue
+        client, status = event.data["client"], event.data["status"]
+        if (status == "ONLINE") == (client in online):
+            wrong.append(f"{status} {client} (id {event.id})")
+        online.symmetric_difference_update({client})
+    return wrong
+
+
+async def test_servers_follow_a_sentinel_failover_and_converge(
+    spawn: Spawn, sentinels: Sentinels, session: aiohttp.ClientSession
+) -> None:
+    one = await start_server(spawn, sentinels.url, "node-1")
+    two = await start_server(spawn, sentinels.url, "node-2")
+    alice = await follow(session, events_of(one, "alice"))
+    bob = await follow(session, events_of(two, "bob"))
+    carol = await follow(session, events_of(one, "carol"))
+    everyone = {"alice", "bob", "carol"}
+    await settled((one, two), lambda s: listed(session, s), everyone, timeout=10, what="online")
+    await poll(lambda: _views({alice: everyone - {"alice"}, bob: everyone - {"bob"}}))
+
+    seen: list[int] = []
+
+    async def sample() -> None:
+        while True:
+            seen.extend([await health(session, s) for s in (one, two)])
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        await asyncio.to_thread(sentinels.kill_primary)
+        await settled(
+            (one, two), lambda s: listed(session, s), everyone, timeout=CONVERGE, what="converged"
+        )
+        await settled((one, two), lambda s: health(session, s), 200, timeout=CONVERGE, what="200")
+    finally:
+        sampler.cancel()
+    assert 503 in seen, "healthz reported no outage while the primary was down"
+
+    # Life goes on on the new primary: a leave and a join reach everyone.
+    carol.close()
+    dave = await follow(session, events_of(two, "dave"))
+    now = {"alice", "bob", "dave"}
+    await settled((one, two), lambda s: listed(session, s), now, timeout=CONVERGE, what="churn")
+    await poll(lambda: _views({alice: now - {"alice"}, bob: now - {"bob"}, dave: now - {"dave"}}))
+    for follower in (alice, bob, dave):
+        assert not follower.ended
+        assert contradictions(follower) == [], follower.events
+    redis: Redis = aioredis.from_url(f"redis://127.0.0.1:{sentinels.primary_port()}/0")
+    async with redis:
+        entries = await redis.xrange("presence")
+        for client in now:
+            statuses = [f[b"status"] for _, f in entries if f[b"client"] == client.encode()]
+            # Per client, the stream alternates; a lost write may only drop a tail.
+            assert all(a != b for a, b in itertools.pairwise(statuses)), (client, statuses)
+    for follower in (alice, bob, dave):
+        follower.close()
+    for server in (one, two):
+        assert server.process is not None
+        assert server.process.poll() is None
+        assert "Traceback" not in server.output(), server.output()
+
+
+async def _views(expected: dict[Follower, set[str]]) -> bool:
+    return all(f.view() == v for f, v in expected.items())
+
+
+async def test_status_reads_presence_through_the_sentinels(
+    spawn: Spawn, sentinels: Sentinels, session: aiohttp.ClientSession
+) -> None:
+    server = await start_server(spawn, sentinels.url, "node-1")
+    alice = await follow(session, events_of(server, "alice"))
+    await settled((server,), lambda s: listed(session, s), {"alice"}, timeout=10, what="alice")
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "presence", "status", "--redis-url", sentinels.url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    alice.close()
+    assert done.returncode == 0, done.stderr
+    assert "alice" in done.stdout, done.stdout
+    assert "node-1" in done.stdout, done.stdout
