@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 from presence import Presence, Settings
 
 from .support import Redis, RedisServer, Serve, ServerProcess, StartPresence, StartRedis
-from .topology import Sentinels
+from .topology import Cluster, Sentinels
 
 
 @pytest.fixture(scope="session")
@@ -130,3 +130,15 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield spawn
     for process in processes:
         process.kill()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A Redis Cluster of 3 primaries and 3 replicas, shared by the session's
+    tests that leave its topology as they found it."""
+    topology = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        topology.start()
+        yield topology
+    finally:
+        topology.stop()

@@ -7,6 +7,8 @@ The same binary as ``RedisServer`` runs every part (``redis-server
 
 from __future__ import annotations
 
+import random
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -124,3 +126,107 @@ class Sentinels:
             process.wait()
         for server in self.servers:
             server.stop()
+
+
+#: How long a cluster node may be silent before the others fail it over.
+NODE_TIMEOUT_MS = 1000
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (10,000 above it) is free and valid too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            port = random.randrange(20000, 55535)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+
+
+class Cluster:
+    """A Redis Cluster of three primaries with a replica each, slots split in
+    three contiguous ranges as ``redis-cli --cluster create`` does."""
+
+    def __init__(self, tmp: Path, primaries: int = 3) -> None:
+        self.nodes: list[RedisServer] = []
+        for i in range(2 * primaries):
+            folder = tmp / f"node-{i}"
+            folder.mkdir(parents=True, exist_ok=True)
+            node = RedisServer(
+                    folder,
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(folder / "nodes.conf"),
+                    "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                    "--repl-diskless-sync-delay", "0",
+                )  # fmt: skip
+            node.port = cluster_port()
+            node.url = f"redis://127.0.0.1:{node.port}/0"
+            self.nodes.append(node)
+        self._primaries = primaries
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        first = self.nodes[0]
+        for node in self.nodes[1:]:
+            with client(node.port) as r:
+                r.execute_command("CLUSTER", "MEET", "127.0.0.1", first.port)
+        primaries = self.nodes[: self._primaries]
+        low = 0
+        for i, node in enumerate(primaries, start=1):
+            high = round(i * 16384 / self._primaries - 1)  # as redis-cli splits them
+            with client(node.port) as r:
+                # ADDSLOTS, not ADDSLOTSRANGE: Redis 6.2 runs these nodes too.
+                r.execute_command("CLUSTER", "ADDSLOTS", *range(low, high + 1))
+            low = high + 1
+        ids = [self.node_id(n) for n in primaries]
+        for node, primary in zip(self.nodes[self._primaries :], ids, strict=True):
+            with client(node.port) as r:
+                wait_for(partial(self._knows, r, primary), "the replica to meet its primary")
+                r.execute_command("CLUSTER", "REPLICATE", primary)
+        for node in self.nodes:
+            wait_for(partial(self._ok, node.port), "the cluster to come up")
+
+    def node_id(self, node: RedisServer) -> str:
+        with client(node.port) as r:
+            return str(r.execute_command("CLUSTER", "MYID"))
+
+    @staticmethod
+    def _knows(r: redis.Redis, node_id: str) -> bool:
+        return any(n["node_id"] == node_id for n in r.cluster("nodes").values())
+
+    def _ok(self, port: int) -> bool:
+        with client(port) as r:
+            state = r.cluster("info")["cluster_state"]
+            nodes = r.cluster("nodes")
+        flags = [str(n["flags"]) for n in nodes.values()]
+        return (
+            state == "ok"
+            and len(nodes) == len(self.nodes)
+            and sum("slave" in f for f in flags) == self._primaries
+            and not any("handshake" in f or "fail" in f for f in flags)
+        )
+
+    def primaries(self) -> list[RedisServer]:
+        """The nodes that serve slots now."""
+        serving = []
+        for node in self.nodes:
+            try:
+                with client(node.port) as r:
+                    if r.info("replication")["role"] == "master":
+                        serving.append(node)
+            except RedisError:
+                continue
+        return serving
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

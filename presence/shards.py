@@ -1,0 +1,47 @@
+"""Shards: how clients and rooms spread over a Redis Cluster.
+
+A client or a room belongs to shard ``crc32(id as UTF-8) % shards``; every
+key of a shard carries that shard's hash tag, so it lies on one slot. The
+tag of shard ``i`` is the first ``s<i>.<k>`` (k = 0, 1, ...) whose slot lies
+in the middle half of the ``i``-th of ``shards`` equal parts of the 16,384
+slots. ``redis-cli --cluster create`` gives each primary one contiguous
+range, so the shards spread over the primaries as evenly as their number
+allows; short tags such as ``{0}`` ... ``{N-1}`` land wherever CRC16 puts them.
+"""
+
+from __future__ import annotations
+
+import zlib
+from functools import cache
+
+from redis.crc import key_slot
+
+SLOTS = 16384
+#: Shards in cluster mode unless told: 12 divide evenly over 1, 2, 3, 4 or 6
+#: primaries, and leave room to grow a cluster to 12.
+DEFAULT_SHARDS = 12
+MAX_SHARDS = 256
+
+
+def shard_of(id: str, shards: int) -> int:
+    """The shard of a client or room id: CRC32 of its UTF-8 bytes, modulo ``shards``."""
+    return zlib.crc32(id.encode()) % shards
+
+
+@cache
+def shard_tags(shards: int) -> tuple[str, ...]:
+    """The hash tag of each shard (without braces), shard 0 first."""
+    return tuple(_tag(i, shards) for i in range(shards))
+
+
+def _tag(index: int, shards: int) -> str:
+    part = SLOTS / shards
+    low, high = index * part + part / 4, index * part + 3 * part / 4
+    k = 0
+    while not low <= key_slot(f"s{index}.{k}".encode()) < high:
+        k += 1
+    return f"s{index}.{k}"
+
+
+def slot_of_tag(tag: str) -> int:
+    return key_slot(tag.encode())
