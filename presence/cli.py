@@ -39,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     opt = serve.add_argument
     opt("--host", help="interface to listen on (default 127.0.0.1)")
     opt("--port", type=int, help="port to listen on (default 8080)")
-    opt("--redis-url", help="redis://, rediss://, unix:// or memory:// (default: in-process)")
+    opt(
+        "--redis-url",
+        help="redis://, rediss://, unix://, redis+sentinel:// or memory:// (default: in-process)",
+    )
     opt("--server-id", help="id of this server in Redis (default <host name>:<port>)")
     opt("--heartbeat-interval", type=float, metavar="SECONDS", help="default 5")
     opt("--ttl-factor", type=float, help="key TTL = factor x interval (default 1.5)")
@@ -178,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _redis_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--redis-url", help="redis://, rediss:// or unix:// (or PRESENCE_REDIS_URL)"
+        "--redis-url",
+        help="redis://, rediss://, unix:// or redis+sentinel:// (or PRESENCE_REDIS_URL)",
     )
     parser.add_argument("--namespace", help="prefix of every Redis key (default none)")
 
