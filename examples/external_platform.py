@@ -11,7 +11,8 @@ the ``presence`` stream (fields ``client``, ``status`` and ``server``). With
 room, with the ``room`` field and, once, ``data``), and it prints the
 transitions of each room's stream, ``room.{<room>}.presence``. It does not
 import presence: plain redis-py and the documented contract. A presence
-server must run against the same Redis to apply the heartbeats.
+server must run against the same Redis to apply the heartbeats. A
+``redis+sentinel://`` URL reaches the primary through its sentinels.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import signal
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
 
 
 async def heartbeat(redis: aioredis.Redis, args: argparse.Namespace) -> None:
@@ -75,8 +78,28 @@ async def follow(redis: aioredis.Redis, positions: dict[str, str]) -> None:
                 )
 
 
+def connect(url: str) -> aioredis.Redis:
+    """A client for ``url``; ``redis+sentinel://host:port[,host:port...]/service[/db]``
+    reaches the primary the sentinels name, through redis-py's Sentinel."""
+    scheme, _, rest = url.partition("://")
+    if not scheme.endswith("+sentinel"):
+        return aioredis.from_url(url, decode_responses=True)
+    parts = urlsplit(f"x://{rest}")
+    hosts = [h.rpartition(":") for h in parts.netloc.rpartition("@")[2].split(",")]
+    service, _, db = parts.path.strip("/").partition("/")
+    sentinel = Sentinel([(host, int(port)) for host, _, port in hosts])
+    return sentinel.master_for(
+        service,
+        db=int(db or 0),
+        username=parts.username,
+        password=parts.password,
+        ssl=scheme.startswith("rediss"),
+        decode_responses=True,
+    )
+
+
 async def main(args: argparse.Namespace) -> None:
-    redis = aioredis.from_url(args.redis_url, decode_responses=True)
+    redis = connect(args.redis_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from .support import Redis, RedisServer, ServerProcess, free_port, open_events, poll
+from .topology import Sentinels
 
 EMBED_APP = Path(__file__).resolve().parent.parent / "examples" / "embed_app.py"
 
@@ -128,7 +129,7 @@ async def test_the_external_platform_keeps_its_users_online_and_sees_everyone(
     server = spawn("--redis-url", redis_server.url, "--server-id", "node-1")
     await server.wait_healthy()
     out = tmp_path / "platform.out"
-    async with _platform(out, redis_server):
+    async with _platform(out, redis_server.url):
         await poll(lambda: _contains(out, "following presence"), timeout=10, what="platform up")
         await poll(lambda: _server_of(redis, "carol"), timeout=10, what="carol ONLINE")
         alice = await open_events(session, f"{server.url}/clients/alice/events")
@@ -147,7 +148,7 @@ async def test_the_external_platform_puts_its_users_in_rooms_through_redis_alone
     server = spawn("--redis-url", redis_server.url, "--server-id", "node-1")
     await server.wait_healthy()
     out = tmp_path / "platform.out"
-    async with _platform(out, redis_server, "--room", "lobby", "--data", '{"status": "here"}'):
+    async with _platform(out, redis_server.url, "--room", "lobby", "--data", '{"status": "here"}'):
         await poll(lambda: _contains(out, "following lobby"), timeout=10, what="platform up")
         await poll(lambda: _contains(out, "carol is ONLINE in lobby"), what="carol in lobby")
         alice = await open_events(session, f"{server.url}/clients/alice/events?room=lobby")
@@ -161,14 +162,32 @@ async def test_the_external_platform_puts_its_users_in_rooms_through_redis_alone
         alice.close()
 
 
+async def test_the_external_platform_reaches_presence_through_the_sentinels(
+    spawn: Callable[..., ServerProcess],
+    sentinels: Sentinels,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    server = spawn("--redis-url", sentinels.url, "--server-id", "node-1")
+    await server.wait_healthy()
+    out = tmp_path / "platform.out"
+    async with _platform(out, sentinels.url, "--room", "lobby"):
+        await poll(lambda: _contains(out, "carol is ONLINE in lobby"), timeout=10, what="carol")
+        alice = await open_events(session, f"{server.url}/clients/alice/events?room=lobby")
+        snapshot = await alice.next()
+        assert snapshot.data == {"rooms": {"lobby": [{"client": "carol", "server": "platform-x"}]}}
+        await poll(lambda: _contains(out, "alice is ONLINE in lobby (on node-1)"), what="alice")
+        alice.close()
+
+
 @asynccontextmanager
-async def _platform(out: Path, redis_server: RedisServer, *extra: str) -> AsyncIterator[None]:
+async def _platform(out: Path, redis_url: str, *extra: str) -> AsyncIterator[None]:
     """examples/external_platform.py for user carol, its output in ``out``;
     stopped with SIGTERM, which it must answer with exit code 0."""
     with out.open("w") as sink:
         platform = await asyncio.create_subprocess_exec(
             sys.executable, str(EXAMPLES / "external_platform.py"),
-            "--redis-url", redis_server.url, "--user", "carol", "--interval", "1", *extra,
+            "--redis-url", redis_url, "--user", "carol", "--interval", "1", *extra,
             stdout=sink,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
