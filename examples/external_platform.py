@@ -87,8 +87,8 @@ def connect(url: str) -> aioredis.Redis:
     parts = urlsplit(f"x://{rest}")
     hosts = [h.rpartition(":") for h in parts.netloc.rpartition("@")[2].split(",")]
     service, _, db = parts.path.strip("/").partition("/")
-    sentinel = Sentinel([(host, int(port)) for host, _, port in hosts])
-    return sentinel.master_for(
+    sentinel = Sentinel([(host, int(port)) for host, _, port in hosts])  # type: ignore[no-untyped-call]
+    primary: aioredis.Redis = sentinel.master_for(
         service,
         db=int(db or 0),
         username=parts.username,
@@ -96,6 +96,7 @@ def connect(url: str) -> aioredis.Redis:
         ssl=scheme.startswith("rediss"),
         decode_responses=True,
     )
+    return primary
 
 
 async def main(args: argparse.Namespace) -> None:
