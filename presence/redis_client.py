@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -30,13 +30,9 @@ BLOCK_MS = 250
 Redis = aioredis.Redis
 
 
-def open_redis(settings: Settings) -> Redis:
-    """A client for ``settings.redis_url``; nothing is sent until first use."""
-    if settings.in_memory:
-        import fakeredis
-
-        return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-    options: dict[str, Any] = {
+def options() -> dict[str, Any]:
+    """How every connection to a real Redis is made."""
+    return {
         "socket_timeout": SOCKET_TIMEOUT,
         "socket_connect_timeout": SOCKET_TIMEOUT,
         "health_check_interval": 30,
@@ -45,9 +41,17 @@ def open_redis(settings: Settings) -> Redis:
         # and reports it, instead of commands hanging in redis-py's retries.
         "retry": Retry(NoBackoff(), 1),
     }
+
+
+def open_redis(settings: Settings) -> Redis:
+    """A client for ``settings.redis_url``; nothing is sent until first use."""
+    if settings.in_memory:
+        import fakeredis
+
+        return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
     if is_sentinel_url(settings.redis_url):
-        return _primary(settings.redis_url, options)
-    return aioredis.from_url(settings.redis_url, **options)
+        return _primary(settings.redis_url, options())
+    return aioredis.from_url(settings.redis_url, **options())
 
 
 def _primary(url: str, options: dict[str, Any]) -> Redis:
@@ -135,6 +139,9 @@ def unparsed_streams(redis: Redis) -> Redis:
     redis-py turns the fields of every entry into a dict; on the paths a
     burst goes through, that costs more than everything done with them.
     """
+    cluster = getattr(redis, "unparsed", None)
+    if cluster is not None:
+        return cast(Redis, cluster)
     # A client given a pool shares its connections and retry policy, and
     # leaves closing them to the pool's owner.
     raw = aioredis.Redis(connection_pool=redis.connection_pool)
@@ -148,4 +155,6 @@ def _as_sent(response: Any, **_options: Any) -> Any:
 
 
 def database(redis: Redis) -> int:
+    if not hasattr(redis, "connection_pool"):
+        return 0  # a cluster has database 0 alone
     return int(redis.connection_pool.connection_kwargs.get("db", 0) or 0)

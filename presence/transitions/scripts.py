@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
@@ -11,6 +11,7 @@ from redis.exceptions import NoScriptError
 from ..contract import CONSUMER_GROUP
 from ..events import OnlineClient
 from ..redis_client import Redis
+from ..redis_cluster import Calls, is_cluster
 from ..settings import Settings
 from ..wire import text
 from .lua import CAME_ONLINE, FAILED, KEPT, LEFT, REFRESHED, STALE
@@ -121,14 +122,15 @@ class Transitions:
         self._queue(pipe, FORGET, CONSUMER_GROUP, consumer, idle_ms)
 
     async def execute(self, fill: Callable[[Pipeline], None]) -> list[Any]:
-        """Run the calls ``fill`` queues, in one round trip.
+        """Run the calls ``fill`` queues, in one round trip (on a cluster, one
+        per call, all at once).
 
         A call's error is its result, so one bad key cannot fail a batch.
         """
         results: list[Any] = []
         for _ in range(2):
-            pipe = self._redis.pipeline(transaction=False)
-            fill(pipe)
+            pipe = Calls(r) if is_cluster(r := self._redis) else r.pipeline(transaction=False)
+            fill(cast(Pipeline, pipe))
             results = await pipe.execute(raise_on_error=False)
             if not any(isinstance(r, NoScriptError) for r in results):
                 return results

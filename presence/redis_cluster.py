@@ -1,0 +1,89 @@
+"""Redis Cluster: found at start, then one client that follows the cluster.
+
+redis-py's ``RedisCluster`` discovers the nodes from any one of them and
+follows ``MOVED``, ``ASK``, ``TRYAGAIN`` and failovers by itself. Presence
+keeps every script call on one slot (see ``shards``), and sends what a
+standalone Redis gets as one pipeline as separate commands at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .redis_client import Redis, options
+from .sentinel_url import is_sentinel_url
+from .settings import Settings
+
+_STREAM_READS = ("XRANGE", "XREVRANGE", "XREAD", "XREADGROUP")
+
+
+class PresenceCluster(RedisCluster):
+    """A cluster client, and a second one whose stream reads are left as
+    Redis sends them (see ``unparsed_streams``); closed together."""
+
+    unparsed: RedisCluster | None = None
+
+    async def aclose(self) -> None:
+        if self.unparsed is not None:
+            await self.unparsed.aclose()
+        await super().aclose()
+
+
+async def cluster_of(redis: Redis, settings: Settings) -> Redis | None:
+    """A cluster client when ``redis`` (answering already) is a cluster node, else None."""
+    if settings.in_memory or is_sentinel_url(settings.redis_url):
+        return None
+    info = await redis.info("cluster")
+    if not int(info.get("cluster_enabled", 0)):
+        return None
+    kwargs = options()
+    del kwargs["retry"]  # a cluster client retries MOVED and failovers its own way
+    cluster = cast(PresenceCluster, PresenceCluster.from_url(settings.redis_url, **kwargs))
+    raw = RedisCluster.from_url(settings.redis_url, **kwargs)
+    for command in _STREAM_READS:
+        raw.set_response_callback(command, lambda response, **_: response)
+    cluster.unparsed = raw
+    await cluster.initialize()
+    await raw.initialize()
+    # Typed as the standalone client: the commands presence sends are the same.
+    return cast(Redis, cluster)
+
+
+def is_cluster(redis: object) -> bool:
+    return isinstance(redis, RedisCluster)
+
+
+class Calls:
+    """A pipeline's calls, sent to a cluster as separate commands at once:
+    each goes to the node of its keys, and redis-py refuses scripts in a
+    cluster pipeline. As with ``execute(raise_on_error=False)``, a command's
+    error is its result, but a lost connection is raised."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._calls: list[tuple[Any, ...]] = []
+
+    def evalsha(self, *args: Any) -> None:
+        self._calls.append(("EVALSHA", *args))
+
+    def execute_command(self, *args: Any) -> None:
+        self._calls.append(args)
+
+    def xack(self, stream: str, group: str, *ids: Any) -> None:
+        self._calls.append(("XACK", stream, group, *ids))
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        replies = await asyncio.gather(
+            *(self._redis.execute_command(*c) for c in self._calls),  # type: ignore[no-untyped-call]
+            return_exceptions=True,
+        )
+        lost = (RedisConnectionError, RedisTimeoutError, OSError)
+        for reply in replies:
+            if isinstance(reply, lost) or (raise_on_error and isinstance(reply, BaseException)):
+                raise reply
+        return replies

@@ -1,0 +1,114 @@
+"""The scripts on a real Redis Cluster: each shard's keys on one slot, every
+call routed to the node that serves it, and the script cache refilled on
+every primary after ``NOSCRIPT``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from functools import partial
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from presence import Settings
+from presence.redis_cluster import cluster_of
+from presence.shards import shard_of, shard_tags
+from presence.transitions.lua import CAME_ONLINE, LEFT, REFRESHED
+from presence.transitions.scripts import Transitions
+
+from .support import Redis
+from .topology import Cluster, client
+
+SHARDS = 12
+
+
+@pytest.fixture
+async def cluster_redis(cluster: Cluster) -> AsyncIterator[Redis]:
+    settings = Settings(redis_url=cluster.url)
+    probe = aioredis.from_url(cluster.url)
+    found = await cluster_of(probe, settings)
+    await probe.aclose()
+    assert found is not None
+    yield found
+    await found.flushall()
+    await found.aclose()
+
+
+def shard_settings(cluster: Cluster, client_id: str) -> Settings:
+    tag = shard_tags(SHARDS)[shard_of(client_id, SHARDS)]
+    return Settings(redis_url=cluster.url, namespace=f"{{{tag}}}.", server_id="node-1")
+
+
+async def test_a_standalone_url_of_a_cluster_node_is_found_to_be_a_cluster(
+    cluster: Cluster,
+) -> None:
+    async with aioredis.from_url(cluster.url) as probe:
+        found = await cluster_of(probe, Settings(redis_url=cluster.url))
+    assert isinstance(found, RedisCluster)
+    assert len(found.get_primaries()) == 3
+    await found.aclose()
+
+
+async def test_each_clients_calls_run_on_its_shards_node(
+    cluster: Cluster, cluster_redis: Redis
+) -> None:
+    clients = [f"user-{i}" for i in range(24)]
+    scripts = {c: Transitions(cluster_redis, shard_settings(cluster, c)) for c in clients}
+    await next(iter(scripts.values())).load()  # SCRIPT LOAD goes to every primary
+
+    for c, t in scripts.items():
+        line = f"{c} node-1 0".encode()
+        [[code]] = await t.execute(partial(t.heartbeats, lines=[line]))
+        assert code == CAME_ONLINE
+    # Each client's key, stream entry and index sit on the node of its shard's slot.
+    for c in scripts:
+        keys = shard_settings(cluster, c).keys
+        node = cluster_redis.get_node_from_key(keys.presence)
+        with client(node.port) as direct:
+            assert direct.get(keys.online(c)) == "node-1"
+            assert direct.zscore(keys.deadlines, c) is not None
+            assert direct.xlen(keys.presence) >= 1
+    spread = {
+        cluster_redis.get_node_from_key(shard_settings(cluster, c).keys.presence).port
+        for c in clients
+    }
+    assert len(spread) == 3
+
+
+async def test_calls_of_several_shards_in_one_batch_each_reach_their_node(
+    cluster: Cluster, cluster_redis: Redis
+) -> None:
+    clients = [f"batch-{i}" for i in range(12)]
+    first = Transitions(cluster_redis, shard_settings(cluster, clients[0]))
+    await first.load()
+    every = [Transitions(cluster_redis, shard_settings(cluster, c)) for c in clients]
+
+    def fill(pipe: object) -> None:
+        for c, t in zip(clients, every, strict=True):
+            t.heartbeats(pipe, [f"{c} node-1 0".encode()])  # type: ignore[arg-type]
+
+    replies = await first.execute(fill)
+    assert [r[0] for r in replies] == [CAME_ONLINE] * 12
+    replies = await first.execute(fill)
+    assert [r[0] for r in replies] == [REFRESHED] * 12
+
+    def leave(pipe: object) -> None:
+        for c, t in zip(clients, every, strict=True):
+            t.leave(pipe, c, "node-1")  # type: ignore[arg-type]
+
+    assert await first.execute(leave) == [LEFT] * 12
+
+
+async def test_scripts_come_back_on_every_primary_after_noscript(
+    cluster: Cluster, cluster_redis: Redis
+) -> None:
+    t = Transitions(cluster_redis, shard_settings(cluster, "alice"))
+    await t.load()
+    for node in cluster.primaries():  # as a failover does: an empty script cache
+        with client(node.port) as direct:
+            direct.script_flush()
+    [[code]] = await t.execute(lambda pipe: t.heartbeats(pipe, [b"alice node-1 0"]))
+    assert code == CAME_ONLINE
+    _, online = await t.snapshot()
+    assert [o.client for o in online] == ["alice"]
