@@ -7,6 +7,7 @@ from .errors import (
     PresenceError,
     RedisMisconfigured,
     RedisUnavailable,
+    RoomUnreadable,
 )
 from .events import OnlineClient, PresenceEvent, Reset
 from .presence import Presence
@@ -33,6 +34,7 @@ __all__ = [
     "RedisUnavailable",
     "Reset",
     "RoomSnapshot",
+    "RoomUnreadable",
     "Settings",
     "Status",
     "create_app",

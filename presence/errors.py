@@ -7,7 +7,11 @@
 - ``RedisUnavailable``: Redis could not be reached after the configured retries.
 - ``RedisMisconfigured``: Redis answers but lacks something presence needs,
   and the message says which server setting to apply.
+- ``RoomUnreadable``: Redis failed to read one room (a key of the wrong type);
+  it names the room. It is a ``RedisError`` too, as the failure it stands for.
 """
+
+from redis.exceptions import RedisError
 
 
 class PresenceError(Exception):
@@ -28,3 +32,11 @@ class RedisMisconfigured(PresenceError):
 
 class InvalidClientId(PresenceError, ValueError):
     """A client id is not 1 to 128 letters, digits or ``._:@-``."""
+
+
+class RoomUnreadable(PresenceError, RedisError):
+    """Redis failed to read one room, and only that room."""
+
+    def __init__(self, room: str, reason: str) -> None:
+        super().__init__(f"room {room} cannot be read from Redis: {reason}")
+        self.room = room

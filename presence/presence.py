@@ -30,7 +30,7 @@ from .heartbeats.held import HeldClients
 from .heartbeats.publisher import HeartbeatPublisher
 from .redis_client import BLOCK_MS, Redis, check_version, open_redis, wait_for_redis
 from .settings import Settings
-from .supervise import MAX_BACKOFF, Outage, Worker
+from .supervise import MAX_BACKOFF, UNREACHABLE, Outage, Worker
 from .transitions.keyspace import KeyspaceListener
 from .transitions.scripts import Transitions
 from .transitions.sweeper import Sweeper
@@ -47,6 +47,8 @@ from .wire import member_data, stream_position, text
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 2.0
+#: Seconds one attempt at a ``changes()`` listener's reset snapshot may take.
+RESET_TIMEOUT = 10.0
 #: Events a scoped stream may fall behind before it gets a fresh snapshot
 #: (its queue holds references to shared deliveries).
 SCOPED_QUEUE = 1024
@@ -239,7 +241,9 @@ class Presence:
         When this listener may have missed entries (the presence stream lost
         some: trimmed, or Redis restarted without its data; or it fell
         ``queue_size`` events behind), a ``Reset`` comes instead, with
-        everyone online; events go on after it.
+        everyone online; events go on after it. While Redis cannot give that
+        snapshot, it is retried with backoff, as the workers retry; the
+        iteration ends if the service closes meanwhile.
         """
         subscriber = Subscriber(self.deliveries, None)
 
@@ -249,7 +253,9 @@ class Presence:
                 try:
                     batch = await subscriber.get_many()
                 except Resync:
-                    snapshot = await self.snapshot()
+                    snapshot = await self._fresh_snapshot(subscriber)
+                    if snapshot is None:
+                        return  # closed while Redis was away
                     after = stream_position(snapshot.position)
                     yield Reset(snapshot.position, snapshot.clients)
                     continue
@@ -263,6 +269,36 @@ class Presence:
 
         with self.deliveries.subscribed(subscriber):
             yield events()
+
+    async def _fresh_snapshot(self, subscriber: Subscriber) -> Snapshot | None:
+        """A snapshot for a ``changes()`` listener's reset, retried with the
+        workers' backoff until Redis gives it; None once the listener is closed.
+
+        An embedder's iterator never raises a Redis error: it waits, as an SSE
+        client would reconnect.
+        """
+        backoff, failing = 0.1, False
+        cap = min(MAX_BACKOFF, self.settings.heartbeat_interval / 2)
+        while subscriber.reason is None:
+            try:
+                # Bounded: a snapshot asked for as the service closes is never answered.
+                async with asyncio.timeout(RESET_TIMEOUT):
+                    return await self.snapshot()
+            except (TimeoutError, RedisError, OSError) as exc:
+                if not failing:
+                    # An unreachable Redis is the outage's line, which the workers log.
+                    unreachable = isinstance(exc, (TimeoutError, *UNREACHABLE))
+                    log.log(
+                        logging.DEBUG if unreachable else logging.WARNING,
+                        "no fresh snapshot for a changes() listener: %s: %s; retrying with backoff",
+                        type(exc).__name__,
+                        exc,
+                    )
+                failing = True
+            if await subscriber.closed_within(backoff):
+                break
+            backoff = min(backoff * 2, cap)
+        return None
 
     @contextmanager
     def subscribed(
@@ -308,13 +344,15 @@ class Presence:
             yield subscriber
 
     async def room_snapshots(self, rooms: Sequence[str]) -> dict[str, RoomSnapshot]:
-        """Each room's members, with the room stream position they are exact at."""
+        """Each room's members, with the room stream position they are exact at;
+        ``RoomUnreadable`` for the first of them Redis fails to read."""
         if self._room_snapshots is None:
             raise RuntimeError("presence is not started")
         return await self._room_snapshots.get(rooms)
 
     async def room(self, room: str) -> RoomSnapshot:
-        """The members of ``room``, on any server."""
+        """The members of ``room``, on any server; ``RoomUnreadable`` when Redis
+        fails to read it (a key of the wrong type)."""
         _check_id(room)
         if self._room_snapshots is None:
             raise RuntimeError("presence is not started")

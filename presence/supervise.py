@@ -22,7 +22,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 5.0
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+#: What Redis being unreachable raises (an outage, not a failure of its own).
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class Outage:
@@ -98,7 +99,7 @@ class Worker:
 
     def failed(self, exc: BaseException) -> None:
         if self.error is None:
-            outage = self._outage if isinstance(exc, _UNREACHABLE) else None
+            outage = self._outage if isinstance(exc, UNREACHABLE) else None
             self._unreachable = outage is not None
             if outage is not None:
                 outage.lost(self.name, exc)

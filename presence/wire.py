@@ -73,8 +73,9 @@ _LINES = re.compile(rb"%s(?:\n%s)*" % (_LINE, _LINE))
 def heartbeat_lines(
     entries: Sequence[StreamEntry],
 ) -> tuple[list[bytes], list[tuple[bytes, str]]]:
-    """The script lines (``b"<client> <server> <entry id>[ <room>[ <data>]]"``)
-    of the well-formed heartbeat entries, and the id of each malformed one with why.
+    """The script lines (``b"<client> <server> <entry id>[ <room>[ <data>]]"``,
+    initial data after a ``?``) of the well-formed heartbeat entries, and the
+    id of each malformed one with why.
 
     The entry id is when the heartbeat was sent (its ms part): the script
     ignores one that is older than the TTL.
@@ -123,7 +124,9 @@ def parse_heartbeat(
     """``(client, server, room, data)`` of an unparsed heartbeat entry (room and
     data None when absent, data canonical), or why it is malformed.
 
-    Data without a room is ignored: the entry is a plain heartbeat.
+    Data without a room is ignored: the entry is a plain heartbeat. The field
+    ``initial`` is data that only fills in a member that has none; it comes
+    back after a ``?``, as the script takes it. With ``data`` too, ``data`` counts.
     """
     found = field_map(fields)
     values = []
@@ -139,13 +142,15 @@ def parse_heartbeat(
         return values[0], values[1], None, None
     if not is_valid_raw_id(room):
         return f"invalid room {room[:40].decode(errors='replace')!r}"
-    raw_data = found.get(b"data")
+    raw_data, mark = found.get(b"data"), ""
+    if raw_data is None:
+        raw_data, mark = found.get(b"initial"), "?"
     if raw_data is None:
         return values[0], values[1], room, None
     try:
-        return values[0], values[1], room, member_data(raw_data)
+        return values[0], values[1], room, mark + member_data(raw_data)
     except ValueError as exc:
-        return f"invalid data: {exc}"
+        return f"invalid {'initial' if mark else 'data'}: {exc}"
 
 
 def member_data(raw: str | bytes) -> str:

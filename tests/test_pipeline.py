@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from presence import Presence, PresenceEvent, RedisMisconfigured, Reset, Settings
 from presence.contract import CONSUMER_GROUP
@@ -185,6 +186,50 @@ async def test_a_listener_that_falls_behind_gets_a_reset_instead_of_a_backlog(
         assert isinstance(after, PresenceEvent)
         assert after.client == "late"
     assert not presence.deliveries.subscribers
+
+
+async def test_a_reset_whose_snapshot_redis_cannot_give_waits_for_redis(
+    start_redis: StartRedis, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    own = start_redis()
+    client = aioredis.from_url(own.url)
+    presence = Presence(settings.replace(redis_url=own.url, queue_size=5, heartbeat_interval=30))
+    await presence.start()
+    try:
+        async with presence.changes() as events:
+            for n in range(20):
+                await client.xadd("heartbeat", {"client": f"c{n}", "server": "ext"})
+            await poll(lambda: truthy(presence.reader.delivered == 20), what="deliveries")
+            # It fell behind: its next item is a reset, whose snapshot finds Redis gone.
+            own.stop()
+            with caplog.at_level(logging.DEBUG, logger="presence.presence"):
+                pending = asyncio.ensure_future(anext(events))
+
+                def retried() -> bool:
+                    return any("no fresh snapshot" in r.getMessage() for r in caplog.records)
+
+                await poll(lambda: truthy(pending.done() or retried()), what="a failed snapshot")
+                assert not pending.done(), pending.exception()
+            own.start()  # same port, without its data
+            await client.connection_pool.disconnect()  # the test's own dead connections
+            reset = await asyncio.wait_for(pending, 10)
+            assert isinstance(reset, Reset)
+            # Events go on after it: a newcomer reaches the listener, as an
+            # event or in the reset the reader sends once it sees the stream
+            # lost its entries with the restart.
+            await client.xadd("heartbeat", {"client": "late", "server": "ext"})
+
+            def about_late(item: PresenceEvent | Reset) -> bool:
+                if isinstance(item, Reset):
+                    return "late" in {c.client for c in item.clients}
+                return item.client == "late"
+
+            async with asyncio.timeout(10):
+                while not about_late(await anext(events)):
+                    pass
+    finally:
+        await presence.close()
+        await client.aclose()
 
 
 async def test_close_publishes_no_offline_for_local_clients(

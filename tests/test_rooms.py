@@ -3,14 +3,16 @@ in-process against a real redis-server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from presence import Settings, create_app
+from presence import PRESENCE, RoomUnreadable, Settings, create_app
 
 from .support import (
     Event,
@@ -344,3 +346,111 @@ async def test_metrics_count_rooms_memberships_and_scoped_streams(
     assert await metric(session, url, "presence_sse_connections") == 2
     stream.close()
     watcher.close()
+
+
+async def _applied(redis: Redis, entry_id: bytes) -> bool:
+    """Whether the consumer group applied the heartbeat entry ``entry_id`` (each
+    script call acknowledges its own entries)."""
+    [group] = await redis.xinfo_groups("heartbeat")
+    delivered = _position(group["last-delivered-id"]) >= _position(entry_id)
+    return delivered and (await redis.xpending("heartbeat", "presence"))["pending"] == 0
+
+
+def _position(entry_id: bytes) -> tuple[int, ...]:
+    return tuple(map(int, entry_id.split(b"-")))
+
+
+async def _first_beat(redis: Redis, client: str) -> bytes | None:
+    """The id of ``client``'s first heartbeat entry, if it is in."""
+    for entry_id, f in await redis.xrange("heartbeat"):
+        if f[b"client"] == client.encode():
+            return bytes(entry_id)
+    return None
+
+
+async def test_a_reconnect_with_the_first_url_keeps_the_data_put_since(
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession, redis: Redis
+) -> None:
+    server = await serve(create_app(settings.replace(leave_grace=5)))
+    watcher = await open_events(session, _url(server, "/clients/w/events?room=r"))
+    await watcher.next()
+    url = _url(server, '/clients/alice/events?room=r&data={"s":"join"}')
+    alice = await open_events(session, url)
+    await alice.next()
+    joined = await _presence(watcher, "r", "alice", "ONLINE")
+    assert joined.data["data"] == {"s": "join"}
+    async with session.put(
+        server.make_url("/rooms/r/clients/alice/data"), json={"s": "away"}
+    ) as response:
+        assert (await response.json())["changed"] is True
+    await _presence(watcher, "r", "alice", "UPDATE")
+    # A network blip: EventSource reconnects with its first URL, within the grace.
+    alice.close()
+    again = await open_events(session, url)
+    await again.next()
+    # A marker joins after it: once the marker's first heartbeat is applied,
+    # so is every heartbeat of the reconnect, which the stream holds before it.
+    marker = await open_events(session, _url(server, "/clients/marker/events?room=r"))
+    await marker.next()
+    beat = await poll(lambda: _first_beat(redis, "marker"), what="the marker's heartbeat")
+    assert beat is not None
+    await poll(lambda: _applied(redis, beat), what="every heartbeat up to the marker's applied")
+    entries = await redis.xrange("room.{r}.presence")
+    about_alice = [(f[b"status"], f.get(b"data")) for _, f in entries if f[b"client"] == b"alice"]
+    assert about_alice == [(b"ONLINE", b'{"s":"join"}'), (b"UPDATE", b'{"s":"away"}')]
+    heard = [await watcher.next()]
+    while heard[-1].data["client"] != "marker":
+        heard.append(await watcher.next())
+    assert [(e.data["client"], e.data["status"]) for e in heard] == [("marker", "ONLINE")]
+    room = await _room(session, server, "r")
+    assert {"client": "alice", "server": "test-1", "data": {"s": "away"}} in room["clients"]
+    for stream in (watcher, again, marker):
+        stream.close()
+
+
+def _logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "presence.updates.room_snapshot"]
+
+
+async def test_a_room_redis_cannot_read_fails_only_the_streams_that_join_it(
+    serve: Serve,
+    settings: Settings,
+    session: aiohttp.ClientSession,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = create_app(settings)
+    server = await serve(app)
+    presence = app[PRESENCE]
+    await redis.set("room.{bad}.members", "x")
+    with caplog.at_level(logging.WARNING, logger="presence.updates.room_snapshot"):
+        # Asked for in one loop iteration, before the reader runs: one batch.
+        good, both = await asyncio.gather(
+            presence.room_snapshots(["good"]),
+            presence.room_snapshots(["good", "bad"]),
+            return_exceptions=True,
+        )
+        assert isinstance(good, dict), good
+        assert good["good"].members == []
+        assert isinstance(both, RoomUnreadable)
+        assert both.room == "bad"
+        [record] = _logged(caplog)
+        assert "room bad" in record.getMessage()
+        # Over HTTP, the stream joining it gets a JSON 503 naming it; one
+        # joining another room at the same time gets its snapshot.
+        refused, ok = await asyncio.gather(
+            session.get(server.make_url("/clients/alice/events?room=good&room=bad")),
+            open_events(session, _url(server, "/clients/bob/events?room=good")),
+        )
+        assert refused.status == 503
+        error = (await refused.json())["error"]
+        assert error.startswith("room bad cannot be read from Redis: WRONGTYPE"), error
+        refused.close()
+        assert (await ok.next()).data == {"rooms": {"good": []}}
+        assert len(_logged(caplog)) == 1  # throttled: once per 10 s
+    async with session.get(server.make_url("/rooms/bad")) as response:
+        assert response.status == 503
+        assert "room bad" in (await response.json())["error"]
+    # The room that failed held nothing: alice never joined anything.
+    assert await redis.hget("online.servers", "alice") is None
+    ok.close()

@@ -513,6 +513,56 @@ async def test_data_sent_with_a_heartbeat_that_arrives_after_a_newer_one_still_c
     assert [s for _, s, _, _ in await room_statuses(redis, "lobby")] == ["ONLINE", "UPDATE"]
 
 
+async def test_initial_data_counts_for_a_member_without_data_and_never_over_data_set_since(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings.replace(heartbeat_interval=10))
+    # A stream's ?data= begins the membership: its ONLINE carries it.
+    assert await room_beat(t, "alice", "s1", "lobby", '?{"s":"join"}') == [1]
+    assert await t.set_data("lobby", "alice", '{"s":"away"}') == 1
+    # Its reconnect, another tab on another server, or its first heartbeat
+    # applied late, sends it again: the data set since stays, and nothing is
+    # published.
+    await room_beat(t, "alice", "s1", "lobby", '?{"s":"join"}')
+    await room_beat(t, "alice", "s2", "lobby", '?{"s":"tab"}')
+    now = await redis_ms(redis)
+    late = f'alice s1 {now - 50}-0 lobby ?{{"s":"join"}}'.encode()
+    await t.execute(lambda pipe: t.heartbeats(pipe, [late]))
+    assert await redis.hget("room.{lobby}.data", "alice") == b'{"s":"away"}'
+    assert [s for _, s, _, d in await room_statuses(redis, "lobby")] == ["ONLINE", "UPDATE"]
+    # Data without the mark (an external platform's) still replaces it.
+    await room_beat(t, "alice", "s1", "lobby", '{"s":"ext"}')
+    assert await redis.hget("room.{lobby}.data", "alice") == b'{"s":"ext"}'
+    # A membership that began without data takes it from a heartbeat applied late.
+    newer = f"bob s1 {now}-0 lobby".encode()
+    older = f'bob s1 {now - 50}-0 lobby ?{{"s":"here"}}'.encode()
+    await t.execute(lambda pipe: t.heartbeats(pipe, [newer]))
+    await t.execute(lambda pipe: t.heartbeats(pipe, [older]))
+    assert await redis.hget("room.{lobby}.data", "bob") == b'{"s":"here"}'
+    # Once out of the room, a new membership's initial data counts again.
+    await t.execute(lambda pipe: t.leave_room(pipe, "lobby", "alice", "s1"))
+    await t.execute(lambda pipe: t.leave_room(pipe, "lobby", "alice", "s2"))
+    assert await redis.hget("room.{lobby}.data", "alice") is None
+    assert await room_beat(t, "alice", "s3", "lobby", '?{"s":"back"}') == [0]
+    assert (await room_statuses(redis, "lobby"))[-1] == ("alice", "ONLINE", "s3", '{"s":"back"}')
+
+
+async def test_a_servers_heartbeats_carry_initial_data_in_a_field_of_its_own(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings)
+    await redis.xgroup_create("heartbeat", "presence", id="0", mkstream=True)
+    lines = 'a lobby ?{"s":1}\nb lobby {"s":2}\nc lobby\nd'
+    await t.execute(lambda pipe: t.publish(pipe, "s1", lines, 1_000_000))
+    fields = [f for _, f in await redis.xrange("heartbeat")]
+    assert fields == [
+        {b"client": b"a", b"server": b"s1", b"room": b"lobby", b"initial": b'{"s":1}'},
+        {b"client": b"b", b"server": b"s1", b"room": b"lobby", b"data": b'{"s":2}'},
+        {b"client": b"c", b"server": b"s1", b"room": b"lobby"},
+        {b"client": b"d", b"server": b"s1"},
+    ]
+
+
 async def test_a_room_stays_due_through_a_sweep_redis_refuses(
     redis: Redis, settings: Settings
 ) -> None:

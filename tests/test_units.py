@@ -358,6 +358,12 @@ def test_heartbeat_lines_take_rooms_and_never_a_field_that_brings_its_own_separa
         [(b"7-0", [b"client", b"e", b"server", b"s", b"room", b"x", b"data", b'{"b": 1, "a": 2}'])]
     )
     assert lines == [b'e s 7-0 x {"a":2,"b":1}']
+    # Initial data (a presence server's ?data=) goes to the script after a "?".
+    initial = [b"client", b"f", b"server", b"s", b"room", b"x", b"initial", b'{"b": 1}']
+    lines, bad = heartbeat_lines([(b"8-0", initial), (b"9-0", [*initial, b"data", b"{}"])])
+    assert lines == [b'f s 8-0 x ?{"b":1}', b"f s 9-0 x {}"]
+    lines, bad = heartbeat_lines([(b"10-0", [*initial[:-1], b"[1]"])])
+    assert (lines, [why for _, why in bad]) == ([], ["invalid initial: data must be a JSON object"])
 
 
 def _room_delivery(entry_id: str, client: str) -> RoomDelivery:

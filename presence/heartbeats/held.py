@@ -53,7 +53,9 @@ class HeldClients:
 
     def hold(self, client: str, room: str = "", data: str | None = None) -> None:
         """Count one more connection of the membership; a new one is heartbeated
-        at once. ``data`` goes with its next heartbeat."""
+        at once. ``data`` goes with its next heartbeat, as initial data: Redis
+        takes it only for a member that has none, so a reconnect (which sends
+        its first URL's data again) never undoes data set since."""
         member = (client, room)
         count = self._holds.get(member, 0)
         self._holds[member] = count + 1

@@ -135,7 +135,8 @@ class HeartbeatPublisher:
                             lines.append(client)
                     elif data := take((client, room)):
                         sent_data.append((len(lines), (client, room, data)))
-                        lines.append(f"{client} {room} {data}")
+                        # Initial data: it never replaces data set since.
+                        lines.append(f"{client} {room} ?{data}")
                     else:
                         lines.append(f"{client} {room}")
 

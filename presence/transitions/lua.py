@@ -162,16 +162,20 @@ local function left_after(holders, server, ms, seq)
 end
 
 -- A member's data, sent with a heartbeat: one UPDATE when it changed.
-local function set_data(scope, client, server, data, stored)
-  if data ~= '' and stored ~= data then
+-- Initial data (a stream's ?data=) only fills in a member that has none: it
+-- counts when the membership begins (or began without data, its heartbeat
+-- applied late), never over data set since, such as a PUT's.
+local function set_data(scope, client, server, data, stored, initial)
+  if data ~= '' and stored ~= data and not (initial and stored) then
     redis.call('HSET', scope.data, client, data)
     publish(scope, client, 'UPDATE', server, data)
   end
 end
 
 -- One heartbeat of server for client in scope, sent at heartbeat stream
--- position ms-seq (ms 0: now). data: the member's data ('' keeps it).
-local function apply(scope, client, server, ms, seq, data)
+-- position ms-seq (ms 0: now). data: the member's data ('' keeps it);
+-- initial: it only fills in (see set_data).
+local function apply(scope, client, server, ms, seq, data, initial)
   if ms == 0 then ms, seq = now, math.huge end  -- sent now: after any leave
   local deadline = math.min(ms, now) + cfg.ttl
   local announced = redis.call('ZSCORE', scope.deadlines, client)
@@ -202,7 +206,7 @@ local function apply(scope, client, server, ms, seq, data)
     -- A newer heartbeat was applied first: never move a deadline back. Its
     -- data still counts (sent with a connection's first heartbeat, it may
     -- reach Redis after that connection's next one).
-    set_data(scope, client, old, data, stored)
+    set_data(scope, client, old, data, stored, initial)
     return REFRESHED
   end
   if scope.online then redis.call('SET', scope.online, server, 'PX', deadline - now) end
@@ -211,7 +215,7 @@ local function apply(scope, client, server, ms, seq, data)
     -- Still announced, so a refresh: also when the key expired before its
     -- OFFLINE went out (Redis was unreachable, or the consumers are behind).
     if old ~= server then redis.call('HSET', scope.servers, client, server) end
-    set_data(scope, client, server, data, stored)
+    set_data(scope, client, server, data, stored, initial)
     return REFRESHED
   end
   redis.call('HSET', scope.servers, client, server)

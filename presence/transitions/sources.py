@@ -35,7 +35,8 @@ HEARTBEATS_KEPT = 10
 # ARGV[6] one line per heartbeat: "<client> <server> <sent>[ <room>[ <data>]]";
 #         sent is its heartbeat entry id, which is acknowledged in the same
 #         call unless Redis failed the heartbeat, or Unix ms (0 = now); data
-#         is a JSON object on one line
+#         is a JSON object on one line, after a "?" when it is initial data
+#         (only for a member that has none)
 # ARGV[7] room stream cap
 # ARGV[8] room. prefix
 # Returns one code per heartbeat (CAME_ONLINE, REFRESHED, STALE, FAILED),
@@ -51,10 +52,11 @@ cfg.room_cap = ARGV[7]
 -- first, the global part would set the same deadline again, so it is skipped.
 local applied = {}  -- client, server and ms of the global part applied last
 local function heartbeat(client, server, ms, seq, rest)
-  local room, data
+  local room, data, initial
   if rest ~= '' then
-    room, data = string.match(rest, '^ (%S+) ?(.*)$')
+    room, initial, data = string.match(rest, '^ (%S+) ?(%??)(.*)$')
     if not room then error('malformed room ' .. rest) end
+    initial = initial == '?'
   end
   local scope
   if room then
@@ -65,10 +67,10 @@ local function heartbeat(client, server, ms, seq, rest)
   local code = REFRESHED
   if ms == 0 or applied[1] ~= client or applied[2] ~= server or applied[3] ~= ms then
     local global = global_scope(ARGV[3] .. client, ARGV[4] .. client)
-    code = apply(global, client, server, ms, seq, '')
+    code = apply(global, client, server, ms, seq, '', false)
     applied = code >= REFRESHED and {client, server, ms} or {}
   end
-  if scope then apply(scope, client, server, ms, seq, data) end
+  if scope then apply(scope, client, server, ms, seq, data, initial) end
   return code
 end
 expect_shared()
@@ -249,7 +251,8 @@ return {published, #rooms, failed, failure}
 # ARGV[1] heartbeat stream cap
 # ARGV[2] the server
 # ARGV[3] one line per heartbeat: "<client>[ <room>[ <data>]]"; data is a
-#         JSON object on one line
+#         JSON object on one line, added as the field data, or after a "?"
+#         as the field initial
 # ARGV[4] ttl ms
 # ARGV[5] the consumer group
 # Returns how many entries were added.
@@ -269,6 +272,9 @@ for line in string.gmatch(ARGV[3], '[^\\n]+') do
   elseif data == '' then
     redis.call('XADD', KEYS[4], 'MINID', '~', oldest, '*', 'client', client,
       'server', ARGV[2], 'room', room)
+  elseif string.sub(data, 1, 1) == '?' then
+    redis.call('XADD', KEYS[4], 'MINID', '~', oldest, '*', 'client', client,
+      'server', ARGV[2], 'room', room, 'initial', string.sub(data, 2))
   else
     redis.call('XADD', KEYS[4], 'MINID', '~', oldest, '*', 'client', client,
       'server', ARGV[2], 'room', room, 'data', data)

@@ -163,6 +163,20 @@ class Connection:
         self.stale = True
         self._wake.set()
 
+    async def closed_within(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for it to be closed; whether it is."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while self.reason is None and (left := deadline - loop.time()) > 0:
+            # Readers re-check what woke them before they wait: clearing loses nothing.
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(left):
+                    await self._wake.wait()
+            except TimeoutError:
+                break
+        return self.reason is not None
+
     def close(self, reason: CloseReason = "closed") -> None:
         if self.reason is not None:
             return

@@ -8,6 +8,7 @@ import json
 from aiohttp import web
 
 from ..contract import MAX_DATA_BYTES
+from ..errors import RoomUnreadable
 from ..wire import member_data
 from .protocol import count_timeout
 from .requests import authorize, authorize_read, client_id_of, fail, presence_of, room_of
@@ -23,7 +24,10 @@ async def get_room(request: web.Request) -> web.Response:
     claims = authorize_read(request)
     if claims is not None and not claims.may_join(room):
         fail(web.HTTPForbidden, f"the token does not allow room {room}")
-    snapshot = await presence_of(request).room(room)
+    try:
+        snapshot = await presence_of(request).room(room)
+    except RoomUnreadable as exc:
+        fail(web.HTTPServiceUnavailable, str(exc))
     clients = [m.to_dict() for m in snapshot.members]
     return web.json_response({"room": room, "clients": clients, "count": len(clients)})
 

@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 from redis.exceptions import RedisError
 
+from ..errors import RoomUnreadable
 from ..presence import Presence
 from ..updates.deliveries import Resync
 from ..updates.room_snapshot import RoomSnapshot
@@ -133,6 +134,9 @@ async def scoped_events(
             async with asyncio.timeout(SNAPSHOT_TIMEOUT):
                 start = await _start(presence, scope, frames, resume, read)
                 counts = await presence.occupancy.counts(list(scope.occupancy))
+        except RoomUnreadable as exc:
+            # That room only: the snapshot reader logs it, throttled.
+            fail(web.HTTPServiceUnavailable, str(exc))
         except (TimeoutError, RedisError, OSError) as exc:
             log.debug("no snapshot for %s: %s", client_id, exc)  # healthz says why
             fail(web.HTTPServiceUnavailable, "presence is unavailable: cannot read Redis")
