@@ -13,7 +13,11 @@ import sys
 from collections.abc import Callable
 
 import aiohttp
+import pytest
 import redis.asyncio as aioredis
+
+from presence import ConfigError, Settings
+from presence.sentinel_url import parse_sentinel_url
 
 from .support import Follower, Redis, ServerProcess, follow, poll
 from .test_faults import events_of, health, listed, settled
@@ -128,3 +132,40 @@ async def test_status_reads_presence_through_the_sentinels(
     assert done.returncode == 0, done.stderr
     assert "alice" in done.stdout, done.stdout
     assert "node-1" in done.stdout, done.stdout
+
+
+def test_a_sentinel_url_names_its_sentinels_service_database_and_credentials() -> None:
+    url = "rediss+sentinel://app:s3cret@10.0.0.1:26379,[::1]:26380/main/2?sentinel_password=pw"
+    target = parse_sentinel_url(url)
+    assert target.sentinels == (("10.0.0.1", 26379), ("::1", 26380))
+    assert (target.service, target.db, target.tls) == ("main", 2, True)
+    assert (target.username, target.password, target.sentinel_password) == ("app", "s3cret", "pw")
+    shown = Settings(redis_url=url).masked_redis_url
+    assert "s3cret" not in shown
+    assert "pw" not in shown.split("?")[1]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis+sentinel://h:26379", "names the primary's service"),
+        ("redis+sentinel://h/main", "a sentinel is host:port"),
+        ("redis+sentinel://h:26379/main/x", "database must be a number"),
+        ("redis+sentinel://h:26379/main?pool=1", "unknown option 'pool'"),
+    ],
+)
+def test_a_bad_sentinel_url_is_refused_with_what_is_wrong(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings(redis_url=url)
+
+
+def test_the_cli_refuses_a_bad_sentinel_url_in_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "presence", "serve", "--redis-url", "redis+sentinel://h/m"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "sentinel is host:port" in done.stderr
