@@ -2,8 +2,8 @@
 
     python -m bench.chaos [--seed N] [--seconds 100] [--clients 120] [--steady 24]
 
-The harness and its invariants are those of ``tests/test_chaos.py``; see its
-docstring. Prints the faults as they happen, then the report by invariant,
+The harness, the driver and the invariants are those of ``tests/chaos``; see
+its docstrings. Prints the faults as they happen, then the report by invariant,
 with the seed. Exits 1 when an invariant broke. Logs (the servers' and the
 harness's own ``chaos.log``) go to ``--workdir``, a fresh temporary
 directory unless given, which is kept.
@@ -16,7 +16,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from tests.test_chaos import Plan, run_chaos
+from tests.chaos import Plan, run_chaos
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,11 +4,12 @@ connected, and two attacking processes of 10,100 connections each from
 
     python -m bench.hostile [--mode slowloris|flood|both] [--connections 10100] [--seconds 20]
 
-The harness is ``tests/test_attack.py``'s (see its docstring); here the
-server keeps every default (the request deadline, the caps) and the probes'
-latencies are reported: ``/healthz`` and a new stream's snapshot, each on a
-new connection, every 0.5 s. Then: the clients published OFFLINE (none is
-expected), the server's counters, its CPU, and what it logged.
+The harness is ``tests/attack_harness.py`` (see its docstring), the one
+``tests/test_attack.py`` runs; here the server keeps every default (the
+request deadline, the caps) and the probes' latencies are reported:
+``/healthz`` and a new stream's snapshot, each on a new connection, every
+0.5 s. Then: the clients published OFFLINE (none is expected), the server's
+counters, its CPU, and what it logged.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.attack_harness import FAST, Plan, run_attack
 from tests.support import RedisServer
-from tests.test_attack import FAST, Plan, run_attack
 
 from .stats import header, percentile, write_results
 
