@@ -10,9 +10,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from presence import Presence, Settings
+from presence.redis_cluster import cluster_of
 
 from .support import Redis, RedisServer, Serve, ServerProcess, StartPresence, StartRedis
-from .topology import Cluster, Sentinels
+from .topology import Cluster, Sentinels, client
 
 
 @pytest.fixture(scope="session")
@@ -142,3 +143,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield topology
     finally:
         topology.stop()
+
+
+@pytest.fixture
+async def cluster_redis(cluster: Cluster) -> AsyncIterator[Redis]:
+    """A cluster client of ``cluster``, as presence opens it; emptied after the test."""
+    probe = aioredis.from_url(cluster.url)
+    found = await cluster_of(probe, Settings(redis_url=cluster.url))
+    await probe.aclose()
+    assert found is not None
+    try:
+        yield found
+    finally:
+        await found.aclose()
+        for node in cluster.primaries():  # as they are now: a test may fail one over
+            with client(node.port) as direct:
+                direct.flushall()

@@ -4,10 +4,8 @@ every primary after ``NOSCRIPT``."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from functools import partial
 
-import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
@@ -23,20 +21,12 @@ from .topology import Cluster, client
 SHARDS = 12
 
 
-@pytest.fixture
-async def cluster_redis(cluster: Cluster) -> AsyncIterator[Redis]:
-    settings = Settings(redis_url=cluster.url)
-    probe = aioredis.from_url(cluster.url)
-    found = await cluster_of(probe, settings)
-    await probe.aclose()
-    assert found is not None
-    yield found
-    await found.flushall()
-    await found.aclose()
-
-
 def shard_settings(cluster: Cluster, client_id: str) -> Settings:
     tag = shard_tags(SHARDS)[shard_of(client_id, SHARDS)]
+    return tag_settings(cluster, tag)
+
+
+def tag_settings(cluster: Cluster, tag: str) -> Settings:
     return Settings(redis_url=cluster.url, namespace=f"{{{tag}}}.", server_id="node-1")
 
 

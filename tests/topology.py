@@ -199,6 +199,9 @@ class Cluster:
         with client(node.port) as r:
             return str(r.execute_command("CLUSTER", "MYID"))
 
+    def node_id_of_port(self, port: int) -> str:
+        return self.node_id(next(n for n in self.nodes if n.port == port))
+
     @staticmethod
     def _knows(r: redis.Redis, node_id: str) -> bool:
         return any(n["node_id"] == node_id for n in r.cluster("nodes").values())

@@ -14,7 +14,7 @@ from typing import Any
 from redis.asyncio.client import PubSub
 from redis.exceptions import ResponseError
 
-from ..contract import is_valid_id
+from ..contract import Keys, is_valid_id
 from ..redis_client import BLOCK_MS, Redis, database
 from ..settings import Settings
 from ..supervise import Worker
@@ -84,27 +84,9 @@ class KeyspaceListener:
         """OFFLINE for announced clients whose key was deleted while nobody listened.
 
         Runs once subscribed, so a deletion is caught either here or by the
-        subscription. Only deadlines still ahead count: a key missing before
-        its deadline was deleted; one past it is the sweeper's.
+        subscription.
         """
-        published, cursor = 0, 0
-        seconds, micros = await self._redis.time()
-        now = seconds * 1000 + micros // 1000
-        while True:
-            cursor, found = await self._redis.zscan(
-                self._settings.keys.deadlines, cursor, count=SWEEP_BATCH
-            )
-            clients = [
-                text(c)
-                for c, deadline in found
-                if isinstance(c, bytes | str) and float(deadline) > now
-            ]
-            if clients:
-                published += await offline(self._transitions, clients)
-            if cursor == 0:
-                break
-        if published:
-            log.info("published %d OFFLINE for keys deleted while unsubscribed", published)
+        published = await reconcile(self._redis, self._settings.keys, self._transitions)
         self.published += published
         return published
 
@@ -144,6 +126,27 @@ class KeyspaceListener:
         return client if is_valid_id(client) else None
 
 
+async def reconcile(redis: Redis, keys: Keys, transitions: Transitions) -> int:
+    """OFFLINE for announced clients whose online key is gone. Only deadlines
+    still ahead count: a key missing before its deadline was deleted; one
+    past it is the sweeper's."""
+    published, cursor = 0, 0
+    seconds, micros = await redis.time()
+    now = seconds * 1000 + micros // 1000
+    while True:
+        cursor, found = await redis.zscan(keys.deadlines, cursor, count=SWEEP_BATCH)
+        clients = [
+            text(c) for c, deadline in found if isinstance(c, bytes | str) and float(deadline) > now
+        ]
+        if clients:
+            published += await offline(transitions, clients)
+        if cursor == 0:
+            break
+    if published:
+        log.info("published %d OFFLINE for keys deleted while unsubscribed", published)
+    return published
+
+
 async def enable_keyspace_events(redis: Redis, settings: Settings) -> bool:
     """Make Redis publish ``del`` keyspace events; False if it will not.
 
@@ -158,7 +161,7 @@ async def enable_keyspace_events(redis: Redis, settings: Settings) -> bool:
         # CONFIG is disabled (managed Redis): see whether the events come anyway.
         return await _keyspace_events_arrive(redis, settings)
     flags = text(next(iter(reply.values()), None) or b"")
-    if _has_keyspace_flags(flags):
+    if has_keyspace_flags(flags):
         return True
     wanted = flags + "".join(f for f in KEYSPACE_FLAGS if f not in flags)
     try:
@@ -193,7 +196,7 @@ async def _keyspace_events_arrive(redis: Redis, settings: Settings, wait: float 
     return arrived
 
 
-def _has_keyspace_flags(flags: str) -> bool:
+def has_keyspace_flags(flags: str) -> bool:
     return "E" in flags and ("g" in flags or "A" in flags)
 
 
