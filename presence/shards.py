@@ -12,7 +12,9 @@ allows; short tags such as ``{0}`` ... ``{N-1}`` land wherever CRC16 puts them.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from functools import cache
+from typing import Generic, TypeVar
 
 from redis.crc import key_slot
 
@@ -21,6 +23,8 @@ SLOTS = 16384
 #: primaries, and leave room to grow a cluster to 12.
 DEFAULT_SHARDS = 12
 MAX_SHARDS = 256
+
+T = TypeVar("T")
 
 
 def shard_of(id: str, shards: int) -> int:
@@ -45,3 +49,26 @@ def _tag(index: int, shards: int) -> str:
 
 def slot_of_tag(tag: str) -> int:
     return key_slot(tag.encode())
+
+
+class Router(Generic[T]):
+    """One ``T`` per shard (a shard's keys, its scripts), and the one a client
+    or room belongs to. A standalone Redis is one shard."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: Sequence[T]) -> None:
+        if not items:
+            raise ValueError("a router needs at least one shard")
+        self.items = tuple(items)
+
+    @property
+    def sharded(self) -> bool:
+        return len(self.items) > 1
+
+    def of(self, id: str) -> int:
+        """The shard of a client or room id."""
+        return shard_of(id, len(self.items)) if len(self.items) > 1 else 0
+
+    def __getitem__(self, index: int) -> T:
+        return self.items[index]

@@ -10,8 +10,11 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from presence import Settings
+from presence.heartbeats.held import HeldClients
+from presence.heartbeats.publisher import HeartbeatPublisher
 from presence.redis_cluster import cluster_of
-from presence.shards import shard_of, shard_tags
+from presence.shards import Router, shard_of, shard_tags
+from presence.supervise import Outage
 from presence.transitions.lua import CAME_ONLINE, LEFT, REFRESHED
 from presence.transitions.scripts import Transitions
 
@@ -102,3 +105,31 @@ async def test_scripts_come_back_on_every_primary_after_noscript(
     assert code == CAME_ONLINE
     _, online = await t.snapshot()
     assert [o.client for o in online] == ["alice"]
+
+
+async def test_the_publisher_sends_each_heartbeat_to_its_shards_stream(
+    cluster: Cluster, cluster_redis: Redis
+) -> None:
+    """A membership's heartbeat goes to its room's shard, and the client's own
+    to the client's: sharded, a room's shard is seldom its member's."""
+    tags = shard_tags(SHARDS)
+    every = Router([Transitions(cluster_redis, tag_settings(cluster, t)) for t in tags])
+    await every[0].load()
+    held = HeldClients()
+    for i in range(6):
+        held.hold(f"user-{i}")
+        held.hold(f"user-{i}", f"room-{i % 3}", '{"n":1}')
+    settings = tag_settings(cluster, tags[0])
+    publisher = HeartbeatPublisher(settings, held, every[0], Outage(), shards=every)
+    await publisher.publish(held.heartbeated())
+    assert publisher.published == 12
+    found: dict[int, list[tuple[str, str]]] = {}
+    for shard in range(SHARDS):
+        stream = tag_settings(cluster, tags[shard]).keys.heartbeat
+        entries = await cluster_redis.xrange(stream)
+        found[shard] = [(f[b"client"].decode(), f.get(b"room", b"").decode()) for _, f in entries]
+    for i in range(6):
+        client_id, room = f"user-{i}", f"room-{i % 3}"
+        assert (client_id, "") in found[shard_of(client_id, SHARDS)]
+        assert (client_id, room) in found[shard_of(room, SHARDS)]
+    assert sum(map(len, found.values())) == 12

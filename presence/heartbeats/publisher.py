@@ -23,6 +23,7 @@ import random
 from redis.asyncio.client import Pipeline
 
 from ..settings import Settings
+from ..shards import Router
 from ..supervise import Outage, Worker
 from ..transitions.scripts import LEFT, Transitions
 from .held import HeldClients, Member
@@ -44,8 +45,11 @@ class HeartbeatPublisher:
         held: HeldClients,
         transitions: Transitions,
         outage: Outage,
+        shards: Router[Transitions] | None = None,
     ) -> None:
         self._transitions = transitions
+        #: Each shard's scripts (one, on a standalone Redis).
+        self._shards = shards or Router([transitions])
         self._held = held
         self._server = settings.server_id
         self._maxlen = settings.heartbeat_maxlen
@@ -121,52 +125,68 @@ class HeartbeatPublisher:
         loop running in between. Data taken for heartbeats that were not sent
         goes with the next ones."""
         take = self._held.take_data
-        lines: list[str] = []
-        # The data in the lines, with its line's index.
-        sent_data: list[tuple[int, tuple[str, str, str]]] = []
+        shards = self._shards
+        # Per shard: its lines, and the data in them with its line's index.
+        lines: list[list[str]] = [[] for _ in shards.items]
+        sent_data: list[list[tuple[int, tuple[str, str, str]]]] = [[] for _ in shards.items]
         try:
             await asyncio.sleep(0)  # after the tick's memberships were listed
-            in_rooms = {client for client, room in members if room}
+            # On one Redis a membership's heartbeat counts for its client too.
+            # Sharded, the room's shard is seldom the client's: its own goes.
+            in_rooms = set() if shards.sharded else {client for client, room in members if room}
             for start in range(0, len(members), PREPARE_BATCH):
                 await asyncio.sleep(0)
                 for client, room in members[start : start + PREPARE_BATCH]:
                     if not room:
                         if client not in in_rooms:
-                            lines.append(client)
-                    elif data := take((client, room)):
-                        sent_data.append((len(lines), (client, room, data)))
+                            lines[shards.of(client)].append(client)
+                        continue
+                    shard = shards.of(room)
+                    if data := take((client, room)):
+                        sent_data[shard].append((len(lines[shard]), (client, room, data)))
                         # Initial data: it never replaces data set since.
-                        lines.append(f"{client} {room} ?{data}")
+                        lines[shard].append(f"{client} {room} ?{data}")
                     else:
-                        lines.append(f"{client} {room}")
+                        lines[shard].append(f"{client} {room}")
+            calls = [
+                (shard, start)
+                for shard, found in enumerate(lines)
+                for start in range(0, len(found), PUBLISH_BATCH)
+            ]
 
             def fill(pipe: Pipeline) -> None:
-                for start in range(0, len(lines), PUBLISH_BATCH):
-                    batch = "\n".join(lines[start : start + PUBLISH_BATCH])
-                    self._transitions.publish(pipe, self._server, batch, self._maxlen)
+                for shard, start in calls:
+                    batch = "\n".join(lines[shard][start : start + PUBLISH_BATCH])
+                    shards[shard].publish(pipe, self._server, batch, self._maxlen)
 
             replies = await self._transitions.execute(fill)
         except BaseException:
             # Whether Redis took any of it is unknown: the data goes again.
-            self._held.keep_data(beat for _, beat in sent_data)
+            self._held.keep_data(beat for found in sent_data for _, beat in found)
             raise
         failed = [n for n, reply in enumerate(replies) if isinstance(reply, Exception)]
         if failed:
             # Only the data of the calls Redis failed: what it took may since
             # have been replaced (a PUT), and must not come back.
+            lost = {calls[n] for n in failed}
             self._held.keep_data(
-                beat for index, beat in sent_data if index // PUBLISH_BATCH in failed
+                beat
+                for shard, found in enumerate(sent_data)
+                for index, beat in found
+                if (shard, index - index % PUBLISH_BATCH) in lost
             )
             raise replies[failed[0]]
-        self.published += len(lines)
+        self.published += sum(map(len, lines))
 
     async def leave(self, members: list[Member]) -> None:
+        shards = self._shards
+
         def fill(pipe: Pipeline) -> None:
             for client, room in members:
                 if room:
-                    self._transitions.leave_room(pipe, room, client, self._server)
+                    shards[shards.of(room)].leave_room(pipe, room, client, self._server)
                 else:
-                    self._transitions.leave(pipe, client, self._server)
+                    shards[shards.of(client)].leave(pipe, client, self._server)
 
         results = await self._transitions.execute(fill)
         failed = [(m, r) for m, r in zip(members, results, strict=True) if isinstance(r, Exception)]
