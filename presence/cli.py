@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="rooms (room and occupancy) one stream may ask for (default 100)",
     )
+    opt(
+        "--max-rooms",
+        type=int,
+        metavar="N",
+        help="distinct rooms (room and occupancy) this server's streams may follow (default 10000)",
+    )
     opt("--max-watch", type=int, metavar="N", help="ids one stream may watch (default 1000)")
     opt("--room-maxlen", type=int, metavar="N", help="each room stream's cap (default 10000)")
     opt("--cors-origins", metavar="LIST", help="comma-separated origins allowed (default none)")

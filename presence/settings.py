@@ -76,6 +76,9 @@ class Settings:
     room_maxlen: int = 10_000
     #: Rooms (``room`` and ``occupancy``) one stream may ask for; more get a 400.
     max_rooms_per_connection: int = 100
+    #: Distinct rooms (``room`` and ``occupancy``) this server's streams may
+    #: follow; a stream that would take it past them gets a 503.
+    max_rooms: int = 10_000
     #: Client ids one stream may watch; more get a 400.
     max_watch: int = 1000
     #: Seconds between SSE keep-alive comments.
@@ -202,6 +205,7 @@ class Settings:
         )
         _check(self.room_maxlen >= 1, "room stream cap must be at least 1")
         _check(self.max_rooms_per_connection >= 1, "max rooms per connection must be at least 1")
+        _check(self.max_rooms >= 1, "max rooms must be at least 1")
         _check(self.max_watch >= 1, "max watch must be at least 1")
         _check(self.connect_retries >= 1, "connect retries must be at least 1")
         _check(

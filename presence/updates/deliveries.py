@@ -58,8 +58,8 @@ CloseReason = Literal["closed", "overflow", "gone", "shutdown"]
 
 
 class Resync(Exception):
-    """This subscriber may have missed entries (the presence stream lost some,
-    or it fell behind the log): it needs a fresh snapshot."""
+    """This subscriber may have missed entries (a stream it follows lost some,
+    or it fell behind): it needs a fresh snapshot."""
 
 
 @dataclass(slots=True)
@@ -157,6 +157,10 @@ class Connection:
     def wake(self) -> None:
         """New deliveries are in the log."""
         self._wake.set()
+
+    def follows_presence(self) -> bool:
+        """Whether it follows the presence stream, which a loss of entries there resets."""
+        return True
 
     def resync(self) -> None:
         """Skip whatever is in the log; a fresh snapshot comes first."""
@@ -428,9 +432,13 @@ class DeliveryLog:
             closed += 1
         return closed
 
-    def resync_all(self) -> None:
+    def resync_presence(self) -> None:
+        """The presence stream lost entries: a fresh snapshot for every subscriber
+        that follows it. A stream of rooms alone lost nothing (its rooms' own
+        streams tell when they do)."""
         for subscriber in self.subscribers:
-            subscriber.resync()
+            if subscriber.follows_presence():
+                subscriber.resync()
 
     def close_all(self, reason: CloseReason) -> None:
         for subscriber in list(self.subscribers):

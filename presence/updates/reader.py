@@ -3,9 +3,11 @@
 The reader starts at the stream's end (never its beginning) and keeps its
 position across reconnects. With each read it checks that the position read
 from is still in the stream; if not, entries it never saw may be lost, and
-every subscriber gets a fresh snapshot instead, once: the reader then goes
-on from the stream's newest entry. Each event is SSE-encoded once, then
-offered to every subscriber except those of the client it is about.
+every subscriber that follows the stream (global streams, watch lists) gets
+a fresh snapshot instead, once: the reader then goes on from the stream's
+newest entry. A stream of rooms alone is not reset: it lost nothing. Each
+event is SSE-encoded once, then offered to every subscriber except those of
+the client it is about.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ class PresenceReader:
             self.position = newest
             if lost:
                 # Trimmed, deleted, or Redis restarted without its data: what this
-                # process delivered may no longer add up, so everyone resyncs.
+                # process delivered may no longer add up, so everyone following
+                # it resyncs.
                 log.warning(
                     "presence stream lost entries after %s: sending fresh snapshots", position
                 )
@@ -90,7 +93,7 @@ class PresenceReader:
                 last: Any = await self._redis.xrevrange(self._stream, count=1)
                 self.position = text(last[0][0]) if last else newest
                 self._gone = None if last else self.position
-                self._local.resync_all()
+                self._local.resync_presence()
                 continue
             self._local.deliver(batch)
             self._scopes.deliver(batch)

@@ -83,12 +83,17 @@ class ScopedSubscriber(Connection):
     def behind(self, start: int) -> bool:
         return self.overflowed
 
-    def push(self, item: Item) -> bool:
-        """Queue ``item``; True when that made it fall behind (it gets a fresh
-        snapshot instead of what it missed)."""
+    def follows_presence(self) -> bool:
+        return self.scope.watch is not None
+
+    def push(self, item: Item, *, wake: bool = True) -> bool:
+        """Queue ``item``, and wake it unless told not to (it is woken later);
+        True when that made it fall behind (it gets a fresh snapshot instead of
+        what it missed)."""
         if self.overflowed:
             return False  # a fresh snapshot is coming
-        self._wake.set()
+        if wake:
+            self._wake.set()
         if len(self.queue) < self._limit:
             self.queue.append(item)
             return False
@@ -127,10 +132,13 @@ class Scopes:
         self.occupancy: dict[str, set[ScopedSubscriber]] = {}
         #: Streams sent a fresh snapshot because they fell behind.
         self.resets = 0
+        #: Distinct rooms streams here follow (``room`` and ``occupancy``).
+        self.followed = 0
 
     @contextmanager
     def subscribed(self, subscriber: ScopedSubscriber) -> Iterator[None]:
         scope = subscriber.scope
+        self.followed += self.new_rooms(scope)
         for room in scope.rooms:
             _add(self.rooms, room, subscriber)
         for client in scope.watch or ():
@@ -146,6 +154,12 @@ class Scopes:
                 _remove(self.watched, client, subscriber)
             for room in scope.occupancy:
                 _remove(self.occupancy, room, subscriber)
+            self.followed -= self.new_rooms(scope)
+
+    def new_rooms(self, scope: Scope) -> int:
+        """How many of ``scope``'s rooms no stream here follows."""
+        names = {*scope.rooms, *scope.occupancy}
+        return sum(1 for r in names if r not in self.rooms and r not in self.occupancy)
 
     def deliver(self, batch: Sequence[Delivery]) -> None:
         """Global events, to the streams watching their client."""
@@ -155,12 +169,32 @@ class Scopes:
             for subscriber in self.watched.get(delivery.client, ()):
                 self.resets += subscriber.push(delivery)
 
-    def deliver_rooms(self, batch: Sequence[RoomDelivery]) -> None:
-        """Room events, to the room's other members here."""
-        for delivery in batch:
-            for subscriber in self.rooms.get(delivery.room, ()):
+    def deliver_rooms(
+        self,
+        batch: Sequence[RoomDelivery],
+        start: int = 0,
+        budget: int | None = None,
+        woken: set[ScopedSubscriber] | None = None,
+    ) -> int:
+        """Room events from ``batch[start]`` on, to the room's other members here,
+        until about ``budget`` pushes are made (a delivery counts one more, and
+        is never split); the index of the first one left. With ``woken``, the
+        streams are not woken but added to it, for the caller to wake once the
+        whole batch is in: each then writes it at once, not piece by piece."""
+        spent = 0
+        index = start
+        wake = woken is None
+        while index < len(batch) and (budget is None or spent < budget):
+            delivery = batch[index]
+            index += 1
+            subscribers = self.rooms.get(delivery.room, ())
+            for subscriber in subscribers:
                 if subscriber.client != delivery.client:
-                    self.resets += subscriber.push(delivery)
+                    self.resets += subscriber.push(delivery, wake=wake)
+            if woken is not None:
+                woken.update(subscribers)
+            spent += 1 + len(subscribers)
+        return index
 
     def count(self, room: str, count: int) -> None:
         """A room's member count, to the streams following it that have not seen it."""

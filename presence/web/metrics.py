@@ -103,6 +103,11 @@ class PresenceCollector(Collector):
             "presence_rooms", "Rooms with a member's stream here", value=s.rooms
         )
         yield GaugeMetricFamily(
+            "presence_rooms_followed",
+            "Distinct rooms streams here follow (room and occupancy), capped by --max-rooms",
+            value=p.scopes.followed,
+        )
+        yield GaugeMetricFamily(
             "presence_room_memberships",
             "Room memberships this server holds (heartbeats, or in their leave grace)",
             value=s.room_memberships,

@@ -33,6 +33,13 @@ async def client_events(request: web.Request) -> web.StreamResponse:
         fail(web.HTTPServiceUnavailable, "this server holds all the connections it may")
     if presence.deliveries.connections_of(client_id) >= settings.max_connections_per_client:
         fail(web.HTTPTooManyRequests, "too many connections for this client id")
+    # Checked here, and counted when the stream subscribes, with no wait between.
+    new = 0 if scope is None else presence.scopes.new_rooms(scope)
+    if new and presence.scopes.followed + new > settings.max_rooms:
+        fail(
+            web.HTTPServiceUnavailable,
+            f"this server follows at most {settings.max_rooms} rooms: try another server",
+        )
     if not settings.max_connections_per_address:
         return await _events(request, presence, client_id, scope, expiry)
     address = client_address(request, settings.networks)
