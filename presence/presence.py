@@ -41,6 +41,7 @@ from .updates.replay import Replay, Replayer, RoomReplay
 from .updates.room_reader import RoomReader
 from .updates.room_snapshot import RoomSnapshot, RoomSnapshotReader
 from .updates.scoped import Scope, ScopedSubscriber, Scopes
+from .updates.scoped_start import ScopedSources
 from .updates.snapshot import Snapshot, SnapshotReader
 from .wire import member_data, stream_position, text
 
@@ -129,6 +130,10 @@ class Presence:
         self._transitions = transitions
         self.room_reader = RoomReader(redis, settings, self.scopes)
         self.occupancy = OccupancyPoller(redis, settings.keys, self.scopes)
+        #: What scoped streams start from.
+        self.scoped_sources = ScopedSources(
+            self.room_reader, self._room_snapshots, self._replayer, transitions, self.occupancy
+        )
         self.consumer = consumer
         self.claimer = Claimer(settings, transitions, consumer)
         self.sweeper = Sweeper(transitions, grace=settings.heartbeat_interval)

@@ -387,6 +387,88 @@ def valid_entry_id(value: str) -> bool:
     return _ENTRY_ID.fullmatch(value) is not None
 
 
+# Frames out -------------------------------------------------------------------
+
+
+def snapshot_frame(
+    event_id: bytes,
+    clients: bytes | None = None,
+    rooms: Sequence[tuple[str, bytes]] = (),
+    *,
+    reset: bool = False,
+) -> bytes:
+    """A ``snapshot`` frame: ``clients`` (a JSON array), each room's members (a
+    JSON array per room name), and ``reset`` when it replaces what the client knew."""
+    parts: list[bytes] = []
+    if clients is not None:
+        parts.append(b'"clients":' + clients)
+    if rooms:
+        listed = b",".join(b"%b:%b" % (json.dumps(room).encode(), array) for room, array in rooms)
+        parts.append(b'"rooms":{%b}' % listed)
+    if reset:
+        parts.append(b'"reset":true')
+    return b"id: %b\nevent: snapshot\ndata: {%b}\n\n" % (event_id, b",".join(parts))
+
+
+def event_frame(event_id: bytes, data: bytes) -> bytes:
+    """A ``presence`` frame of ``data`` (a JSON object)."""
+    return b"id: %b\nevent: presence\ndata: %b\n\n" % (event_id, data)
+
+
+def event_data(frame: bytes) -> bytes:
+    """The ``data`` of a ``presence`` frame: one frame per event stays encoded once."""
+    return frame[frame.index(b"data: ") + 6 : -2]
+
+
+def occupancy_frame(room: str, count: int) -> bytes:
+    """An ``occupancy`` frame; it has no id (a resumed stream gets the count again)."""
+    return b'event: occupancy\ndata: {"room":%b,"count":%d}\n\n' % (
+        json.dumps(room).encode(),
+        count,
+    )
+
+
+class ScopedFrames:
+    """The frames of one scoped stream, whose ids carry its scope's tag and one
+    stream position per part (the watch list's, then each room's): each id
+    says where every part stood after that event."""
+
+    __slots__ = ("_part", "_positions", "_tag")
+
+    def __init__(self, tag: str, rooms: Sequence[str], *, watch: bool) -> None:
+        self._tag = tag
+        self._part = {room: watch + i for i, room in enumerate(rooms)}
+        self._positions = ["0-0"] * (watch + len(rooms))
+
+    def start(self, positions: Sequence[str]) -> None:
+        """The stream starts (or starts again) exact at ``positions``."""
+        self._positions = list(positions)
+
+    def snapshot(
+        self,
+        positions: Sequence[str],
+        clients: bytes | None,
+        rooms: Sequence[tuple[str, bytes]],
+        *,
+        reset: bool,
+    ) -> bytes:
+        """The ``snapshot`` frame exact at ``positions``; none for a stream of
+        occupancy alone (its counts are its snapshot)."""
+        self.start(positions)
+        if not self._positions:
+            return b""
+        return snapshot_frame(self._id(), clients, rooms, reset=reset)
+
+    def event(self, room: str | None, entry_id: str, data: bytes) -> bytes:
+        """The ``presence`` frame of entry ``entry_id`` of ``room``'s stream (None:
+        the presence stream, for the watch list)."""
+        self._positions[0 if room is None else self._part[room]] = entry_id
+        return event_frame(self._id(), data)
+
+    def _id(self) -> bytes:
+        return scope_id(self._tag, self._positions)
+
+
 class SnapshotFrames:
     """The ``snapshot`` frame of one snapshot, for any number of connections.
 
@@ -406,9 +488,4 @@ class SnapshotFrames:
 
     def frame(self, exclude: str | None = None, *, reset: bool = False) -> bytes:
         """The frame, leaving out ``exclude``; ``reset`` marks a resync."""
-        extra = b',"reset":true' if reset else b""
-        return b'id: %b\nevent: snapshot\ndata: {"clients":%b%b}\n\n' % (
-            self._position,
-            self._members.array(exclude),
-            extra,
-        )
+        return snapshot_frame(self._position, self._members.array(exclude), reset=reset)
