@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import hashlib
+import re
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from redis.exceptions import ResponseError
 
 from presence import Settings
 from presence.transitions.scripts import Transitions
+from presence.transitions.sources import (
+    CLAIM,
+    DUE,
+    FORGET,
+    HEARTBEAT,
+    LEAVE,
+    OFFLINE,
+    PUBLISH,
+    ROOM_LEAVE,
+    ROOM_SNAPSHOT,
+    ROOM_SWEEP,
+    ROOMS_DUE,
+    SET_DATA,
+    SNAPSHOT,
+)
 from presence.transitions.sweeper import offline
 
 from .support import Redis, RedisServer, entry_ms, poll, redis_ms, redis_past
@@ -630,3 +648,175 @@ async def test_the_heartbeat_stream_is_trimmed_by_age_but_never_past_what_is_una
     # guess stays whole.
     await publish([f"c{n}" for n in range(3000)])
     assert await redis.xlen("heartbeat") == 3001
+
+
+async def test_two_servers_sweeping_the_same_rooms_publish_each_offline_once(
+    redis: Redis, settings: Settings
+) -> None:
+    """Each room's sweep is its own call, decided from the room's state: two
+    servers that read the same rooms due and sweep them at once take each
+    member out once."""
+    t1, t2 = Transitions(redis, settings), Transitions(redis, settings)
+    rooms = [f"r{n}" for n in range(12)]
+    lines = [f"c{m} s1 0 {room}".encode() for room in rooms for m in range(5)]
+    await t1.execute(lambda pipe: t1.heartbeats(pipe, lines))
+    for room in rooms:  # past their deadlines, their server gone
+        await redis.zadd(f"room.{{{room}}}.deadlines", {f"c{m}": 2 for m in range(5)})
+    await redis.zadd("rooms.due", dict.fromkeys(rooms, 2))
+    for _ in range(3):
+        swept = await asyncio.gather(t1.sweep_rooms(100), t2.sweep_rooms(100))
+        assert all(failed == 0 for _, _, failed, _ in swept)
+    assert await redis.zcard("rooms.due") == 0
+    for room in rooms:
+        offline = [c for c, s, _, _ in await room_statuses(redis, room) if s == "OFFLINE"]
+        assert sorted(offline) == [f"c{m}" for m in range(5)]
+
+
+async def test_a_room_sweep_gives_what_small_rooms_leave_to_a_big_one(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings)
+    lines = [f"c{n} s1 0 big".encode() for n in range(30)] + [b"a s1 0 small", b"b s1 0 small"]
+    await t.execute(lambda pipe: t.heartbeats(pipe, lines))
+    await redis.zadd("room.{big}.deadlines", {f"c{n}": 2 for n in range(30)})
+    await redis.zadd("room.{small}.deadlines", {"a": 2, "b": 2})
+    await redis.zadd("rooms.due", {"big": 2, "small": 2})
+    # 10 each at first; small takes 2, and big the 8 it left.
+    assert await t.sweep_rooms(100, members=20) == (20, 2, 0, "")
+    assert await redis.zcard("room.{big}.deadlines") == 12
+    assert await redis.zscore("rooms.due", "big") == 2  # still due: the next pass goes on
+    assert await redis.zscore("rooms.due", "small") is None
+    assert await t.sweep_rooms(100, members=20) == (12, 1, 0, "")
+
+
+async def test_a_heartbeat_that_would_write_a_room_stream_of_the_wrong_type_writes_nothing(
+    redis: Redis, settings: Settings
+) -> None:
+    """The stream is the one key a heartbeat writes without reading it: it is
+    checked whenever the heartbeat would publish."""
+    t = Transitions(redis, settings.replace(heartbeat_interval=10))
+    await room_beat(t, "bob", "s1", "bad")
+    await redis.delete("room.{bad}.presence")
+    await redis.set("room.{bad}.presence", "not a stream")
+    # A membership beginning there, and new data for a member, both fail whole.
+    codes = await room_beat(t, "alice", "s1", "bad")
+    assert codes[0] == -2
+    assert "WRONGTYPE" in codes[1].decode()
+    assert await redis.exists("online.clients.alice", "online.holders.alice") == 0
+    assert await redis.hget("room.{bad}.members", "alice") is None
+    assert (await room_beat(t, "bob", "s1", "bad", '{"s":1}'))[0] == -2
+    assert await redis.hget("room.{bad}.data", "bob") is None
+    # A refresh writes no stream: it applies.
+    assert await room_beat(t, "bob", "s1", "bad") == [0]
+
+
+async def test_a_clients_global_keys_count_for_its_next_lines_past_a_malformed_one(
+    redis: Redis, settings: Settings
+) -> None:
+    t = Transitions(redis, settings.replace(heartbeat_interval=10))
+    lines = [b"alice s1 0 a", b"alice s1 12x", b"bad line", b"alice s1 0 b", b"bob s1 0 b"]
+    [codes] = await t.execute(lambda pipe: t.heartbeats(pipe, lines))
+    assert codes[:5] == [1, -2, -2, 0, 1]
+    assert b"malformed heartbeat bad line" in codes[5]
+    assert await redis.hgetall("room.{b}.members") == {b"alice": b"s1", b"bob": b"s1"}
+    assert await redis.exists("online.holders.alice", "online.holders.bob") == 2
+
+
+# Every key in KEYS ------------------------------------------------------------
+
+_QUOTED = re.compile(rb'"((?:[^"\\]|\\.)*)"')
+_ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"a": b"\a", b"b": b"\b"}
+
+
+def _unquoted(arg: bytes) -> bytes:
+    """An argument as MONITOR quotes it (``sdscatrepr``), unquoted."""
+    return re.sub(
+        rb"\\(x[0-9a-f]{2}|.)",
+        lambda m: bytes([int(m[1][1:], 16)]) if len(m[1]) == 3 else _ESCAPES.get(m[1], m[1]),
+        arg,
+    )
+
+
+async def _monitored(port: int, scenario: Callable[[], Awaitable[None]]) -> list[list[bytes]]:
+    """Every command Redis ran while ``scenario`` ran, the scripts' own included."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    commands = []
+    try:
+        writer.write(b"MONITOR\r\n")
+        assert await reader.readline() == b"+OK\r\n"
+        await scenario()
+        writer.write(b"PING\r\n")  # MONITOR answers it: everything before is in
+        while (line := await reader.readline()) != b"+PONG\r\n":
+            origin = b"lua" if b" lua] " in line else b"client"
+            args = _QUOTED.findall(line.split(b"] ", 1)[1])
+            commands.append([origin, *(_unquoted(a) for a in args)])
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return commands
+
+
+async def test_every_key_a_script_touches_is_in_its_keys(
+    redis: Redis, settings: Settings, redis_server: RedisServer
+) -> None:
+    """As Redis Cluster and proxies require: every command a script runs
+    touches only keys its EVALSHA declared (Redis's own COMMAND GETKEYS)."""
+    t = Transitions(redis, settings.replace(heartbeat_interval=10))
+    await redis.xgroup_create("heartbeat", "presence", id="0", mkstream=True)
+
+    async def scenario() -> None:
+        now = await redis_ms(redis)
+        await t.execute(lambda pipe: t.publish(pipe, "s1", 'alice lobby ?{"a":1}\nbob', 10_000))
+        read = await redis.xreadgroup("presence", "frozen", {"heartbeat": ">"}, count=2)
+        entry_id, pending_id = (entry for entry, _ in read[0][1])
+        lines = [
+            b"alice s1 0",
+            b'alice s1 0 lobby {"a":1}',
+            b"alice s1 0 other",
+            b"bad line",
+            b"alice s1 0 hall",
+            b'bob s2 0 lobby ?{"b":2}',
+            f"carol s1 {now - 60_000}-0 lobby".encode(),
+            b"dave s1 12x",
+            b"erin s1 " + entry_id,
+            b"frank s1 0 hall",
+        ]
+        await t.execute(lambda pipe: t.heartbeats(pipe, lines))
+        await t.execute(lambda pipe: t.heartbeats(pipe, [b'alice s1 0 lobby {"a":2}']))
+        assert await t.set_data("lobby", "alice", '{"a":3}') == 1
+        await t.execute(lambda pipe: t.room_snapshot(pipe, "lobby"))
+        await t.snapshot()
+        await t.watched(["alice", "zed"])
+        await t.execute(lambda pipe: t.leave_room(pipe, "lobby", "bob", "s2"))
+        await t.execute(lambda pipe: t.leave(pipe, "alice", "s1"))
+        await redis.delete("online.clients.erin")
+        assert await offline(t, ["erin", "zed"]) == 1
+        await t.due(10)
+        await redis.zadd("room.{hall}.deadlines", {"frank": 2})
+        await redis.zadd("rooms.due", {"hall": 2})
+        assert (await t.sweep_rooms(10))[0] == 1
+        [claimed] = await t.execute(lambda pipe: t.claim(pipe, "s1", 0, 10, [pending_id]))
+        assert len(claimed[0]) == 1
+        await t.execute(lambda pipe: t.forget(pipe, "s1", 0))
+
+    commands = await _monitored(redis_server.port, scenario)
+    declared: set[bytes] = set()
+    checked, scripts = 0, set()
+    for origin, name, *args in commands:
+        if origin == b"client":
+            if name.upper() == b"EVALSHA":
+                declared = set(args[2 : 2 + int(args[1])])
+                scripts.add(args[0])
+            continue
+        try:
+            keys = await redis.command_getkeys(name, *args)
+        except ResponseError:
+            assert name.upper() == b"TIME", (name, args)  # the one command without a key
+            continue
+        touched = {k.encode() if isinstance(k, str) else k for k in keys}
+        assert touched <= declared, (name, args, touched - declared)
+        checked += 1
+    every = {HEARTBEAT, OFFLINE, LEAVE, ROOM_LEAVE, DUE, ROOMS_DUE, ROOM_SWEEP, SNAPSHOT}
+    every |= {ROOM_SNAPSHOT, SET_DATA, CLAIM, FORGET, PUBLISH}
+    assert {hashlib.sha1(s.encode()).hexdigest().encode() for s in every} <= scripts
+    assert checked > 100

@@ -13,12 +13,20 @@ membership comes and goes exactly as a client does: once across servers, after
 a leave grace, never on a late or stale heartbeat. A room's keys share the hash
 tag ``{R}``; only ``rooms.due``, the sweeper's index, lies outside it.
 
-Every script takes the same five keys, in the same order, and uses those it
-needs; a script about one client (or membership) adds its keys after them:
+Every key a script touches is in its KEYS, named by the caller (``scripts``
+builds them from ``contract.Keys``): no script builds a key name, so Redis
+Cluster and proxies that check KEYS take them all. Every script takes the same
+five keys, in the same order, and uses those it needs:
 
     KEYS[1] online.deadlines   KEYS[2] online.servers
     KEYS[3] presence stream    KEYS[4] heartbeat stream
     KEYS[5] rooms.due
+
+A script about clients or rooms adds theirs after them; a room's always in
+this order (``room_scope``), its holders only where a membership is concerned:
+
+    room.{R}.deadlines  room.{R}.members  room.{R}.data  room.{R}.presence
+    [room.{R}.holders.<id>]
 
 Times come from Redis ``TIME`` so that every server uses one clock.
 """
@@ -105,11 +113,11 @@ local function global_scope(online, holders)
     online = online, holders = holders}
 end
 
--- base: the room's key prefix, room.{<room>}.
-local function room_scope(room, base, client)
-  return {deadlines = base .. 'deadlines', servers = base .. 'members',
-    stream = base .. 'presence', data = base .. 'data',
-    holders = base .. 'holders.' .. client, room = room}
+-- The room's keys from KEYS[at] on, in their order (deadlines, members, data,
+-- presence, then holders.<id> where the script is about one membership).
+local function room_scope(room, at)
+  return {deadlines = KEYS[at], servers = KEYS[at + 1], data = KEYS[at + 2],
+    stream = KEYS[at + 3], holders = KEYS[at + 4], room = room}
 end
 
 -- A room's own keys, checked before any write (the holders are checked
@@ -165,8 +173,12 @@ end
 -- Initial data (a stream's ?data=) only fills in a member that has none: it
 -- counts when the membership begins (or began without data, its heartbeat
 -- applied late), never over data set since, such as a PUT's.
+local function changes(data, stored, initial)
+  return data ~= '' and stored ~= data and not (initial and stored)
+end
+
 local function set_data(scope, client, server, data, stored, initial)
-  if data ~= '' and stored ~= data and not (initial and stored) then
+  if changes(data, stored, initial) then
     redis.call('HSET', scope.data, client, data)
     publish(scope, client, 'UPDATE', server, data)
   end
@@ -174,8 +186,18 @@ end
 
 -- One heartbeat of server for client in scope, sent at heartbeat stream
 -- position ms-seq (ms 0: now). data: the member's data ('' keeps it);
--- initial: it only fills in (see set_data).
-local function apply(scope, client, server, ms, seq, data, initial)
+-- initial: it only fills in (see set_data). first, if given, runs once this
+-- heartbeat's reads are done, before its first write: a room heartbeat's
+-- global part, so that a room key of the wrong type fails them both before
+-- either wrote.
+--
+-- Every key is read before anything is written, and Redis fails a read of a
+-- key of the wrong type: that, not a TYPE per key, is what makes a heartbeat
+-- all or nothing. Only the room's stream is written unread: its type is
+-- checked when it is about to be written. A membership begins only where it
+-- can end: its OFFLINE writes the room's data and stream, so both are checked
+-- then, whatever the heartbeat writes.
+local function apply(scope, client, server, ms, seq, data, initial, first)
   if ms == 0 then ms, seq = now, math.huge end  -- sent now: after any leave
   local deadline = math.min(ms, now) + cfg.ttl
   local announced = redis.call('ZSCORE', scope.deadlines, client)
@@ -184,20 +206,28 @@ local function apply(scope, client, server, ms, seq, data, initial)
     -- applied_until), and never brings a client back. Applied late (the
     -- consumers are behind) for a client still announced, it proves the
     -- client was online when it was sent: its deadline moves up to there.
+    local proves = false
     if announced then
       local ok, left = pcall(left_after, scope.holders, server, ms, seq)
-      if ok and not left then redis.call('ZADD', scope.deadlines, 'GT', deadline, client) end
+      proves = ok and not left
     end
+    if first then first() end
+    if proves then redis.call('ZADD', scope.deadlines, 'GT', deadline, client) end
     return STALE
   end
-  -- Reads first: a key of the wrong type fails here, before any write.
-  if left_after(scope.holders, server, ms, seq) then return STALE end
+  if left_after(scope.holders, server, ms, seq) then
+    if first then first() end
+    return STALE
+  end
   local old, stored
   if scope.room then
-    old, stored = redis.call('HGET', scope.servers, client), redis.call('HGET', scope.data, client)
+    old = redis.call('HGET', scope.servers, client)
+    if data ~= '' or not announced then stored = redis.call('HGET', scope.data, client) end
+    if not announced or changes(data, stored, initial) then expect(scope.stream, 'stream') end
   else
     old = redis.call('GET', scope.online)
   end
+  if first then first() end
   redis.call('ZADD', scope.holders, 'GT', deadline, server)
   -- Every entry's deadline, and any leave worth remembering, ends within a
   -- TTL of now: one PEXPIRE covers them all.

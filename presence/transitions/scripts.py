@@ -1,14 +1,21 @@
-"""``Transitions``: the one way the Lua scripts (``sources``) are called."""
+"""``Transitions``: the one way the Lua scripts (``sources``) are called.
+
+It names every key a script touches, from ``settings.keys``, and passes it in
+KEYS: the scripts build no key name, as Redis Cluster and proxies require. A
+heartbeat call's keys are built per line from the line itself, which is
+parsed here exactly as the script parses it (``_LINE``, ``_ROOM``).
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
-from ..contract import CONSUMER_GROUP
+from ..contract import CONSUMER_GROUP, ID_PATTERN
 from ..events import OnlineClient
 from ..redis_client import Redis
 from ..redis_cluster import Calls, is_cluster
@@ -26,6 +33,7 @@ from .sources import (
     ROOM_LEAVE,
     ROOM_SNAPSHOT,
     ROOM_SWEEP,
+    ROOMS_DUE,
     SET_DATA,
     SNAPSHOT,
 )
@@ -33,6 +41,20 @@ from .sources import (
 __all__ = ["CAME_ONLINE", "FAILED", "KEPT", "LEFT", "REFRESHED", "STALE", "Transitions"]
 
 Arg = str | bytes | int | float
+
+# HEARTBEAT's patterns for a line and for what follows its third field, as
+# Python's: bytes' \S and \d are Lua's %S and %d.
+_LINE = re.compile(rb"(\S+) \S+ \d+-?\d*(.*)", re.DOTALL)
+_ROOM = re.compile(rb" (\S+) ?\??.*", re.DOTALL)
+# Lines as the consumer sends them, ids of valid characters only, all matched
+# at once: each then splits at its spaces exactly as the patterns above would.
+_ID_LINE = rb"%s %s \d+(?:-\d+)?(?: %s(?: [^\n]*)?)?" % ((ID_PATTERN,) * 3)
+_ID_LINES = re.compile(rb"%s(?:\n%s)*" % (_ID_LINE, _ID_LINE))
+#: Where a room's id goes in its key names: no valid room id has a newline.
+_ROOM_ID = "\n"
+#: Round trips of ROOM_SWEEP calls in one room sweep, at most: the first visits
+#: every room due, the next give what rooms with few due left to those with more.
+SWEEP_ROUNDS = 3
 
 
 class Transitions:
@@ -53,32 +75,78 @@ class Transitions:
         self._ttl_ms = settings.ttl_ms
         self._maxlen = settings.presence_maxlen
         self._room_maxlen = settings.room_maxlen
-        sources = [HEARTBEAT, OFFLINE, LEAVE, ROOM_LEAVE, DUE, ROOM_SWEEP, SNAPSHOT]
-        sources += [ROOM_SNAPSHOT, SET_DATA, CLAIM, FORGET, PUBLISH]
+        # The heartbeat keys' names, as bytes, around the id that completes them.
+        self._online = k.online("").encode()
+        self._holders = k.holders("").encode()
+        r = k.room(_ROOM_ID)
+        self._room_parts = [
+            tuple(name.encode().split(_ROOM_ID.encode()))
+            for name in (r.deadlines, r.members, r.data, r.presence, r.holders(""))
+        ]
+        sources = [HEARTBEAT, OFFLINE, LEAVE, ROOM_LEAVE, DUE, ROOMS_DUE, ROOM_SWEEP]
+        sources += [SNAPSHOT, ROOM_SNAPSHOT, SET_DATA, CLAIM, FORGET, PUBLISH]
         self._scripts = {source: redis.register_script(source) for source in sources}
 
     def _queue(self, pipe: Pipeline, source: str, *args: Arg, keys: tuple[str, ...] = ()) -> None:
         every = self._shared + keys
         pipe.evalsha(self._scripts[source].sha, len(every), *every, *args)
 
+    def _room_keys(self, room: str) -> tuple[str, str, str, str]:
+        """A room's keys in the scripts' order (``lua.room_scope``)."""
+        r = self._keys.room(room)
+        return r.deadlines, r.members, r.data, r.presence
+
     def heartbeat_command(self, lines: Sequence[bytes]) -> list[Arg]:
         """The whole ``EVALSHA`` of a HEARTBEAT call: what ``heartbeats`` sends,
         for a load generator to send the same."""
-        k = self._keys
+        joined = b"\n".join(lines)
+        keys, sizes = self._heartbeat_keys(joined)
         return [
             "EVALSHA",
             self._scripts[HEARTBEAT].sha,
-            len(self._shared),
+            len(self._shared) + len(keys),
             *self._shared,
+            *keys,
             self._ttl_ms,
             self._maxlen,
-            k.online_prefix,
-            k.holders_prefix,
             CONSUMER_GROUP,
-            b"\n".join(lines),
+            joined,
             self._room_maxlen,
-            k.room_prefix,
+            sizes,
         ]
+
+    def _heartbeat_keys(self, joined: bytes) -> tuple[list[bytes], bytes]:
+        """The keys of each line the script finds in ``joined`` (Lua's
+        ``[^\\n]+``), and how many each has: HEARTBEAT's layout."""
+        lines: list[tuple[bytes | None, bytes | None]]
+        if _ID_LINES.fullmatch(joined):
+            split = [line.split(b" ", 4) for line in joined.split(b"\n")]
+            lines = [(f[0], f[3] if len(f) > 3 else None) for f in split]
+        else:
+            lines = [_client_and_room(line) for line in joined.split(b"\n") if line]
+        keys: list[bytes] = []
+        sizes = bytearray()
+        owner = None  # the client whose global keys were declared last
+        (d0, d1), (m0, m1), (a0, a1), (p0, p1), (h0, h1) = self._room_parts
+        for client, room in lines:
+            if client is None:
+                sizes.append(0x30)  # malformed: the script fails it
+                continue
+            size = 0
+            if client != owner:
+                keys += (self._online + client, self._holders + client)
+                owner, size = client, 2
+            if room is not None:
+                keys += (
+                    d0 + room + d1,
+                    m0 + room + m1,
+                    a0 + room + a1,
+                    p0 + room + p1,
+                    h0 + room + h1 + client,
+                )
+                size += 5
+            sizes.append(0x30 + size)
+        return keys, bytes(sizes)
 
     def heartbeats(self, pipe: Pipeline, lines: Sequence[bytes]) -> None:
         """Apply heartbeats, each a line ``b"<client> <server> <sent>[ <room>[ <data>]]"``.
@@ -105,11 +173,13 @@ class Transitions:
     def leave_room(self, pipe: Pipeline, room: str, client: str, server: str) -> None:
         """This server stops holding ``client`` in ``room``: ``LEFT`` or ``KEPT``."""
         args = (room, client, server, self._ttl_ms, self._room_maxlen, CONSUMER_GROUP)
-        self._queue(pipe, ROOM_LEAVE, *args, keys=(self._keys.room(room).base,))
+        keys = (*self._room_keys(room), self._keys.room(room).holders(client))
+        self._queue(pipe, ROOM_LEAVE, *args, keys=keys)
 
     def offline(self, pipe: Pipeline, clients: Sequence[str]) -> None:
         """OFFLINE checks of ``clients``: ``[published, failed, last failure or ""]``."""
-        self._queue(pipe, OFFLINE, self._maxlen, self._keys.online_prefix, *clients)
+        keys = tuple(self._keys.online(c) for c in clients)
+        self._queue(pipe, OFFLINE, self._maxlen, *clients, keys=keys)
 
     def claim(
         self, pipe: Pipeline, consumer: str, idle_ms: int, count: int, found: Sequence[bytes]
@@ -162,12 +232,47 @@ class Transitions:
 
     async def sweep_rooms(self, limit: int, members: int = 1000) -> tuple[int, int, int, str]:
         """OFFLINE for up to ``members`` overdue members of up to ``limit`` rooms
-        due: published, rooms visited, rooms Redis failed, the last failure."""
-        args = (self._room_maxlen, self._keys.room_prefix, limit, CONSUMER_GROUP, members)
-        published, visited, failed, failure = await self.run(
-            lambda pipe: self._queue(pipe, ROOM_SWEEP, *args)
+        due: published, rooms visited, rooms Redis failed, the last failure.
+
+        One call reads the rooms due, then one call per room sweeps it, all
+        in one round trip, ``members`` shared out among them; what rooms with
+        fewer due leave goes to those with more, in up to ``SWEEP_ROUNDS``
+        round trips in all. A room with more due than it got stays due. Each
+        room's call is decided from its state, so servers sweeping the same
+        rooms at once publish each OFFLINE once.
+        """
+        horizon, due = await self.run(
+            lambda pipe: self._queue(pipe, ROOMS_DUE, limit, CONSUMER_GROUP)
         )
-        return int(published), int(visited), int(failed), text(failure)
+        rooms = [text(room) for room in due]
+        published, failed, failure = 0, 0, ""
+        visiting, left = rooms, members
+        for _ in range(SWEEP_ROUNDS):
+            if not visiting:
+                break
+            shares = [
+                left // len(visiting) + (i < left % len(visiting)) for i in range(len(visiting))
+            ]
+
+            def fill(
+                pipe: Pipeline, visiting: list[str] = visiting, shares: list[int] = shares
+            ) -> None:
+                for room, share in zip(visiting, shares, strict=True):
+                    args = (room, self._room_maxlen, horizon, share)
+                    self._queue(pipe, ROOM_SWEEP, *args, keys=self._room_keys(room))
+
+            more = []
+            for room, reply in zip(visiting, await self.execute(fill), strict=True):
+                if isinstance(reply, Exception):
+                    raise reply  # a shared key: every room's call failed alike
+                taken, still_due, error = int(reply[0]), int(reply[1]), text(reply[2])
+                published, left = published + taken, left - taken
+                if error:
+                    failed, failure = failed + 1, error
+                elif still_due:
+                    more.append(room)
+            visiting = more if left > 0 else []
+        return published, len(rooms), failed, failure
 
     async def snapshot(self) -> tuple[str, list[OnlineClient]]:
         """Online clients and the presence stream position they are exact at."""
@@ -189,11 +294,23 @@ class Transitions:
 
     def room_snapshot(self, pipe: Pipeline, room: str) -> None:
         """``[position, [client, server, ...], [client, data, ...]]`` of ``room``."""
-        self._queue(pipe, ROOM_SNAPSHOT, keys=(self._keys.room(room).base,))
+        self._queue(pipe, ROOM_SNAPSHOT, keys=self._room_keys(room))
 
     async def set_data(self, room: str, client: str, data: str) -> int:
         """Replace ``client``'s data in ``room``: 1 published UPDATE, 0 unchanged,
         -1 not a member."""
         args = (room, client, data, self._room_maxlen)
-        keys = (self._keys.room(room).base,)
+        keys = self._room_keys(room)
         return int(await self.run(lambda pipe: self._queue(pipe, SET_DATA, *args, keys=keys)))
+
+
+def _client_and_room(line: bytes) -> tuple[bytes | None, bytes | None]:
+    """A heartbeat line's client and room (None: none) as HEARTBEAT reads
+    them; no client for a line it finds malformed."""
+    found = _LINE.fullmatch(line)
+    if found is None:
+        return None, None
+    if not (rest := found[2]):
+        return found[1], None
+    in_room = _ROOM.fullmatch(rest)
+    return (found[1], in_room[1]) if in_room is not None else (None, None)

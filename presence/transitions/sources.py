@@ -9,8 +9,11 @@ what makes a late keyspace event, a sweeper and several servers racing for
 the same client publish each transition once.
 
 Each script reads everything it decides from before its first write, and
-checks the types of the keys it writes: Redis has no rollback, so a script
-that fails, fails before it changed anything. The shared rules are in ``lua``.
+makes sure before it that every key it writes holds its type (Redis fails a
+read of a key of the wrong type; a key written unread is checked with
+``TYPE``): Redis has no rollback, so a script that fails, fails before it
+changed anything. Every key a script touches is in its KEYS, named by
+``Transitions``. The shared rules are in ``lua``.
 """
 
 from __future__ import annotations
@@ -24,65 +27,89 @@ HEARTBEATS_KEPT = 10
 
 # Any number of heartbeats in one call, all in one argument: one round of
 # script overhead, and next to nothing to encode, for a whole batch read from
-# the stream. The per-client and per-room keys are built here from their
-# prefixes (this is a standalone-Redis script: its keys live in different
-# slots anyway).
+# the stream. Each heartbeat's keys follow the shared ones, line after line,
+# and ARGV[6] says how many each line has, so that the script walks them with
+# an index whatever it makes of the line:
+#   0  none of its own: a line the caller found malformed, or a global line
+#      of the client whose global keys came last (they count for it too)
+#   2  online.clients.<id>, online.holders.<id>
+#   5  a room line of the client whose global keys came last: the room's
+#      five keys (room_scope's order, holders.<id> last)
+#   7  a room line: its client's two global keys, then the room's five
+# (A client's rooms come side by side: its global keys once for them all.)
 # ARGV[1] ttl ms
 # ARGV[2] presence stream cap
-# ARGV[3] online.clients. prefix
-# ARGV[4] online.holders. prefix
-# ARGV[5] the consumer group
-# ARGV[6] one line per heartbeat: "<client> <server> <sent>[ <room>[ <data>]]";
+# ARGV[3] the consumer group
+# ARGV[4] one line per heartbeat: "<client> <server> <sent>[ <room>[ <data>]]";
 #         sent is its heartbeat entry id, which is acknowledged in the same
 #         call unless Redis failed the heartbeat, or Unix ms (0 = now); data
 #         is a JSON object on one line, after a "?" when it is initial data
 #         (only for a member that has none)
-# ARGV[7] room stream cap
-# ARGV[8] room. prefix
+# ARGV[5] room stream cap
+# ARGV[6] one digit per line: how many keys it has, as above
 # Returns one code per heartbeat (CAME_ONLINE, REFRESHED, STALE, FAILED),
 # for the client's global presence; after a failure, the last element is its
 # error.
 HEARTBEAT: Final = (
     PRELUDE
     + """
-cfg.ttl, cfg.cap, cfg.group = tonumber(ARGV[1]), ARGV[2], ARGV[5]
-cfg.room_cap = ARGV[7]
+cfg.ttl, cfg.cap, cfg.group = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+cfg.room_cap = ARGV[5]
+local sizes = ARGV[6]
+-- The client whose global keys were declared last, and those keys.
+local owner, online, holders
 -- A heartbeat with a room counts for the client's global presence too. A
 -- client in five rooms sends five in a row, in one millisecond: after the
 -- first, the global part would set the same deadline again, so it is skipped.
 local applied = {}  -- client, server and ms of the global part applied last
-local function heartbeat(client, server, ms, seq, rest)
+-- The heartbeat applied now, for global_part, and its code.
+local client, server, ms, seq, code
+local function global_part()
+  if ms == 0 or applied[1] ~= client or applied[2] ~= server or applied[3] ~= ms then
+    code = apply(global_scope(online, holders), client, server, ms, seq, '', false)
+    applied = code >= REFRESHED and {client, server, ms} or {}
+  end
+end
+local function heartbeat(rest, at, size)
   local room, data, initial
   if rest ~= '' then
     room, initial, data = string.match(rest, '^ (%S+) ?(%??)(.*)$')
     if not room then error('malformed room ' .. rest) end
     initial = initial == '?'
   end
-  local scope
+  if size == 2 or size == 7 then
+    owner, online, holders = client, KEYS[at], KEYS[at + 1]
+    at = at + 2
+  end
+  if owner ~= client or (size >= 5) ~= (room ~= nil) then
+    error('undeclared keys for heartbeat ' .. client .. ' ' .. rest)
+  end
+  code = REFRESHED
   if room then
-    scope = room_scope(room, ARGV[8] .. '{' .. room .. '}.', client)
-    expect_room(scope)  -- all or nothing: before the global part writes
-    expect(scope.holders, 'zset')
+    -- The room's reads, then the global part, then the room's writes: all
+    -- or nothing for the two.
+    apply(room_scope(room, at), client, server, ms, seq, data, initial, global_part)
+  else
+    global_part()
   end
-  local code = REFRESHED
-  if ms == 0 or applied[1] ~= client or applied[2] ~= server or applied[3] ~= ms then
-    local global = global_scope(ARGV[3] .. client, ARGV[4] .. client)
-    code = apply(global, client, server, ms, seq, '', false)
-    applied = code >= REFRESHED and {client, server, ms} or {}
-  end
-  if scope then apply(scope, client, server, ms, seq, data, initial) end
   return code
 end
 expect_shared()
 local results, acks, failure = {}, {}, nil
-for line in string.gmatch(ARGV[6], '[^\\n]+') do
-  local client, server, sent, ms, seq, rest =
+local at, n = 6, 0  -- the next line's first key; lines so far
+for line in string.gmatch(ARGV[4], '[^\\n]+') do
+  n = n + 1
+  local size = string.byte(sizes, n) - 48
+  local sent, ms_text, seq_text, rest
+  client, server, sent, ms_text, seq_text, rest =
     string.match(line, '^(%S+) (%S+) ((%d+)%-?(%d*))(.*)$')
   local ok, result = false, 'malformed heartbeat ' .. line
   if client then
-    ok, result = pcall(heartbeat, client, server, tonumber(ms), tonumber(seq) or 0, rest)
-    if ok and seq ~= '' then acks[#acks + 1] = sent end
+    ms, seq = tonumber(ms_text), tonumber(seq_text) or 0
+    ok, result = pcall(heartbeat, rest, at, size)
+    if ok and seq_text ~= '' then acks[#acks + 1] = sent end
   end
+  at = at + size
   if ok then
     results[#results + 1] = result
   else
@@ -101,9 +128,9 @@ return results
 )
 
 # OFFLINE checks for any number of clients in one call.
+# KEYS[6...] online.clients.<id> of each client, in their order
 # ARGV[1] presence stream cap
-# ARGV[2] online.clients. prefix
-# ARGV[3...] clients
+# ARGV[2...] clients
 # A client gets its OFFLINE when its key is gone and its OFFLINE is not out yet.
 # Returns {how many were published, how many Redis failed, the last failure or ''}.
 OFFLINE: Final = (
@@ -111,15 +138,15 @@ OFFLINE: Final = (
     + """
 cfg.cap = ARGV[1]
 local published, failed, failure = 0, 0, ''
-local function check(client)
-  if redis.call('EXISTS', ARGV[2] .. client) == 1 then return 0 end
+local function check(client, online)
+  if redis.call('EXISTS', online) == 1 then return 0 end
   if not redis.call('ZSCORE', KEYS[1], client) then return 0 end
   offline(global_scope(), client, redis.call('HGET', KEYS[2], client) or '')
   return 1
 end
 expect_shared()
-for i = 3, #ARGV do
-  local ok, result = pcall(check, ARGV[i])
+for i = 2, #ARGV do
+  local ok, result = pcall(check, ARGV[i], KEYS[i + 4])
   if ok then
     published = published + result
   else
@@ -151,7 +178,7 @@ return leave(global_scope(KEYS[6], KEYS[7]), ARGV[1], ARGV[2])
 )
 
 # The client's last connection in a room on this server closed (see ``leave``).
-# KEYS[6] room.{R}. prefix: the room's keys are built from it
+# KEYS[6...10] the room's keys, holders.<id> of the client last (room_scope)
 # ARGV[1] room
 # ARGV[2] client
 # ARGV[3] server
@@ -163,7 +190,7 @@ ROOM_LEAVE: Final = (
     PRELUDE
     + """
 cfg.ttl, cfg.room_cap, cfg.group = tonumber(ARGV[4]), ARGV[5], ARGV[6]
-local scope = room_scope(ARGV[1], KEYS[6], ARGV[2])
+local scope = room_scope(ARGV[1], 6)
 expect_shared()
 expect_room(scope)
 expect(scope.holders, 'zset')
@@ -185,55 +212,60 @@ return {now, due}
 """
 )
 
-# The room sweeper: OFFLINE for every member whose deadline has passed with
-# every heartbeat sent before it applied, in up to ARGV[3] rooms due in
-# rooms.due; each visited room's index time moves to its earliest deadline.
-# ARGV[1] room stream cap
-# ARGV[2] room. prefix
-# ARGV[3] how many rooms to visit at most
-# ARGV[4] the consumer group
-# ARGV[5] how many members to take out in all, at most (a room with more left
-#         stays due: the next call goes on)
-# Returns {published, rooms visited, how many rooms Redis failed, the last
-# failure or ''}.
+# The rooms due in rooms.due, for ROOM_SWEEP to visit one by one: it cannot
+# declare a room's keys before this has read which rooms are due.
+# ARGV[1] how many rooms to return at most
+# ARGV[2] the consumer group
+# Returns {horizon, rooms}: the Unix ms up to which every heartbeat sent has
+# been applied (applied_until), and the rooms due by then, earliest first.
+ROOMS_DUE: Final = (
+    PRELUDE
+    + """
+cfg.group = ARGV[2]
+local horizon = applied_until()
+return {horizon, redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', horizon, 'LIMIT', 0, ARGV[1])}
+"""
+)
+
+# The room sweeper, one room a call: OFFLINE for every member whose deadline is
+# at or before the horizon ROOMS_DUE read, then the room's index time moves to
+# its earliest deadline. Decided from the room's state alone, so a room swept
+# twice, by one server or at once by several, publishes each OFFLINE once.
+# KEYS[6...9] the room's keys (room_scope)
+# ARGV[1] room
+# ARGV[2] room stream cap
+# ARGV[3] the horizon, Unix ms (ROOMS_DUE's)
+# ARGV[4] how many members to take out at most (one with more left stays due:
+#         the next call goes on)
+# Returns {published, 1 when members due are left (else 0), the failure or ''}.
 ROOM_SWEEP: Final = (
     PRELUDE
     + """
-cfg.room_cap, cfg.group = ARGV[1], ARGV[4]
-local horizon = applied_until()
-local published, failed, failure = 0, 0, ''
-local budget = tonumber(ARGV[5])
-local function sweep(room)
-  local scope = room_scope(room, ARGV[2] .. '{' .. room .. '}.', '')
+cfg.room_cap = ARGV[2]
+local room, horizon = ARGV[1], ARGV[3]
+local scope = room_scope(room, 6)
+local function sweep()
   expect_room(scope)
-  local due = redis.call('ZRANGEBYSCORE', scope.deadlines, '-inf', horizon, 'LIMIT', 0,
-    math.max(budget - published, 0))
+  local due = redis.call('ZRANGEBYSCORE', scope.deadlines, '-inf', horizon, 'LIMIT', 0, ARGV[4])
   for _, client in ipairs(due) do
     offline(scope, client, redis.call('HGET', scope.servers, client) or '')
   end
   local first = redis.call('ZRANGE', scope.deadlines, 0, 0, 'WITHSCORES')
-  if #first > 0 then
-    redis.call('ZADD', KEYS[5], first[2], room)
-  else
+  if #first == 0 then
     redis.call('ZREM', KEYS[5], room)
+    return #due, 0
   end
-  return #due
+  redis.call('ZADD', KEYS[5], first[2], room)
+  return #due, tonumber(first[2]) <= tonumber(horizon) and 1 or 0
 end
-expect_shared()
-local rooms = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', horizon, 'LIMIT', 0, ARGV[3])
-for _, room in ipairs(rooms) do
-  local ok, result = pcall(sweep, room)
-  if ok then
-    published = published + result
-  else
-    failed = failed + 1
-    failure = type(result) == 'table' and result.err or tostring(result)
-    -- A key that is not a room's: never visited again. Anything else (out of
-    -- memory) may pass: the room stays due.
-    if string.find(failure, 'WRONGTYPE', 1, true) then redis.call('ZREM', KEYS[5], room) end
-  end
-end
-return {published, #rooms, failed, failure}
+expect(KEYS[5], 'zset')
+local ok, published, left = pcall(sweep)
+if ok then return {published, left, ''} end
+local failure = type(published) == 'table' and published.err or tostring(published)
+-- A key that is not a room's: never visited again. Anything else (out of
+-- memory) may pass: the room stays due.
+if string.find(failure, 'WRONGTYPE', 1, true) then redis.call('ZREM', KEYS[5], room) end
+return {0, 0, failure}
 """
 )
 
@@ -298,18 +330,17 @@ return {position, redis.call('HGETALL', KEYS[2])}
 """
 
 # A room's members exactly as of its stream's last entry.
-# KEYS[6] room.{R}. prefix
+# KEYS[6...9] the room's keys (room_scope): members, data and presence are read
 # Returns {last room entry id or '0-0', {client, server, ...}, {client, data, ...}}.
 ROOM_SNAPSHOT: Final = """
-local base = KEYS[6]
-local last = redis.call('XREVRANGE', base .. 'presence', '+', '-', 'COUNT', 1)
+local last = redis.call('XREVRANGE', KEYS[9], '+', '-', 'COUNT', 1)
 local position = '0-0'
 if #last > 0 then position = last[1][1] end
-return {position, redis.call('HGETALL', base .. 'members'), redis.call('HGETALL', base .. 'data')}
+return {position, redis.call('HGETALL', KEYS[7]), redis.call('HGETALL', KEYS[8])}
 """
 
 # Replace a member's data; an unchanged value publishes nothing.
-# KEYS[6] room.{R}. prefix
+# KEYS[6...9] the room's keys (room_scope)
 # ARGV[1] room
 # ARGV[2] client
 # ARGV[3] data, a JSON object on one line
@@ -321,7 +352,7 @@ SET_DATA: Final = (
     + """
 cfg.room_cap = ARGV[4]
 local client, data = ARGV[2], ARGV[3]
-local scope = room_scope(ARGV[1], KEYS[6], client)
+local scope = room_scope(ARGV[1], 6)
 expect_room(scope)
 if not redis.call('ZSCORE', scope.deadlines, client) then return -1 end
 if redis.call('HGET', scope.data, client) == data then return 0 end
