@@ -4,7 +4,7 @@ would: ``python -m bench.held --clients N [--rooms-per-client K --room-size S]
 
 Holding 20,000 clients in 5 rooms each over SSE would take more file
 descriptors than a process may open here; held in-process instead (the
-``Presence.held_online`` an SSE stream enters once it has its start), they
+``Service.held_online`` an SSE stream enters once it has its start), they
 take the server's own path from there: its heartbeat publisher sends one
 heartbeat per membership per interval (the PUBLISH script), and its consumer
 applies them, beside whatever its HTTP side serves (bench/rooms.py streams a
@@ -52,7 +52,7 @@ def _holder(
         with ExitStack() as stack:
             for i in range(clients):
                 rooms = rooms_of(i, clients, rooms_per_client, room_size)
-                stack.enter_context(presence.held_online(f"h{i}", rooms))
+                stack.enter_context(presence._service.held_online(f"h{i}", rooms))
             yield
             # Released after the streams closed for shutdown: no leave, as for
             # any client of a server that stops.

@@ -38,11 +38,11 @@ def redis_cpu(r: redis.Redis) -> float:
 
 async def measure(presence: Presence, r: redis.Redis, seconds: float) -> tuple[float, float, float]:
     """Redis CPU/s, this process's CPU/s and room reads/s over ``seconds``."""
-    reads = getattr(presence.room_reader, "reads", 0)
+    reads = getattr(presence._service.room_reader, "reads", 0)
     cpu, own, start = redis_cpu(r), time.process_time(), time.monotonic()
     await asyncio.sleep(seconds)
     elapsed = time.monotonic() - start
-    read = getattr(presence.room_reader, "reads", 0) - reads
+    read = getattr(presence._service.room_reader, "reads", 0) - reads
     return (
         (redis_cpu(r) - cpu) / elapsed,
         (time.process_time() - own) / elapsed,
@@ -56,7 +56,7 @@ async def first_event(
     """Seconds from an entry in an idle room to its delivery, for ``probes`` rooms."""
     found: list[float] = []
     for room in random.Random(1).sample(rooms, probes):
-        (subscriber,) = presence.scopes.rooms[room]
+        (subscriber,) = presence._service.scopes.rooms[room]
         fields = {"room": room, "client": "probe", "status": "ONLINE", "server": "bench"}
         start = time.monotonic()
         r.xadd(presence.settings.keys.room(room).presence, fields)  # type: ignore[arg-type]
@@ -76,10 +76,10 @@ async def run(url: str, rooms: int, seconds: float, probes: int) -> None:
         with ExitStack() as stack:
             for start in range(0, rooms, ROOMS_PER_STREAM):
                 chunk = tuple(names[start : start + ROOMS_PER_STREAM])
-                stack.enter_context(presence.scoped(f"c{start}", Scope(rooms=chunk)))
+                stack.enter_context(presence._service.scoped(f"c{start}", Scope(rooms=chunk)))
                 for room in chunk:
-                    presence.room_reader.join(room)
-                    presence.room_reader.start_at(room, "0-0", read=False)
+                    presence._service.room_reader.join(room)
+                    presence._service.room_reader.start_at(room, "0-0", read=False)
             # Every room read once, and gone idle (rooms just started are warm).
             await asyncio.sleep(2 + getattr(room_reader, "WARM_SECONDS", 0))
             busy_redis, busy_own, reads = await measure(presence, r, seconds)

@@ -99,8 +99,8 @@ def build_app(settings: presence.Settings) -> web.Application:
     app.router.add_get("/ws/{user}", websocket)
     app[SOCKETS] = set()
     app.on_shutdown.append(close_sockets)
-    # Presence starts and stops with this application.
-    app[presence.PRESENCE] = presence.setup(app, settings, prefix="/presence")
+    # Presence starts and stops with this application; it is app[presence.PRESENCE].
+    presence.setup(app, settings, prefix="/presence")
     app.cleanup_ctx.append(log_changes)
     return app
 

@@ -9,10 +9,12 @@ from .errors import (
     RedisUnavailable,
     RoomUnreadable,
 )
-from .events import OnlineClient, PresenceEvent, Reset
+from .events import OnlineClient, PresenceEvent, Reset, RoomEvent
 from .presence import Presence
 from .settings import Settings
+from .updates.replay import Replay
 from .updates.room_snapshot import RoomSnapshot
+from .updates.snapshot import Snapshot
 from .web.app import create_app, setup
 from .web.requests import PRESENCE
 from .wire import Member
@@ -32,10 +34,13 @@ __all__ = [
     "PresenceEvent",
     "RedisMisconfigured",
     "RedisUnavailable",
+    "Replay",
     "Reset",
+    "RoomEvent",
     "RoomSnapshot",
     "RoomUnreadable",
     "Settings",
+    "Snapshot",
     "Status",
     "create_app",
     "setup",

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from .errors import InvalidClientId
+
 Status = Literal["ONLINE", "OFFLINE"]
 ONLINE: Final = "ONLINE"
 OFFLINE: Final = "OFFLINE"
@@ -36,6 +38,12 @@ _RAW_ID = re.compile(ID_PATTERN)
 def is_valid_id(value: str) -> bool:
     """True for 1 to 128 letters, digits or ``._:@-`` (client, server and room ids)."""
     return _ID.fullmatch(value) is not None
+
+
+def check_id(value: str) -> None:
+    """``InvalidClientId`` unless ``value`` is a valid id (of a client or a room)."""
+    if not is_valid_id(value):
+        raise InvalidClientId(ID_RULE)
 
 
 def is_valid_raw_id(value: bytes) -> bool:

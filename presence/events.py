@@ -1,11 +1,12 @@
-"""The values presence hands out: transitions and online clients."""
+"""The values presence hands out: transitions, online clients, room transitions."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
-from .contract import Status
+from .contract import RoomStatus, Status
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,3 +44,30 @@ class Reset:
 
     id: str
     clients: list[OnlineClient]
+
+
+@dataclass(frozen=True, slots=True)
+class RoomEvent:
+    """One entry of a room's stream: a member joined (``ONLINE``), its data
+    changed (``UPDATE``), or it left (``OFFLINE``)."""
+
+    #: The room stream's entry id.
+    id: str
+    room: str
+    client: str
+    status: RoomStatus
+    server: str
+    #: The member's data (JSON object text), with ONLINE and UPDATE when it has some.
+    data: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as a scoped SSE stream's ``presence`` data has it."""
+        found: dict[str, Any] = {
+            "room": self.room,
+            "client": self.client,
+            "status": self.status,
+            "server": self.server,
+        }
+        if self.data is not None:
+            found["data"] = json.loads(self.data)
+        return found

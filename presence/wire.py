@@ -26,7 +26,7 @@ from .contract import (
     Status,
     is_valid_raw_id,
 )
-from .events import OnlineClient, PresenceEvent
+from .events import OnlineClient, PresenceEvent, RoomEvent
 
 #: The line separator of every frame; aiohttp-sse is given it for its pings
 #: (``: ping`` then an empty line).
@@ -180,6 +180,14 @@ def member_data(raw: str | bytes) -> str:
     return encoded
 
 
+def encode_data(data: dict[str, Any]) -> str:
+    """``member_data`` of data given as a dict."""
+    try:
+        return member_data(json.dumps(data))
+    except TypeError:
+        raise ValueError("data must be a JSON object") from None
+
+
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
@@ -281,6 +289,10 @@ class RoomDelivery:
 
     def __post_init__(self) -> None:
         self.position = stream_position(self.id)
+
+    @property
+    def event(self) -> RoomEvent:
+        return RoomEvent(self.id, self.room, self.client, self.status, self.server, self.data)
 
 
 def parse_room_delivery(entry_id: str, fields: list[bytes] | None) -> RoomDelivery | None:

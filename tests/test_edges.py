@@ -90,7 +90,7 @@ async def test_a_lost_presence_stream_resets_each_stream_once(
     await redis.xtrim("presence", maxlen=0)
     reset = await alice.until(lambda e: e.event == "snapshot", timeout=5)
     assert reset.data["reset"] is True
-    reader = app[PRESENCE].reader
+    reader = app[PRESENCE]._service.reader
     reads = reader.reads
     await poll(lambda: truthy(reader.reads >= reads + 2), what="two more reads")
     carol = await open_events(session, await _events_url(server, "carol"))
@@ -140,7 +140,7 @@ async def test_pending_entries_deleted_from_the_stream_drain_on_redis_6_2(
             return groups[0]["pending"] == 0 and [c["name"] for c in consumers] == [b"live"]
 
         await poll(drained, timeout=10, what="the pending list drained, the dead consumer gone")
-        assert presence.claimer.claimed == 2
+        assert presence._service.claimer.claimed == 2
     await redis.aclose()
 
 
@@ -161,9 +161,9 @@ async def test_a_consumer_that_reads_as_it_is_forgotten_keeps_what_it_read(
             await redis.xreadgroup(CONSUMER_GROUP, "sleepy", {"heartbeat": ">"})
 
     # Just before the step that removes an idle consumer, it comes back.
-    transitions = presence.claimer._transitions
+    transitions = presence._service.claimer._transitions
     run = transitions.run
-    command: Callable[..., Awaitable[Any]] = presence.redis.execute_command
+    command: Callable[..., Awaitable[Any]] = presence._service.redis.execute_command
 
     async def racing_run(fill: Callable[[Pipeline], None]) -> Any:
         if getattr(fill, "__name__", "") == "forget":
@@ -176,7 +176,7 @@ async def test_a_consumer_that_reads_as_it_is_forgotten_keeps_what_it_read(
         return await command(*args, **options)
 
     transitions.run = racing_run  # type: ignore[method-assign]
-    presence.redis.execute_command = racing_command  # type: ignore[method-assign]
+    presence._service.redis.execute_command = racing_command  # type: ignore[method-assign]
     await poll(lambda: truthy(woke.is_set()), timeout=5, what="a removal attempt")
     # Its heartbeat stays pending, then is claimed and applied: never lost with it.
     await poll(lambda: announced(redis, "late"), timeout=5, what="the late heartbeat applied")
@@ -226,7 +226,7 @@ async def test_a_refused_request_holds_nothing_and_announces_no_leave(
         assert response.status == 503
         assert (await response.json())["error"].startswith("presence is unavailable")
     # Nothing held, nothing in a leave grace: no leave can ever follow.
-    assert presence.held.heartbeated() == []
+    assert presence._service.held.heartbeated() == []
     own.start()
 
 

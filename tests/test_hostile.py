@@ -55,7 +55,7 @@ def presence_of(server: TestServer) -> Presence:
 
 
 async def healthy(presence: Presence) -> None:
-    assert await presence.problems() == []
+    assert await presence._service.problems() == []
 
 
 @EXAMPLES
@@ -175,7 +175,7 @@ async def test_any_heartbeat_entries_are_applied_or_skipped_and_nothing_dies(
     entries: list[dict[bytes, bytes]], server: TestServer, redis: Redis
 ) -> None:
     presence = presence_of(server)
-    applied, malformed = presence.consumer.applied, presence.consumer.malformed
+    applied, malformed = presence._service.consumer.applied, presence._service.consumer.malformed
     pipe = redis.pipeline(transaction=False)
     for entry in entries:
         pipe.xadd(f"{NAMESPACE}heartbeat", entry)
@@ -185,9 +185,14 @@ async def test_any_heartbeat_entries_are_applied_or_skipped_and_nothing_dies(
     bad = sum(not _valid_heartbeat(e) for e in entries)
 
     async def consumed() -> bool:
-        done = presence.consumer.applied - applied + presence.consumer.malformed - malformed
+        done = (
+            presence._service.consumer.applied
+            - applied
+            + presence._service.consumer.malformed
+            - malformed
+        )
         return done == len(entries)
 
     await poll(consumed, what="every entry applied or skipped")
-    assert presence.consumer.malformed - malformed == bad
+    assert presence._service.consumer.malformed - malformed == bad
     await healthy(presence)

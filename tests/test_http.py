@@ -191,7 +191,7 @@ async def test_healthz_reports_redis_loss(
         assert response.content_type == "application/json"
         assert "Redis" in (await response.json())["error"]
     assert server.app is not None
-    assert ("zed", "") not in server.app[PRESENCE].held
+    assert ("zed", "") not in server.app[PRESENCE]._service.held
 
 
 async def test_shutdown_closes_streams_promptly(
@@ -317,5 +317,5 @@ async def test_a_redis_restart_without_data_sends_a_fresh_snapshot(
     reset = await alice.until(lambda e: e.event == "snapshot", timeout=20)
     assert reset.data["reset"] is True
     assert "bob" not in {c["client"] for c in reset.data["clients"]}
-    assert app[PRESENCE].reader.resyncs == 1
+    assert app[PRESENCE]._service.reader.resyncs == 1
     alice.close()

@@ -77,7 +77,7 @@ async def test_deleting_the_key_publishes_offline_through_keyspace_events(
     await poll(lambda: _has_status(redis, "ONLINE"), what="ONLINE")
     await redis.delete("online.clients.bob")
     await poll(lambda: _has_status(redis, "OFFLINE"), timeout=3, what="OFFLINE")
-    assert presence.listener.published == 1
+    assert presence._service.listener.published == 1
     assert [(c, s, srv) for c, s, srv, _ in await presence_entries(redis)] == [
         ("bob", "ONLINE", "elsewhere"),
         ("bob", "OFFLINE", "elsewhere"),
@@ -93,7 +93,7 @@ async def test_two_servers_apply_each_heartbeat_once(
         await redis.xadd("heartbeat", {"client": f"c{n}", "server": "ext"})
 
     async def all_applied() -> bool:
-        return one.consumer.applied + two.consumer.applied == 200
+        return one._service.consumer.applied + two._service.consumer.applied == 200
 
     await poll(all_applied, what="200 heartbeats applied")
     assert len(await presence_entries(redis)) == 200
@@ -123,12 +123,12 @@ async def test_malformed_heartbeats_are_skipped_counted_and_logged(
             await redis.xadd("heartbeat", fields)
         await redis.xadd("heartbeat", {"client": "good", "server": "s", "extra": "ignored"})
         await poll(lambda: _has_status(redis, "ONLINE"), what="valid heartbeat applied")
-        await poll(lambda: truthy(presence.consumer.malformed == len(bad)), what="count")
+        await poll(lambda: truthy(presence._service.consumer.malformed == len(bad)), what="count")
     assert [c for c, _, _, _ in await presence_entries(redis)] == ["good"]
     assert "malformed heartbeat" in caplog.text
-    assert presence.listener.published == 0
+    assert presence._service.listener.published == 0
     assert (await redis.xinfo_groups("heartbeat"))[0]["pending"] == 0
-    assert (await presence.problems()) == []
+    assert (await presence._service.problems()) == []
 
 
 async def test_enables_keyspace_events_when_they_are_off(
@@ -151,8 +151,8 @@ async def test_without_config_and_keyspace_events_the_sweeper_publishes_every_of
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1
         assert "notify-keyspace-events" in warnings[0]
-        assert presence.listener.events is False
-        client: Redis = presence.redis
+        assert presence._service.listener.events is False
+        client: Redis = presence._service.redis
         for name in ("deleted", "expired"):
             await client.xadd("heartbeat", {"client": name, "server": "ext"})
         await poll(lambda: exists(client, "online.clients.deleted"), what="ONLINE")
@@ -163,9 +163,11 @@ async def test_without_config_and_keyspace_events_the_sweeper_publishes_every_of
             offline = {f[b"client"] for _, f in entries if f[b"status"] == b"OFFLINE"}
             return offline == {b"deleted", b"expired"}
 
-        await poll(lambda: truthy(presence.sweeper.published == 2), timeout=5, what="sweeper")
+        await poll(
+            lambda: truthy(presence._service.sweeper.published == 2), timeout=5, what="sweeper"
+        )
         assert await both_offline()
-        assert presence.listener.published == 0
+        assert presence._service.listener.published == 0
     finally:
         await presence.close()
 
@@ -177,7 +179,7 @@ async def test_a_listener_that_falls_behind_gets_a_reset_instead_of_a_backlog(
     async with presence.changes() as events:
         for n in range(20):
             await redis.xadd("heartbeat", {"client": f"c{n}", "server": "ext"})
-        await poll(lambda: truthy(presence.reader.delivered == 20), what="deliveries")
+        await poll(lambda: truthy(presence._service.reader.delivered == 20), what="deliveries")
         reset = await anext(events)
         assert isinstance(reset, Reset)  # not 20 events: the log keeps about 5
         assert {c.client for c in reset.clients} == {f"c{n}" for n in range(20)}
@@ -185,7 +187,7 @@ async def test_a_listener_that_falls_behind_gets_a_reset_instead_of_a_backlog(
         after = await anext(events)
         assert isinstance(after, PresenceEvent)
         assert after.client == "late"
-    assert not presence.deliveries.subscribers
+    assert not presence._service.deliveries.subscribers
 
 
 async def test_a_reset_whose_snapshot_redis_cannot_give_waits_for_redis(
@@ -199,7 +201,7 @@ async def test_a_reset_whose_snapshot_redis_cannot_give_waits_for_redis(
         async with presence.changes() as events:
             for n in range(20):
                 await client.xadd("heartbeat", {"client": f"c{n}", "server": "ext"})
-            await poll(lambda: truthy(presence.reader.delivered == 20), what="deliveries")
+            await poll(lambda: truthy(presence._service.reader.delivered == 20), what="deliveries")
             # It fell behind: its next item is a reset, whose snapshot finds Redis gone.
             own.stop()
             with caplog.at_level(logging.DEBUG, logger="presence.presence"):
@@ -265,7 +267,7 @@ async def _has_status(redis: Redis, status: str) -> bool:
 
 
 async def _no_problems(presence: Presence) -> bool:
-    return not await presence.problems()
+    return not await presence._service.problems()
 
 
 async def test_starts_without_config_when_the_operator_enabled_keyspace_events(
@@ -273,7 +275,7 @@ async def test_starts_without_config_when_the_operator_enabled_keyspace_events(
 ) -> None:
     managed = start_redis("--notify-keyspace-events", "Eg", "--rename-command", "CONFIG", "")
     async with Presence(settings.replace(redis_url=managed.url)) as presence:
-        assert await presence.problems() == []
+        assert await presence._service.problems() == []
 
 
 async def test_streams_are_capped(
@@ -286,10 +288,10 @@ async def test_streams_are_capped(
     for n in range(1000):
         pipe.xadd("heartbeat", {"client": f"c{n}", "server": "ext"})
     await pipe.execute()
-    await poll(lambda: truthy(presence.consumer.applied == 1000), what="applied")
+    await poll(lambda: truthy(presence._service.consumer.applied == 1000), what="applied")
     # MAXLEN ~ trims whole nodes of up to 100 entries, so "about 10" is at most ~110.
     assert await redis.xlen("presence") <= 110
-    await presence.publisher.publish([(f"local{n}", "") for n in range(300)])
+    await presence._service.publisher.publish([(f"local{n}", "") for n in range(300)])
     assert await redis.xlen("heartbeat") <= 110
 
 
@@ -299,7 +301,7 @@ async def test_unix_socket_url(start_redis: StartRedis, settings: Settings, tmp_
     async with Presence(settings.replace(redis_url=f"unix://{sock}")) as presence:
         async with presence.changes() as events, presence.track("alice"):
             assert (await next_event(events)).client == "alice"
-        assert await presence.problems() == []
+        assert await presence._service.problems() == []
 
 
 async def test_a_key_of_the_wrong_type_fails_its_heartbeat_only_until_it_is_stale(
@@ -312,17 +314,19 @@ async def test_a_key_of_the_wrong_type_fails_its_heartbeat_only_until_it_is_stal
     await redis.xadd("heartbeat", {"client": "broken", "server": "ext"})
     await redis.xadd("heartbeat", {"client": "fine", "server": "ext"})
     await poll(lambda: _has_status(redis, "ONLINE"), what="fine ONLINE")
-    await poll(lambda: truthy(presence.consumer.failed >= 2), what="failed, claimed, failed")
+    await poll(
+        lambda: truthy(presence._service.consumer.failed >= 2), what="failed, claimed, failed"
+    )
     assert (await redis.xinfo_groups("heartbeat"))[0]["pending"] == 1
 
     async def acknowledged() -> bool:
         return bool((await redis.xinfo_groups("heartbeat"))[0]["pending"] == 0)
 
     await poll(acknowledged, timeout=10, what="the stale entry acknowledged")
-    assert presence.consumer.stale == 1
+    assert presence._service.consumer.stale == 1
     entries = await presence_entries(redis)
     assert [c for c, status, _, _ in entries if status == "ONLINE"] == ["fine"]
-    assert await presence.problems() == []
+    assert await presence._service.problems() == []
 
 
 async def test_consumer_recreates_its_group_after_redis_loses_its_data(
@@ -374,7 +378,7 @@ async def test_redis_restart_without_data_recovers_everything(
         await poll(lambda: _problems(presence), timeout=10, what="outage reported")
         own.start()
         await poll(lambda: _no_problems(presence), timeout=15, what="recovered")
-        client: Redis = presence.redis
+        client: Redis = presence._service.redis
         await client.xadd("heartbeat", {"client": "bob", "server": "ext"})
         await poll(lambda: exists(client, "online.clients.bob"), timeout=10, what="bob back")
         # The listener notices the lost connection at its own pace: wait for its resubscribe.
@@ -395,7 +399,7 @@ async def _subscribed(redis: Redis) -> bool:
 
 
 async def _problems(presence: Presence) -> bool:
-    return bool(await presence.problems())
+    return bool(await presence._service.problems())
 
 
 async def test_entries_pending_on_a_dead_consumer_are_claimed_and_it_is_forgotten(
@@ -410,7 +414,7 @@ async def test_entries_pending_on_a_dead_consumer_are_claimed_and_it_is_forgotte
         settings.replace(heartbeat_interval=2, claim_after=0.2, forget_after=0.5)
     )
     await poll(lambda: _online(presence, {"k1", "k2"}), timeout=5, what="claimed and applied")
-    assert presence.claimer.claimed == 2
+    assert presence._service.claimer.claimed == 2
 
     async def forgotten() -> bool:
         consumers = await redis.xinfo_consumers("heartbeat", CONSUMER_GROUP)
@@ -433,7 +437,7 @@ async def test_at_start_its_own_pending_entries_are_applied_once_even_if_one_fai
     presence = await start_presence(settings.replace(heartbeat_interval=30, claim_after=7))
     await poll(lambda: _has_status(redis, "ONLINE"), what="fine ONLINE")
     await poll(lambda: _no_problems(presence), what="healthy")
-    assert (presence.consumer.applied, presence.consumer.failed) == (1, 1)
+    assert (presence._service.consumer.applied, presence._service.consumer.failed) == (1, 1)
     assert (await redis.xinfo_groups("heartbeat"))[0]["pending"] == 1
 
 
@@ -481,10 +485,10 @@ async def test_keys_deleted_while_nobody_listened_get_their_offline_at_subscribe
     first = await start_presence(slow)
     await redis.xadd("heartbeat", {"client": "gone", "server": "ext"})
     await redis.xadd("heartbeat", {"client": "stays", "server": "ext"})
-    await poll(lambda: truthy(first.consumer.applied == 2), what="both applied")
+    await poll(lambda: truthy(first._service.consumer.applied == 2), what="both applied")
     await first.close()
     await redis.delete("online.clients.gone")  # no listener anywhere
     second = await start_presence(slow.replace(server_id="test-2"))
-    assert second.listener.published == 1  # before start returned
+    assert second._service.listener.published == 1  # before start returned
     assert [(c, s) for c, s, _, _ in await presence_entries(redis)][-1] == ("gone", "OFFLINE")
     assert [c.client for c in await second.online()] == ["stays"]

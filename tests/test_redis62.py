@@ -38,12 +38,12 @@ async def test_the_whole_pipeline_runs_on_redis_6_2(redis62: RedisServer) -> Non
             online = await anext(aiter(events))
             assert isinstance(online, PresenceEvent)
             assert (online.client, online.status) == ("alice", "ONLINE")
-            assert await presence.redis.pttl("online.clients.alice") > 0
+            assert await presence._service.redis.pttl("online.clients.alice") > 0
         offline = await anext(aiter(events))
         assert isinstance(offline, PresenceEvent)
         assert (offline.client, offline.status) == ("alice", "OFFLINE")
         await poll(lambda: _none_online(presence), what="alice gone")
-        assert await presence.problems() == []
+        assert await presence._service.problems() == []
 
 
 async def _none_online(presence: Presence) -> bool:

@@ -61,12 +61,14 @@ async def test_an_acl_user_with_only_the_documented_commands_runs_everything(
 
                 await poll(in_lobby, what="alice in the lobby")
                 assert await presence.set_data("lobby", "alice", {"s": 2}) is True
-                assert (await presence.watched(["alice", "bob"])).clients[0].client == "alice"
+                assert (await presence._service.watched(["alice", "bob"])).clients[
+                    0
+                ].client == "alice"
             # The leave: the LEAVE script, run as the restricted user.
             last = await anext(events)
             assert isinstance(last, PresenceEvent)
             assert (last.client, last.status) == ("alice", "OFFLINE")
-        assert await presence.problems() == []
+        assert await presence._service.problems() == []
 
 
 def _acl(rules: list[str]) -> dict[str, object]:
@@ -143,7 +145,7 @@ async def test_redis_over_tls_with_a_password(
     async with Presence(settings.replace(redis_url=url)) as presence:
         async with presence.track("alice"):
             await poll(lambda: tracked_online(presence, "alice"), what="alice ONLINE over TLS")
-        assert await presence.problems() == []
+        assert await presence._service.problems() == []
     untrusted = f"rediss://:pw@127.0.0.1:{port}/0"  # the system CAs do not know ours
     with pytest.raises(PresenceError, match="certificate verify failed"):
         await Presence(settings.replace(redis_url=untrusted, connect_retries=1)).start()

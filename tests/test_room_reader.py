@@ -54,7 +54,7 @@ def _following(
     with ExitStack() as stack:
         subscribers = [
             stack.enter_context(
-                presence.scoped(
+                presence._service.scoped(
                     f"s{k}-{start}", Scope(rooms=tuple(rooms[start : start + per_stream]))
                 )
             )
@@ -62,8 +62,8 @@ def _following(
             for k in range(per_room)
         ]
         for room in rooms:
-            read = presence.room_reader.join(room)
-            presence.room_reader.start_at(room, "0-0", read=read)
+            read = presence._service.room_reader.join(room)
+            presence._service.room_reader.start_at(room, "0-0", read=read)
         yield subscribers
 
 
@@ -220,7 +220,7 @@ async def test_a_lost_presence_stream_resets_global_and_watch_streams_but_not_ro
     await bob.next()
     await everyone.until(lambda e: e.data.get("client") == "bob")
     await watcher.until(lambda e: e.data.get("client") == "bob" and "room" not in e.data)
-    reader = app[PRESENCE].reader
+    reader = app[PRESENCE]._service.reader
     await redis.xtrim("presence", maxlen=0)
     await poll(lambda: truthy(reader.resyncs == 1), what="the loss seen")
     for stream in (everyone, watcher):

@@ -426,8 +426,8 @@ async def test_a_room_redis_cannot_read_fails_only_the_streams_that_join_it(
     with caplog.at_level(logging.WARNING, logger="presence.updates.room_snapshot"):
         # Asked for in one loop iteration, before the reader runs: one batch.
         good, both = await asyncio.gather(
-            presence.room_snapshots(["good"]),
-            presence.room_snapshots(["good", "bad"]),
+            presence._service.room_snapshots(["good"]),
+            presence._service.room_snapshots(["good", "bad"]),
             return_exceptions=True,
         )
         assert isinstance(good, dict), good

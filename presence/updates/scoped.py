@@ -57,13 +57,14 @@ Item = Delivery | RoomDelivery | Occupancy
 
 
 class ScopedSubscriber(Connection):
-    """One scoped SSE connection: the events routed to it, in arrival order."""
+    """One scoped SSE connection, or in-process listener of rooms (no client):
+    the events routed to it, in arrival order."""
 
     __slots__ = ("_limit", "counts", "overflowed", "queue", "scope")
 
     def __init__(
         self,
-        client: str,
+        client: str | None,
         scope: Scope,
         limit: int,
         *,

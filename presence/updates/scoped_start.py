@@ -106,17 +106,20 @@ class ScopedStream:
         return Start(start.positions, start.snapshot, await self._counts())
 
     async def next(self) -> Start | list[Item]:
-        """The events routed to it since (after its start, and not about its own
-        client), or a fresh start when it may have missed some; empty once closed."""
-        while True:
-            try:
-                items = await self.subscriber.items()
-            except Resync:
-                return await self.restart()
-            if not items:
-                return []
+        """What ``items`` gives, or a fresh start when it may have missed some."""
+        try:
+            return await self.items()
+        except Resync:
+            return await self.restart()
+
+    async def items(self) -> list[Item]:
+        """The events routed to it since, after its start and not about its own
+        client; empty once closed. ``Resync`` when it may have missed some:
+        ``restart()`` then."""
+        while items := await self.subscriber.items():
             if found := self._new(items):
                 return found
+        return []
 
     async def _replay(self, positions: list[str]) -> Start | None:
         """The events after ``positions``; None unless every part is exact."""

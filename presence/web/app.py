@@ -13,7 +13,7 @@ from ..settings import Settings
 from .addresses import AddressCounts
 from .auth import Verifier
 from .metrics import registry_for
-from .requests import ADDRESSES, METRICS, PRESENCE, VERIFIER
+from .requests import ADDRESSES, METRICS, PRESENCE, SERVICE, VERIFIER
 from .routes import add_routes
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
 def setup(
     app: web.Application, settings: Settings | None = None, *, prefix: str = "/presence"
 ) -> Presence:
-    """Mount presence under ``prefix`` in ``app``; returns it for ``track()`` and ``changes()``.
+    """Mount presence under ``prefix`` in ``app``; returns it for ``track()`` and
+    ``changes()``, and sets it as ``app[PRESENCE]`` for ``app``'s handlers.
 
     Presence starts and stops with ``app`` (through ``cleanup_ctx``).
     """
@@ -37,12 +38,14 @@ def setup(
     subapp = web.Application()
     _install(subapp, presence)
     app.add_subapp(prefix, subapp)
+    app[PRESENCE] = presence
     return presence
 
 
 def _install(app: web.Application, presence: Presence) -> None:
     app[PRESENCE] = presence
-    app[METRICS] = registry_for(presence)
+    app[SERVICE] = service = presence._service
+    app[METRICS] = registry_for(service)
     app[VERIFIER] = Verifier(presence.settings)  # a bad key file fails here, at once
     app[ADDRESSES] = AddressCounts()
     add_routes(app)

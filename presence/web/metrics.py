@@ -1,6 +1,6 @@
 """Prometheus metrics, read at scrape time from the counters the workers keep.
 
-A collector per ``Presence`` (and a registry per app) rather than module-level
+A collector per service (and a registry per app) rather than module-level
 metrics: several services in one process, as in tests or when embedding, stay
 apart, and nothing is counted twice.
 """
@@ -14,23 +14,25 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..stats import stats_of
+
 if TYPE_CHECKING:
-    from ..presence import Presence
+    from ..service import Service
     from .guard import Guard
 
 
 class PresenceCollector(Collector):
-    def __init__(self, presence: Presence) -> None:
-        self._presence = presence
+    def __init__(self, service: Service) -> None:
+        self._service = service
 
     def collect(self) -> Iterator[Metric]:
-        p = self._presence
+        p = self._service
         yield GaugeMetricFamily(
             "presence_sse_connections", "Open SSE connections", value=p.deliveries.connections
         )
         if not p.started:
             return
-        s = p.stats()
+        s = stats_of(p)
         yield _counter(
             "heartbeats_published", "Heartbeats XADDed for local clients", s.heartbeats_published
         )
@@ -188,7 +190,7 @@ def _counter(name: str, documentation: str, value: int) -> CounterMetricFamily:
     return CounterMetricFamily(f"presence_{name}", documentation, value=value)
 
 
-def registry_for(presence: Presence) -> CollectorRegistry:
+def registry_for(service: Service) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(PresenceCollector(presence))
+    registry.register(PresenceCollector(service))
     return registry

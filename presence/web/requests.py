@@ -1,4 +1,4 @@
-"""What every handler needs from a request: its ``Presence``, its client id,
+"""What every handler needs from a request: its service, its client id,
 its verified token; and failing it with a JSON body."""
 
 from __future__ import annotations
@@ -11,10 +11,13 @@ from prometheus_client import CollectorRegistry
 
 from ..contract import ID_RULE, is_valid_id
 from ..presence import Presence
+from ..service import Service
 from .addresses import AddressCounts
 from .auth import Claims, Unauthorized, Verifier, token_of
 
 PRESENCE = web.AppKey("presence", Presence)
+#: What the handlers use: the service behind ``PRESENCE``, set with it.
+SERVICE = web.AppKey("presence service", Service)
 METRICS = web.AppKey("presence metrics", CollectorRegistry)
 VERIFIER = web.AppKey("presence token verifier", Verifier)
 ADDRESSES = web.AppKey("presence streams per address", AddressCounts)
@@ -36,13 +39,13 @@ def authorize(request: web.Request) -> Claims | None:
 
 def authorize_read(request: web.Request) -> Claims | None:
     """``authorize`` when reads need a token too."""
-    if presence_of(request).settings.auth_reads:
+    if service_of(request).settings.auth_reads:
         return authorize(request)
     return None
 
 
-def presence_of(request: web.Request) -> Presence:
-    return request.config_dict[PRESENCE]
+def service_of(request: web.Request) -> Service:
+    return request.config_dict[SERVICE]
 
 
 def client_id_of(request: web.Request) -> str:

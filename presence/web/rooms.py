@@ -11,7 +11,7 @@ from ..contract import MAX_DATA_BYTES
 from ..errors import RoomUnreadable
 from ..wire import member_data
 from .protocol import count_timeout
-from .requests import authorize, authorize_read, client_id_of, fail, presence_of, room_of
+from .requests import authorize, authorize_read, client_id_of, fail, room_of, service_of
 
 #: The largest body read: data is compared in canonical form, so its JSON
 #: may carry more whitespace than the 1 KB it stands for.
@@ -25,7 +25,7 @@ async def get_room(request: web.Request) -> web.Response:
     if claims is not None and not claims.may_join(room):
         fail(web.HTTPForbidden, f"the token does not allow room {room}")
     try:
-        snapshot = await presence_of(request).room(room)
+        snapshot = await service_of(request).room(room)
     except RoomUnreadable as exc:
         fail(web.HTTPServiceUnavailable, str(exc))
     clients = [m.to_dict() for m in snapshot.members]
@@ -43,14 +43,14 @@ async def put_data(request: web.Request) -> web.Response:
         if not claims.may_join(room):
             fail(web.HTTPForbidden, f"the token does not allow room {room}")
     try:
-        body = await _body(request, within=presence_of(request).settings.request_timeout)
+        body = await _body(request, within=service_of(request).settings.request_timeout)
     except TimeoutError:
         return await _too_late(request)
     try:
         data = json.loads(member_data(body))
     except ValueError as exc:
         fail(web.HTTPBadRequest, str(exc))
-    changed = await presence_of(request).set_data(room, client_id, data)
+    changed = await service_of(request).set_data(room, client_id, data)
     if changed is None:
         fail(web.HTTPNotFound, f"{client_id} is not in room {room}")
     return web.json_response({"room": room, "client": client_id, "data": data, "changed": changed})

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from ..contract import OFFLINE, ONLINE
-from .requests import METRICS, PRESENCE, authorize_read, client_id_of, fail, presence_of
+from .requests import METRICS, SERVICE, authorize_read, client_id_of, fail, service_of
 from .rooms import get_room, put_data
 from .streams import client_events
 
@@ -64,7 +64,7 @@ def _static(name: str, content_type: str) -> web.Response:
 
 async def list_clients(request: web.Request) -> web.Response:
     authorize_read(request)
-    online = await presence_of(request).online()
+    online = await service_of(request).online()
     clients = [{"client": c.client, "server": c.server} for c in online]
     return web.json_response({"clients": clients, "count": len(clients)})
 
@@ -72,20 +72,20 @@ async def list_clients(request: web.Request) -> web.Response:
 async def get_client(request: web.Request) -> web.Response:
     client_id = client_id_of(request)
     authorize_read(request)
-    found = await presence_of(request).status(client_id)
+    found = await service_of(request).status(client_id)
     if found is None:
         return web.json_response({"client": client_id, "status": OFFLINE, "server": None})
     return web.json_response({"client": client_id, "status": ONLINE, "server": found.server})
 
 
 async def healthz(request: web.Request) -> web.Response:
-    presence = presence_of(request)
-    problems = await presence.problems()
-    body: dict[str, Any] = {"server": presence.settings.server_id}
+    service = service_of(request)
+    problems = await service.problems()
+    body: dict[str, Any] = {"server": service.settings.server_id}
     if problems:
         body.update(status="unavailable", problems=problems)
         return web.json_response(body, status=503)
-    body.update(status="ok", connections=presence.deliveries.connections)
+    body.update(status="ok", connections=service.deliveries.connections)
     return web.json_response(body)
 
 
@@ -120,4 +120,4 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 async def _close_streams(app: web.Application) -> None:
     # Open SSE responses would otherwise hold shutdown for its whole timeout.
-    app[PRESENCE].close_streams()
+    app[SERVICE].close_streams()

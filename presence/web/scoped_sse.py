@@ -16,7 +16,7 @@ from aiohttp_sse import EventSourceResponse
 from redis.exceptions import RedisError
 
 from ..errors import RoomUnreadable
-from ..presence import Presence
+from ..service import Service
 from ..updates.scoped import Item, Occupancy, Scope
 from ..updates.scoped_start import ScopedStream, Start, start_scoped
 from ..wire import RoomDelivery, ScopedFrames, event_data, occupancy_frame
@@ -28,29 +28,29 @@ log = logging.getLogger(__name__)
 
 async def scoped_events(
     request: web.Request,
-    presence: Presence,
+    service: Service,
     client_id: str,
     scope: Scope,
     resume: str | None,
     expiry: float | None,
 ) -> web.StreamResponse:
     alive, abort, buffered = watch_connection(request)
-    with presence.scoped(
+    with service.scoped(
         client_id, scope, alive=alive, abort=abort, buffered=buffered
     ) as subscriber:
         try:
             async with asyncio.timeout(SNAPSHOT_TIMEOUT):
-                stream, start = await start_scoped(presence.scoped_sources, subscriber, resume)
+                stream, start = await start_scoped(service.scoped_sources, subscriber, resume)
         except RoomUnreadable as exc:
             # That room only: the snapshot reader logs it, throttled.
             fail(web.HTTPServiceUnavailable, str(exc))
         except (TimeoutError, RedisError, OSError) as exc:
             log.debug("no snapshot for %s: %s", client_id, exc)  # healthz says why
             fail(web.HTTPServiceUnavailable, "presence is unavailable: cannot read Redis")
-        with presence.held_online(client_id, scope.rooms, scope.data):
+        with service.held_online(client_id, scope.rooms, scope.data):
             return await serve_stream(
                 request,
-                presence,
+                service,
                 subscriber,
                 expiry,
                 lambda sse: _write(sse, stream, start),

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 from redis.exceptions import RedisError
 
-from ..presence import Presence
+from ..service import Service
 from ..updates.deliveries import WRITE_BYTES, Connection, Resync, Subscriber
 from ..updates.replay import Replay
 from ..updates.snapshot import Snapshot
@@ -50,7 +50,7 @@ def watch_connection(
 
 async def serve_stream(
     request: web.Request,
-    presence: Presence,
+    service: Service,
     connection: Connection,
     expiry: float | None,
     stream: Callable[[EventSourceResponse], Awaitable[None]],
@@ -58,10 +58,10 @@ async def serve_stream(
     """Run ``stream`` on an SSE response until the client leaves, its token
     expires, or a fresh snapshot cannot be read (the client reconnects)."""
     client_id = connection.client
-    forget = on_connection_lost(request, partial(presence.deliveries.gone, connection))
+    forget = on_connection_lost(request, partial(service.deliveries.gone, connection))
     try:
         async with sse_response(
-            request, sep=SEPARATOR, ping_interval=presence.settings.keepalive_interval
+            request, sep=SEPARATOR, ping_interval=service.settings.keepalive_interval
         ) as sse:
             try:
                 async with asyncio.timeout_at(expiry):
@@ -79,7 +79,7 @@ async def serve_stream(
 
 async def global_events(
     request: web.Request,
-    presence: Presence,
+    service: Service,
     client_id: str,
     resume: str | None,
     expiry: float | None,
@@ -87,29 +87,29 @@ async def global_events(
     """SSE: a ``snapshot`` event (or, resuming, the missed events), then every
     ``presence`` event about others."""
     alive, abort, buffered = watch_connection(request)
-    with presence.subscribed(client_id, alive=alive, abort=abort, buffered=buffered) as subscriber:
+    with service.subscribed(client_id, alive=alive, abort=abort, buffered=buffered) as subscriber:
         try:
             async with asyncio.timeout(SNAPSHOT_TIMEOUT):
-                replay = await presence.replay(resume) if resume else None
-                start = replay or await presence.snapshot()
+                replay = await service.replay(resume) if resume else None
+                start = replay or await service.snapshot()
         except (TimeoutError, RedisError, OSError) as exc:
             log.debug("no snapshot for %s: %s", client_id, exc)  # healthz says why
             fail(web.HTTPServiceUnavailable, "presence is unavailable: cannot read Redis")
-        with presence.held_online(client_id):
+        with service.held_online(client_id):
             return await serve_stream(
                 request,
-                presence,
+                service,
                 subscriber,
                 expiry,
                 lambda sse: _stream(
-                    sse, presence, subscriber, client_id, start, resumed=bool(resume)
+                    sse, service, subscriber, client_id, start, resumed=bool(resume)
                 ),
             )
 
 
 async def _stream(
     sse: EventSourceResponse,
-    presence: Presence,
+    service: Service,
     subscriber: Subscriber,
     client_id: str,
     start: Snapshot | Replay,
@@ -129,7 +129,7 @@ async def _stream(
         try:
             segments = await subscriber.segments()
         except Resync:
-            snapshot = await presence.snapshot()
+            snapshot = await service.snapshot()
             frame = snapshot.sse_frame(exclude=client_id, reset=True)
             await write_pieces(sse, subscriber, frame)
             after = stream_position(snapshot.position)
