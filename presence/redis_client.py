@@ -10,11 +10,12 @@ import asyncio
 import logging
 from typing import Any, cast
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, DataError, RedisError, ResponseError
 
 from .errors import RedisMisconfigured, RedisUnavailable
 from .sentinel_url import is_sentinel_url, parse_sentinel_url
@@ -51,7 +52,33 @@ def open_redis(settings: Settings) -> Redis:
         return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
     if is_sentinel_url(settings.redis_url):
         return _primary(settings.redis_url, options())
-    return aioredis.from_url(settings.redis_url, **options())
+    extra: dict[str, Any] = {}
+    if settings.redis_url.startswith("redis://"):  # TLS and sockets keep their own
+        extra["connection_class"] = PackedConnection
+    return aioredis.from_url(settings.redis_url, **options(), **extra)
+
+
+class PackedConnection(aioredis.Connection):
+    """Commands packed by hiredis. redis-py's asyncio client packs each
+    argument in Python: for a heartbeat call, whose every key is an argument,
+    that cost more than everything else the consumer does with a heartbeat."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return [_packed(args)]
+
+    def pack_commands(self, commands: Any) -> list[bytes]:
+        return [b"".join(_packed(tuple(c)) for c in commands)]
+
+
+def _packed(args: tuple[Any, ...]) -> bytes:
+    first = args[0]
+    if isinstance(first, str | bytes) and len(first.split()) > 1:  # "CONFIG GET"
+        args = (*first.split(), *args[1:])
+    try:
+        packed: bytes = hiredis.pack_command(args)
+    except TypeError as exc:
+        raise DataError(str(exc)) from None
+    return packed
 
 
 def _primary(url: str, options: dict[str, Any]) -> Redis:
