@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
@@ -19,7 +21,7 @@ from presence.redis_client import PackedConnection
         ("XREAD", b"COUNT", 1000, b"BLOCK", 250, b"STREAMS", b"k", b"0-0"),
     ],
 )
-def test_a_command_is_packed_as_redis_py_packs_it(args: tuple[object, ...]) -> None:
+def test_a_command_is_packed_as_redis_py_packs_it(args: tuple[Any, ...]) -> None:
     assert PackedConnection().pack_command(*args) == [b"".join(Connection().pack_command(*args))]
 
 
