@@ -27,7 +27,7 @@ test: install ## Run the whole test suite (starts its own redis-server)
 screenshot: install ## Retake docs/demo.png with the browser test (needs chromium)
 	PRESENCE_DEMO_SCREENSHOT=docs/demo.png $(BIN)/python -m pytest tests/test_browser.py
 
-bench: install ## Short benchmarks (under 3 minutes; needs redis-benchmark, nginx and nchan)
+bench: install ## Short benchmarks (under 3 minutes; needs redis-server, nginx and nchan)
 	$(BIN)/python -m bench
 
 bench-full: install ## The whole benchmark matrix (long)

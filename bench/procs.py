@@ -53,7 +53,7 @@ def redis_server() -> Iterator[tuple[str, int, int]]:
     """(URL, port, pid) of a redis-server of its own."""
     binary = shutil.which("redis-server")
     if binary is None:
-        sys.exit("bench: needs redis-server and redis-benchmark on PATH (apt-get install redis)")
+        sys.exit("bench: needs redis-server on PATH (apt-get install redis)")
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen(

@@ -1,12 +1,11 @@
 """Load on Redis: pre-encoded commands written raw, so that the load costs next to
-nothing beside the process measured; and redis-benchmark for Redis's own ceiling."""
+nothing beside the process measured."""
 
 from __future__ import annotations
 
 import multiprocessing
 import random
 import socket
-import subprocess
 import time
 from typing import Any
 
@@ -67,7 +66,7 @@ def publisher(
 
 def burst_commands(heartbeats: int, clients: int) -> bytes:
     """XADDs of ``heartbeats`` heartbeats of random clients among ``clients`` ids,
-    the way ``redis-benchmark -r`` draws them for the ceiling (12 digits)."""
+    drawn as the ceiling draws them (``c`` and 12 digits)."""
     draw = random.Random(clients).randrange
     return b"".join(
         resp(b"XADD", b"heartbeat", b"*", b"client", b"c%012d" % draw(clients),
@@ -100,14 +99,3 @@ def read_until(sock: socket.socket, token: bytes, count: int) -> None:
         data = tail + chunk
         seen += data.count(token)
         tail = data[len(data) - len(token) + 1 :]
-
-
-def redis_benchmark(port: int, requests: int, keyspace: int, *command: str) -> float:
-    """Requests per second redis-benchmark gets for ``command``, pipelined."""
-    out = subprocess.run(
-        ["redis-benchmark", "-p", str(port), "-n", str(requests), "-P", "10", "-r",
-         str(keyspace), "-c", "4", "--csv", *command],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    row = [line for line in out.splitlines() if line and not line.startswith('"test"')][-1]
-    return float(row.split(",")[1].strip('"'))

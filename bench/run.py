@@ -2,8 +2,8 @@
 side in one run, next to the absolute numbers, which drift between machines.
 
 1. Heartbeat ingestion (bench/ingest.py): one presence process applying a burst of
-   heartbeats, against Redis's own ceiling for the same script (redis-benchmark
-   EVALSHA, pipelined); and the CPU one process spends on a steady heartbeat
+   heartbeats, against Redis's own ceiling for the same script (its EVALSHA
+   calls written raw, pipelined); and the CPU one process spends on a steady heartbeat
    load (bench/steady.py).
 2. SSE fan-out (bench/fanout.py): N connections, M events each delivered to all
    of them, against nginx with nchan (one worker) under the same load and
