@@ -2,7 +2,7 @@
 
 Both go through the consumer's own call (``Transitions.heartbeat_command``,
 ``SCRIPT_BATCH`` lines a call), on lines built as the consumer builds them
-(``wire.heartbeat_lines``) from entries the publisher's script added: N
+(``entries.heartbeat_lines``) from entries the publisher's script added: N
 global heartbeats of N clients, and N membership heartbeats of N / 5 clients
 in 5 rooms of 50 each, a client's memberships side by side (bench/held.py's
 rooms, in the publisher's order). Each phase applies its heartbeats once to
@@ -43,12 +43,12 @@ from redis.asyncio.connection import Connection
 
 from presence import Settings
 from presence.contract import CONSUMER_GROUP
+from presence.entries import heartbeat_lines, stream_entries
 from presence.heartbeats.consumer import SCRIPT_BATCH
 from presence.redis_client import unparsed_streams
 from presence.transitions.lua import FAILED
 from presence.transitions.scripts import Transitions
 from presence.transitions.sources import HEARTBEAT
-from presence.wire import heartbeat_lines, stream_entries
 
 from .held import rooms_of
 from .procs import redis_server

@@ -9,7 +9,7 @@ from .errors import (
     RedisUnavailable,
     RoomUnreadable,
 )
-from .events import OnlineClient, PresenceEvent, Reset, RoomEvent
+from .events import Member, OnlineClient, PresenceEvent, Reset, RoomEvent
 from .presence import Presence
 from .settings import Settings
 from .updates.replay import Replay
@@ -17,7 +17,6 @@ from .updates.room_snapshot import RoomSnapshot
 from .updates.snapshot import Snapshot
 from .web.app import create_app, setup
 from .web.requests import PRESENCE
-from .wire import Member
 
 __all__ = [
     "OFFLINE",

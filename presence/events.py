@@ -1,4 +1,4 @@
-"""The values presence hands out: transitions, online clients, room transitions."""
+"""The values presence hands out: transitions, online clients, rooms' members and transitions."""
 
 from __future__ import annotations
 
@@ -68,6 +68,21 @@ class RoomEvent:
             "status": self.status,
             "server": self.server,
         }
+        if self.data is not None:
+            found["data"] = json.loads(self.data)
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A member of a room: its client, server and data (JSON object text)."""
+
+    client: str
+    server: str
+    data: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"client": self.client, "server": self.server}
         if self.data is not None:
             found["data"] = json.loads(self.data)
         return found

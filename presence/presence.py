@@ -22,6 +22,7 @@ from typing import Any, TypeVar, overload
 from redis.exceptions import RedisError
 
 from .contract import check_id
+from .entries import RoomDelivery, encode_data, stream_position
 from .events import OnlineClient, PresenceEvent, Reset, RoomEvent
 from .service import Service
 from .settings import Settings
@@ -32,7 +33,6 @@ from .updates.room_snapshot import RoomSnapshot
 from .updates.scoped import Scope
 from .updates.scoped_start import ScopedStream
 from .updates.snapshot import Snapshot
-from .wire import RoomDelivery, encode_data, stream_position
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Opening Redis: a real server from a URL, or an in-process one for ``memory://``.
 
 Also the one client whose stream reads are left as Redis sends them
-(``wire`` parses them).
+(``entries`` parses them).
 """
 
 from __future__ import annotations

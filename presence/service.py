@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .contract import check_id
+from .entries import encode_data, text
 from .errors import RedisMisconfigured, RedisUnavailable
 from .events import OnlineClient
 from .heartbeats.claims import Claimer
@@ -40,7 +41,6 @@ from .updates.room_snapshot import RoomSnapshot, RoomSnapshotReader
 from .updates.scoped import Scope, ScopedSubscriber, Scopes
 from .updates.scoped_start import ScopedSources
 from .updates.snapshot import Snapshot, SnapshotReader
-from .wire import encode_data, text
 
 HEALTH_TIMEOUT = 2.0
 #: Events a scoped stream may fall behind before it gets a fresh snapshot
@@ -177,7 +177,7 @@ class Service:
     ) -> Iterator[None]:
         """Keep ``client_id`` online, and a member of ``rooms``, heartbeated by
         this server while the block runs; ``data`` (canonical JSON, see
-        ``wire.member_data``) becomes its data in those rooms.
+        ``entries.member_data``) becomes its data in those rooms.
 
         After the block, once no other block holds the client (in a room) here
         and the leave grace has passed, this server announces that it left

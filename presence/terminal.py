@@ -14,10 +14,10 @@ from typing import Any, TextIO
 
 from redis.exceptions import RedisError
 
+from .entries import parse_event, parse_room_delivery, stream_entries, text
 from .errors import PresenceError, RedisUnavailable
 from .redis_client import BLOCK_MS, Redis, open_redis, unparsed_streams
 from .settings import Settings
-from .wire import parse_event, parse_room_delivery, stream_entries, text
 
 RETRY_MAX = 5.0
 

@@ -20,11 +20,11 @@ from redis.asyncio.client import Pipeline
 
 from presence import PRESENCE, Presence, PresenceEvent, Reset, Settings, create_app
 from presence.contract import CONSUMER_GROUP
+from presence.entries import stream_entries
 from presence.heartbeats.claims import Claimer
 from presence.heartbeats.consumer import HeartbeatConsumer
 from presence.redis_client import unparsed_streams
 from presence.transitions.scripts import Transitions
-from presence.wire import stream_entries
 
 from .support import (
     Redis,

@@ -19,7 +19,7 @@ from yarl import URL
 
 from presence import PRESENCE, Presence, Settings, create_app
 from presence.contract import is_valid_raw_id
-from presence.wire import member_data
+from presence.entries import member_data
 
 from .support import Redis, poll
 

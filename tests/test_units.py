@@ -11,6 +11,7 @@ import pytest
 from presence import ConfigError, Keys, Settings
 from presence.cli import main
 from presence.contract import is_valid_id
+from presence.entries import Delivery, RoomDelivery, heartbeat_lines, member_data
 from presence.events import OnlineClient, PresenceEvent
 from presence.heartbeats.held import HeldClients
 from presence.heartbeats.publisher import HeartbeatPublisher
@@ -18,7 +19,6 @@ from presence.supervise import Outage, Worker
 from presence.updates.deliveries import STALL_TIMEOUT, DeliveryLog, Resync, Subscriber
 from presence.updates.scoped import Occupancy, Scope, ScopedSubscriber, Scopes
 from presence.updates.snapshot import Snapshot
-from presence.wire import Delivery, RoomDelivery, heartbeat_lines, member_data
 
 from .support import free_port, poll
 
@@ -276,7 +276,7 @@ async def _value(value: bool) -> bool:
 
 
 def test_presence_frames_are_the_compact_json_of_the_event() -> None:
-    from presence.wire import parse_delivery, parse_event
+    from presence.entries import parse_delivery, parse_event
 
     fields = [b"client", b"a.b:c@d-e_1", b"status", b"OFFLINE", b"server", b""]
     for shuffled in (fields, [*fields[4:], *fields[:4]]):
@@ -293,7 +293,7 @@ def test_presence_frames_are_the_compact_json_of_the_event() -> None:
 
 
 def test_heartbeat_lines_are_client_server_and_entry_id() -> None:
-    from presence.wire import heartbeat_lines
+    from presence.entries import heartbeat_lines
 
     entries = [(b"%d-0" % n, [b"client", b"c%d" % n, b"server", b"s.1"]) for n in range(1, 300)]
     lines, bad = heartbeat_lines(entries)
@@ -315,7 +315,7 @@ def test_heartbeat_lines_are_client_server_and_entry_id() -> None:
 def test_heartbeat_lines_set_aside_each_malformed_entry_and_keep_the_rest(
     fields: list[bytes] | None,
 ) -> None:
-    from presence.wire import heartbeat_lines
+    from presence.entries import heartbeat_lines
 
     good = [(b"1-%d" % n, [b"client", b"c%d" % n, b"server", b"s"]) for n in range(3)]
     lines, bad = heartbeat_lines([good[0], (b"2-0", fields), *good[1:]])

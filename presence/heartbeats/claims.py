@@ -18,10 +18,10 @@ from collections import Counter
 
 from redis.asyncio.client import Pipeline
 
+from ..entries import text
 from ..settings import Settings
 from ..supervise import Worker
 from ..transitions.scripts import Transitions
-from ..wire import text
 from .consumer import HeartbeatConsumer
 
 log = logging.getLogger(__name__)

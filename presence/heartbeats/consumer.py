@@ -20,12 +20,12 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from ..contract import CONSUMER_GROUP
+from ..entries import StreamEntry, heartbeat_lines, stream_entries, text
 from ..logs import Throttle
 from ..redis_client import BLOCK_MS, Redis, unparsed_streams
 from ..settings import Settings
 from ..supervise import Worker
 from ..transitions.scripts import CAME_ONLINE, FAILED, STALE, Transitions
-from ..wire import StreamEntry, heartbeat_lines, stream_entries, text
 
 log = logging.getLogger(__name__)
 

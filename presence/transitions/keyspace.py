@@ -15,10 +15,10 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ResponseError
 
 from ..contract import Keys, is_valid_id
+from ..entries import text
 from ..redis_client import BLOCK_MS, Redis, database
 from ..settings import Settings
 from ..supervise import Worker
-from ..wire import text
 from .scripts import Transitions
 from .sweeper import SWEEP_BATCH, offline
 

@@ -16,11 +16,11 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from ..contract import CONSUMER_GROUP, ID_PATTERN
+from ..entries import text
 from ..events import OnlineClient
 from ..redis_client import Redis
 from ..redis_cluster import Calls, is_cluster
 from ..settings import Settings
-from ..wire import text
 from .lua import CAME_ONLINE, FAILED, KEPT, LEFT, REFRESHED, STALE
 from .sources import (
     CLAIM,

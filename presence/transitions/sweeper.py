@@ -15,8 +15,8 @@ import logging
 
 from redis.asyncio.client import Pipeline
 
+from ..entries import text
 from ..supervise import Worker
-from ..wire import text
 from .scripts import Transitions
 
 log = logging.getLogger(__name__)

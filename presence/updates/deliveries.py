@@ -34,8 +34,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..entries import Delivery, stream_position
 from ..supervise import Worker
-from ..wire import Delivery, stream_position
 
 log = logging.getLogger(__name__)
 

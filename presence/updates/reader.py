@@ -16,10 +16,10 @@ import logging
 import time
 from typing import Any
 
+from ..entries import parse_delivery, stream_entries, stream_position, text
 from ..redis_client import BLOCK_MS, Redis, unparsed_streams
 from ..settings import Settings
 from ..supervise import Worker
-from ..wire import parse_delivery, stream_entries, stream_position, text
 from .deliveries import DeliveryLog
 from .scoped import Scopes
 

@@ -15,15 +15,9 @@ from dataclasses import dataclass
 from redis.exceptions import ResponseError
 
 from ..contract import Keys
+from ..entries import Delivery, RoomDelivery, parse_delivery, parse_room_delivery, text
+from ..frames import valid_entry_id
 from ..redis_client import Redis, unparsed_streams
-from ..wire import (
-    Delivery,
-    RoomDelivery,
-    parse_delivery,
-    parse_room_delivery,
-    text,
-    valid_entry_id,
-)
 
 #: Replays read Redis per connection: a reconnect storm takes turns.
 CONCURRENT = 16

@@ -39,10 +39,10 @@ import time
 from typing import Any
 
 from ..contract import Keys
+from ..entries import RoomDelivery, parse_room_delivery, stream_position, text
 from ..redis_client import Redis, unparsed_streams
 from ..settings import Settings
 from ..supervise import Worker
-from ..wire import RoomDelivery, parse_room_delivery, stream_position, text
 from .deliveries import WAKE_GROUP
 from .scoped import ScopedSubscriber, Scopes
 

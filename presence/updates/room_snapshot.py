@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 
 from redis.asyncio.client import Pipeline
 
+from ..entries import text
 from ..errors import RoomUnreadable
+from ..events import Member
+from ..frames import MemberList
 from ..logs import Throttle
 from ..supervise import Worker
 from ..transitions.scripts import Transitions
-from ..wire import Member, MemberList, text
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from ..wire import Delivery, RoomDelivery
+from ..entries import Delivery, RoomDelivery
 from .deliveries import Connection, Resync
 
 

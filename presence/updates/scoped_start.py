@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..entries import RoomDelivery, stream_position
+from ..frames import parse_scope_id
 from ..transitions.scripts import Transitions
-from ..wire import RoomDelivery, parse_scope_id, stream_position
 from .deliveries import Resync
 from .occupancy import OccupancyPoller
 from .replay import Replayer

@@ -13,9 +13,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..events import OnlineClient
+from ..frames import SnapshotFrames
 from ..supervise import Worker
 from ..transitions.scripts import Transitions
-from ..wire import SnapshotFrames
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,8 @@ import json
 from aiohttp import web
 
 from ..contract import MAX_DATA_BYTES
+from ..entries import member_data
 from ..errors import RoomUnreadable
-from ..wire import member_data
 from .protocol import count_timeout
 from .requests import authorize, authorize_read, client_id_of, fail, room_of, service_of
 

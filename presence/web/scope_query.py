@@ -9,9 +9,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..contract import ID_RULE, is_valid_id
+from ..entries import member_data
 from ..settings import Settings
 from ..updates.scoped import Scope
-from ..wire import member_data
 from .auth import Claims
 from .requests import fail
 

@@ -2,7 +2,7 @@
 
 Its start is one call (``updates.scoped_start``); this module answers a
 start that cannot be read with a 503, holds the memberships once the stream
-has its start, and writes the frames ``wire`` encodes.
+has its start, and writes what ``frames`` encodes.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 from redis.exceptions import RedisError
 
+from ..entries import RoomDelivery
 from ..errors import RoomUnreadable
+from ..frames import ScopedFrames, event_data, occupancy_frame
 from ..service import Service
 from ..updates.scoped import Item, Occupancy, Scope
 from ..updates.scoped_start import ScopedStream, Start, start_scoped
-from ..wire import RoomDelivery, ScopedFrames, event_data, occupancy_frame
 from .requests import fail
 from .sse import SNAPSHOT_TIMEOUT, serve_stream, watch_connection, write_pieces
 

@@ -18,11 +18,12 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 from redis.exceptions import RedisError
 
+from ..entries import stream_position
+from ..frames import SEPARATOR
 from ..service import Service
 from ..updates.deliveries import WRITE_BYTES, Connection, Resync, Subscriber
 from ..updates.replay import Replay
 from ..updates.snapshot import Snapshot
-from ..wire import SEPARATOR, stream_position
 from .protocol import on_connection_lost
 from .requests import fail
 

@@ -1,18 +1,17 @@
-"""Wire formats: stream entries as Redis sends them in, SSE frames out.
+"""Stream entries in: what presence parses from Redis, and member data.
 
-Every byte presence reads from a stream or writes to a client goes through
-here. Entries are read unparsed (``[name, value, ...]``), in the field order
-the publishers write them, with a lookup by name only as the fallback: on
-the paths a burst goes through, building dicts would cost more than
-everything done with them. Frames end every line with ``\\n``, keep-alive
-pings included.
+Entries are read unparsed (``[name, value, ...]``), in the field order the
+publishers write them, with a lookup by name only as the fallback: on the
+paths a burst goes through, building dicts would cost more than everything
+done with them. A presence or room entry is parsed once for every stream,
+its frame encoded (by ``frames``) at the same time.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,11 +25,8 @@ from .contract import (
     Status,
     is_valid_raw_id,
 )
-from .events import OnlineClient, PresenceEvent, RoomEvent
-
-#: The line separator of every frame; aiohttp-sse is given it for its pings
-#: (``: ping`` then an empty line).
-SEPARATOR = "\n"
+from .events import PresenceEvent, RoomEvent
+from .frames import presence_frame, room_event_data
 
 #: An entry id and its fields as Redis sends them, ``[name, value, ...]``;
 #: None for an entry deleted while pending.
@@ -192,10 +188,9 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-# Presence out ----------------------------------------------------------------
+# Presence entries ------------------------------------------------------------
 
 _STATUSES: dict[bytes, Status] = {b"ONLINE": ONLINE, b"OFFLINE": OFFLINE}
-_FRAME = b'id: %b\nevent: presence\ndata: {"client":"%b","status":"%b","server":"%b"}\n\n'
 
 
 @dataclass(slots=True)
@@ -224,9 +219,7 @@ def parse_delivery(entry_id: str, fields: list[bytes] | None) -> Delivery | None
     if (valid := _valid_presence(fields)) is None:
         return None
     client, status, server = valid
-    # Valid ids are ASCII and need no JSON escaping: formatting beats
-    # json.dumps on the busiest path of a burst.
-    frame = _FRAME % (entry_id.encode(), client, status, server)
+    frame = presence_frame(entry_id.encode(), client, status, server)
     return Delivery(entry_id, client.decode(), _STATUSES[status], server.decode(), frame)
 
 
@@ -263,7 +256,7 @@ def _valid_presence(fields: list[bytes] | None) -> tuple[bytes, bytes, bytes] | 
     return client, status, server
 
 
-# Rooms out --------------------------------------------------------------------
+# Room entries ----------------------------------------------------------------
 
 _ROOM_STATUSES: dict[bytes, RoomStatus] = {
     b"ONLINE": ONLINE,
@@ -307,197 +300,12 @@ def parse_room_delivery(entry_id: str, fields: list[bytes] | None) -> RoomDelive
     if server and not is_valid_raw_id(server):
         return None
     data: str | None = None
-    body = b'{"room":"%b","client":"%b","status":"%b","server":"%b"' % (
-        room,
-        client,
-        status.encode(),
-        server,
-    )
     if (raw := found.get(b"data")) is not None and status != OFFLINE:
         try:
             data = member_data(raw)  # written by a script: checked all the same
         except ValueError:
             return None
-        body += b',"data":' + data.encode()
+    body = room_event_data(room, client, status.encode(), server, data)
     return RoomDelivery(
-        entry_id, room.decode(), client.decode(), status, server.decode(), data, body + b"}"
+        entry_id, room.decode(), client.decode(), status, server.decode(), data, body
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    """A member of a room: its client, server and data (JSON object text)."""
-
-    client: str
-    server: str
-    data: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        found: dict[str, Any] = {"client": self.client, "server": self.server}
-        if self.data is not None:
-            found["data"] = json.loads(self.data)
-        return found
-
-
-class MemberList:
-    """A JSON array of members encoded once; each connection's copy leaves out
-    its own client by slicing around it."""
-
-    __slots__ = ("_body", "_spans", "count")
-
-    def __init__(self, members: Iterable[Member | OnlineClient]) -> None:
-        parts: list[bytes] = []
-        self._spans: dict[str, tuple[int, int]] = {}
-        offset = 0
-        for m in members:
-            client, server = m.client.encode(), m.server.encode()
-            data = m.data if isinstance(m, Member) else None
-            if is_valid_raw_id(client) and (not server or is_valid_raw_id(server)):
-                # ASCII without escapes: formatting beats json.dumps per member.
-                encoded = b'{"client":"%b","server":"%b"' % (client, server)
-            else:
-                part = json.dumps({"client": m.client, "server": m.server}, separators=(",", ":"))
-                encoded = part[:-1].encode()
-            if data is not None:
-                encoded += b',"data":' + data.encode()
-            encoded += b"},"
-            self._spans[m.client] = (offset, offset + len(encoded))
-            parts.append(encoded)
-            offset += len(encoded)
-        self._body = b"".join(parts)
-        self.count = len(parts)
-
-    def array(self, exclude: str | None = None) -> bytes:
-        """``[...]``, leaving out ``exclude``."""
-        body = self._body
-        if exclude is not None and (span := self._spans.get(exclude)) is not None:
-            body = body[: span[0]] + body[span[1] :]
-        return b"[%b]" % body[:-1]  # the last member's comma
-
-
-def scope_id(tag: str, positions: Iterable[str]) -> bytes:
-    """The SSE id of a scoped stream: its scope's tag, then a stream position per
-    part (``.`` is in neither)."""
-    return ".".join((tag, *positions)).encode()
-
-
-def parse_scope_id(value: str, tag: str, parts: int) -> list[str] | None:
-    """The positions of a scoped stream's SSE id; None unless it is one of this scope."""
-    found = value.split(".")
-    if len(found) != parts + 1 or found[0] != tag:
-        return None
-    if not all(valid_entry_id(p) for p in found[1:]):
-        return None
-    return found[1:]
-
-
-_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
-
-
-def valid_entry_id(value: str) -> bool:
-    """Whether ``value`` looks like a stream entry id, ``<ms>-<seq>``."""
-    return _ENTRY_ID.fullmatch(value) is not None
-
-
-# Frames out -------------------------------------------------------------------
-
-
-def snapshot_frame(
-    event_id: bytes,
-    clients: bytes | None = None,
-    rooms: Sequence[tuple[str, bytes]] = (),
-    *,
-    reset: bool = False,
-) -> bytes:
-    """A ``snapshot`` frame: ``clients`` (a JSON array), each room's members (a
-    JSON array per room name), and ``reset`` when it replaces what the client knew."""
-    parts: list[bytes] = []
-    if clients is not None:
-        parts.append(b'"clients":' + clients)
-    if rooms:
-        listed = b",".join(b"%b:%b" % (json.dumps(room).encode(), array) for room, array in rooms)
-        parts.append(b'"rooms":{%b}' % listed)
-    if reset:
-        parts.append(b'"reset":true')
-    return b"id: %b\nevent: snapshot\ndata: {%b}\n\n" % (event_id, b",".join(parts))
-
-
-def event_frame(event_id: bytes, data: bytes) -> bytes:
-    """A ``presence`` frame of ``data`` (a JSON object)."""
-    return b"id: %b\nevent: presence\ndata: %b\n\n" % (event_id, data)
-
-
-def event_data(frame: bytes) -> bytes:
-    """The ``data`` of a ``presence`` frame: one frame per event stays encoded once."""
-    return frame[frame.index(b"data: ") + 6 : -2]
-
-
-def occupancy_frame(room: str, count: int) -> bytes:
-    """An ``occupancy`` frame; it has no id (a resumed stream gets the count again)."""
-    return b'event: occupancy\ndata: {"room":%b,"count":%d}\n\n' % (
-        json.dumps(room).encode(),
-        count,
-    )
-
-
-class ScopedFrames:
-    """The frames of one scoped stream, whose ids carry its scope's tag and one
-    stream position per part (the watch list's, then each room's): each id
-    says where every part stood after that event."""
-
-    __slots__ = ("_part", "_positions", "_tag")
-
-    def __init__(self, tag: str, rooms: Sequence[str], *, watch: bool) -> None:
-        self._tag = tag
-        self._part = {room: watch + i for i, room in enumerate(rooms)}
-        self._positions = ["0-0"] * (watch + len(rooms))
-
-    def start(self, positions: Sequence[str]) -> None:
-        """The stream starts (or starts again) exact at ``positions``."""
-        self._positions = list(positions)
-
-    def snapshot(
-        self,
-        positions: Sequence[str],
-        clients: bytes | None,
-        rooms: Sequence[tuple[str, bytes]],
-        *,
-        reset: bool,
-    ) -> bytes:
-        """The ``snapshot`` frame exact at ``positions``; none for a stream of
-        occupancy alone (its counts are its snapshot)."""
-        self.start(positions)
-        if not self._positions:
-            return b""
-        return snapshot_frame(self._id(), clients, rooms, reset=reset)
-
-    def event(self, room: str | None, entry_id: str, data: bytes) -> bytes:
-        """The ``presence`` frame of entry ``entry_id`` of ``room``'s stream (None:
-        the presence stream, for the watch list)."""
-        self._positions[0 if room is None else self._part[room]] = entry_id
-        return event_frame(self._id(), data)
-
-    def _id(self) -> bytes:
-        return scope_id(self._tag, self._positions)
-
-
-class SnapshotFrames:
-    """The ``snapshot`` frame of one snapshot, for any number of connections.
-
-    The member list is encoded once; each connection's frame leaves out its
-    own client, so a connect storm costs one copy per connection, not one
-    encoding.
-    """
-
-    __slots__ = ("_members", "_position")
-
-    def __init__(self, position: str, clients: Iterable[OnlineClient]) -> None:
-        self._position = position.encode()
-        self._members = MemberList(clients)
-
-    def array(self, exclude: str | None = None) -> bytes:
-        return self._members.array(exclude)
-
-    def frame(self, exclude: str | None = None, *, reset: bool = False) -> bytes:
-        """The frame, leaving out ``exclude``; ``reset`` marks a resync."""
-        return snapshot_frame(self._position, self._members.array(exclude), reset=reset)
