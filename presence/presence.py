@@ -27,7 +27,7 @@ from .events import OnlineClient, PresenceEvent, Reset, RoomEvent
 from .service import Service
 from .settings import Settings
 from .supervise import UNREACHABLE
-from .updates.deliveries import Connection, Resync
+from .updates.connections import Connection, Resync
 from .updates.replay import Replay
 from .updates.room_snapshot import RoomSnapshot
 from .updates.scoped import Scope

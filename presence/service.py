@@ -32,7 +32,8 @@ from .supervise import MAX_BACKOFF, Outage, Worker
 from .transitions.keyspace import KeyspaceListener
 from .transitions.scripts import Transitions
 from .transitions.sweeper import Sweeper
-from .updates.deliveries import DeliveryLog, Subscriber
+from .updates.connections import Connections
+from .updates.delivery_log import DeliveryLog, Subscriber
 from .updates.occupancy import OccupancyPoller
 from .updates.reader import PresenceReader
 from .updates.replay import Replay, Replayer
@@ -55,8 +56,9 @@ class Service:
         self.settings = settings
         #: The clients this process holds online.
         self.held = HeldClients(settings.leave_grace)
-        #: The subscribers of this process and their deliveries.
-        self.deliveries = DeliveryLog(settings.queue_size, settings.stall_timeout)
+        #: Every connection of this process, and the log global ones read.
+        self.connections = Connections(settings.queue_size, settings.stall_timeout)
+        self.deliveries = DeliveryLog(settings.queue_size)
         #: The scoped subscribers of this process, by room and watched id.
         self.scopes = Scopes()
         self.outage = Outage()
@@ -102,7 +104,7 @@ class Service:
             await transitions.load()
             consumer = HeartbeatConsumer(redis, settings, transitions)
             await consumer.ensure_group()  # fails fast on a key of the wrong type
-            reader = PresenceReader(redis, settings, self.deliveries, self.scopes)
+            reader = PresenceReader(redis, settings, self.deliveries, self.scopes, self.connections)
             await reader.start()
             listener = KeyspaceListener(redis, settings, transitions)
             await listener.start()
@@ -144,7 +146,7 @@ class Service:
             ("room reader", self.room_reader.run, grace),
             ("room snapshot reader", room_snapshots.run, 0),
             ("occupancy counter", self.occupancy.run, 0),
-            ("connection pruner", self.deliveries.prune_closed, 0),
+            ("connection pruner", self.connections.prune_closed, 0),
         ]
         for name, loop, stop_grace in loops:
             worker = Worker(name, stop_grace, self.outage, self.backoff)
@@ -169,7 +171,7 @@ class Service:
         They may be reconnecting to another server; the TTL decides.
         """
         self._closing = True
-        self.deliveries.close_all("shutdown")
+        self.connections.close_all("shutdown")
 
     @contextmanager
     def held_online(
@@ -219,7 +221,7 @@ class Service:
         subscriber = Subscriber(
             self.deliveries, client_id, alive=alive, abort=abort, buffered=buffered
         )
-        with self.deliveries.subscribed(subscriber):
+        with self.connections.subscribed(subscriber), self.deliveries.reading(subscriber):
             yield subscriber
 
     @contextmanager
@@ -241,7 +243,7 @@ class Service:
         subscriber = ScopedSubscriber(
             client_id, scope, limit, alive=alive, abort=abort, buffered=buffered
         )
-        with self.deliveries.subscribed(subscriber), self.scopes.subscribed(subscriber):
+        with self.connections.subscribed(subscriber), self.scopes.subscribed(subscriber):
             yield subscriber
 
     async def snapshot(self) -> Snapshot:

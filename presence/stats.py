@@ -47,7 +47,7 @@ def stats_of(service: Service) -> Stats:
     s = service
     c = s.consumer
     return Stats(
-        connections=s.deliveries.connections,
+        connections=s.connections.open,
         heartbeats_published=s.publisher.published,
         leaves=s.publisher.leaves,
         heartbeats_applied=c.applied,
@@ -61,7 +61,7 @@ def stats_of(service: Service) -> Stats:
         tick_lag=s.publisher.tick_lag,
         max_tick_lag=s.publisher.max_tick_lag,
         fanout_lag=s.reader.lag,
-        overflows=s.deliveries.overflows,
+        overflows=s.connections.overflows,
         resets=s.deliveries.resets + s.scopes.resets,
         reconnects=s.recoveries,
         outages=s.outage.count,
@@ -71,7 +71,7 @@ def stats_of(service: Service) -> Stats:
         # Connections: in-process listeners have no client.
         scoped_connections=sum(
             1
-            for sub in s.deliveries.subscribers
+            for sub in s.connections.subscribers
             if isinstance(sub, ScopedSubscriber) and sub.client is not None
         ),
         room_transitions_delivered=s.room_reader.delivered,

@@ -220,7 +220,7 @@ async def test_connection_limits_answer_503_and_429_in_json(
 
 
 async def _connections(server: TestServer, n: int) -> bool:
-    return bool(server.app[PRESENCE]._service.deliveries.connections == n)
+    return bool(server.app[PRESENCE]._service.connections.open == n)
 
 
 async def test_cors_allows_only_the_listed_origins(

@@ -151,7 +151,7 @@ async def test_two_pages_in_a_room_see_each_others_status_under_a_prefix(
                 async with alice.expect_request(
                     lambda r: "/events?" in r.url, timeout=10_000
                 ) as reconnect:
-                    presence._service.deliveries.close_all("closed")
+                    presence._service.connections.close_all("closed")
                 query = parse_qs(urlsplit((await reconnect.value).url).query)
                 assert query["data"] == ['{"status":"away"}']
                 assert query["lastEventId"]

@@ -187,7 +187,7 @@ async def test_a_listener_that_falls_behind_gets_a_reset_instead_of_a_backlog(
         after = await anext(events)
         assert isinstance(after, PresenceEvent)
         assert after.client == "late"
-    assert not presence._service.deliveries.subscribers
+    assert not presence._service.connections.subscribers
 
 
 async def test_a_reset_whose_snapshot_redis_cannot_give_waits_for_redis(

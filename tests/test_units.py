@@ -16,7 +16,8 @@ from presence.events import OnlineClient, PresenceEvent
 from presence.heartbeats.held import HeldClients
 from presence.heartbeats.publisher import HeartbeatPublisher
 from presence.supervise import Outage, Worker
-from presence.updates.deliveries import STALL_TIMEOUT, DeliveryLog, Resync, Subscriber
+from presence.updates.connections import STALL_TIMEOUT, Connections, Resync
+from presence.updates.delivery_log import DeliveryLog, Subscriber
 from presence.updates.scoped import Occupancy, Scope, ScopedSubscriber, Scopes
 from presence.updates.snapshot import Snapshot
 
@@ -163,19 +164,19 @@ def _delivery(client: str, n: int = 1) -> Delivery:
 async def test_a_subscriber_behind_the_log_resyncs_and_one_that_stopped_reading_is_dropped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    local = DeliveryLog(backlog=2)
+    local, connections = DeliveryLog(backlog=2), Connections(backlog=2)
     aborted: list[str] = []
     slow = Subscriber(local, "slow", abort=lambda: aborted.append("slow"))
     stalled = Subscriber(local, "stalled", abort=lambda: aborted.append("stalled"))
-    local.subscribers |= {slow, stalled}
+    connections.subscribers |= {slow, stalled}
     with stalled.writing():
         for n in range(1, 5):
             local.deliver([_delivery("other", n)])
-        assert local.prune() == 0  # behind, but its write has not been blocked for long
+        assert connections.prune() == 0  # behind, but its write has not been blocked for long
         assert stalled.writing_since is not None
         monkeypatch.setattr(stalled, "writing_since", stalled.writing_since - STALL_TIMEOUT)
-        assert local.prune() == 1
-    assert (stalled.reason, aborted, local.overflows) == ("overflow", ["stalled"], 1)
+        assert connections.prune() == 1
+    assert (stalled.reason, aborted, connections.overflows) == ("overflow", ["stalled"], 1)
     # Behind but reading: a fresh snapshot instead of a backlog, then live events.
     with pytest.raises(Resync):
         await slow.segments()
@@ -188,7 +189,6 @@ async def test_a_subscriber_behind_the_log_resyncs_and_one_that_stopped_reading_
 async def test_local_state_delivers_to_all_but_the_client_itself() -> None:
     local = DeliveryLog()
     alice, bob, everyone = (Subscriber(local, c) for c in ("alice", "bob", None))
-    local.subscribers |= {alice, bob, everyone}
     local.deliver([_delivery("alice", 1), _delivery("bob", 2)])
     assert [d.client for d in await bob.get_many()] == ["alice"]
     assert [d.client for d in await everyone.get_many()] == ["alice", "bob"]

@@ -20,7 +20,8 @@ from ..entries import parse_delivery, stream_entries, stream_position, text
 from ..redis_client import BLOCK_MS, Redis, unparsed_streams
 from ..settings import Settings
 from ..supervise import Worker
-from .deliveries import DeliveryLog
+from .connections import Connections
+from .delivery_log import DeliveryLog
 from .scoped import Scopes
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,17 @@ BATCH = 1000
 
 class PresenceReader:
     def __init__(
-        self, redis: Redis, settings: Settings, local: DeliveryLog, scopes: Scopes
+        self,
+        redis: Redis,
+        settings: Settings,
+        local: DeliveryLog,
+        scopes: Scopes,
+        connections: Connections,
     ) -> None:
         self._redis = unparsed_streams(redis)
         self._stream = settings.keys.presence
         self._local = local
+        self._connections = connections
         self._scopes = scopes
         self.position: str | None = None
         self.delivered = 0
@@ -93,7 +100,7 @@ class PresenceReader:
                 last: Any = await self._redis.xrevrange(self._stream, count=1)
                 self.position = text(last[0][0]) if last else newest
                 self._gone = None if last else self.position
-                self._local.resync_presence()
+                self._connections.resync_presence()
                 continue
             self._local.deliver(batch)
             self._scopes.deliver(batch)

@@ -43,7 +43,7 @@ from ..entries import RoomDelivery, parse_room_delivery, stream_position, text
 from ..redis_client import Redis, unparsed_streams
 from ..settings import Settings
 from ..supervise import Worker
-from .deliveries import WAKE_GROUP
+from .delivery_log import WAKE_GROUP
 from .scoped import ScopedSubscriber, Scopes
 
 log = logging.getLogger(__name__)

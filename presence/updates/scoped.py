@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..entries import Delivery, RoomDelivery
-from .deliveries import Connection, Resync
+from .connections import Connection, Resync
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +81,7 @@ class ScopedSubscriber(Connection):
         #: The last count sent per occupancy room.
         self.counts: dict[str, int] = {}
 
-    def behind(self, start: int) -> bool:
+    def behind(self) -> bool:
         return self.overflowed
 
     def follows_presence(self) -> bool:

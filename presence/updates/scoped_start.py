@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..entries import RoomDelivery, stream_position
 from ..frames import parse_scope_id
 from ..transitions.scripts import Transitions
-from .deliveries import Resync
+from .connections import Resync
 from .occupancy import OccupancyPoller
 from .replay import Replayer
 from .room_reader import RoomReader

@@ -28,7 +28,7 @@ class PresenceCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         p = self._service
         yield GaugeMetricFamily(
-            "presence_sse_connections", "Open SSE connections", value=p.deliveries.connections
+            "presence_sse_connections", "Open SSE connections", value=p.connections.open
         )
         if not p.started:
             return

@@ -85,7 +85,7 @@ async def healthz(request: web.Request) -> web.Response:
     if problems:
         body.update(status="unavailable", problems=problems)
         return web.json_response(body, status=503)
-    body.update(status="ok", connections=service.deliveries.connections)
+    body.update(status="ok", connections=service.connections.open)
     return web.json_response(body)
 
 

@@ -21,7 +21,8 @@ from redis.exceptions import RedisError
 from ..entries import stream_position
 from ..frames import SEPARATOR
 from ..service import Service
-from ..updates.deliveries import WRITE_BYTES, Connection, Resync, Subscriber
+from ..updates.connections import Connection, Resync
+from ..updates.delivery_log import WRITE_BYTES, Subscriber
 from ..updates.replay import Replay
 from ..updates.snapshot import Snapshot
 from .protocol import on_connection_lost
@@ -59,7 +60,7 @@ async def serve_stream(
     """Run ``stream`` on an SSE response until the client leaves, its token
     expires, or a fresh snapshot cannot be read (the client reconnects)."""
     client_id = connection.client
-    forget = on_connection_lost(request, partial(service.deliveries.gone, connection))
+    forget = on_connection_lost(request, partial(service.connections.gone, connection))
     try:
         async with sse_response(
             request, sep=SEPARATOR, ping_interval=service.settings.keepalive_interval

@@ -29,9 +29,9 @@ async def client_events(request: web.Request) -> web.StreamResponse:
     # The stream ends when its token expires; the client reconnects with a fresh one.
     loop = asyncio.get_running_loop()
     expiry = None if claims is None else loop.time() + claims.exp - time.time()
-    if service.deliveries.connections >= settings.max_connections:
+    if service.connections.open >= settings.max_connections:
         fail(web.HTTPServiceUnavailable, "this server holds all the connections it may")
-    if service.deliveries.connections_of(client_id) >= settings.max_connections_per_client:
+    if service.connections.open_of(client_id) >= settings.max_connections_per_client:
         fail(web.HTTPTooManyRequests, "too many connections for this client id")
     # Checked here, and counted when the stream subscribes, with no wait between.
     new = 0 if scope is None else service.scopes.new_rooms(scope)
