@@ -5,6 +5,7 @@ a loss, and the end of the iteration with the service."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -98,3 +99,54 @@ def stream_after(entry_id: str, position: str) -> bool:
         return int(ms), int(seq)
 
     return order(entry_id) > order(position)
+
+
+async def test_a_room_that_redis_lost_is_reset_before_any_later_event(
+    settings: Settings, start_presence: StartPresence, redis: Redis
+) -> None:
+    """Redis flushed under a room listener: its next item is the room's fresh
+    members, never an ONLINE of a member it has already (nor nothing at all)."""
+    presence = await start_presence(settings)
+    async with presence.track("bob", rooms=["lobby"]):
+        await poll(lambda: redis.hget("room.{lobby}.members", "bob"), what="bob in lobby")
+        async with presence.changes(rooms=["lobby"]) as events:
+            first = await anext(events)
+            assert isinstance(first, RoomSnapshot)
+            assert [m.client for m in first.members] == ["bob"]
+            await redis.flushall()  # as a failover that lost everything would
+            after = await asyncio.wait_for(anext(events), 10)
+            assert isinstance(after, RoomSnapshot), after
+            assert after.room == "lobby"
+
+
+async def test_a_room_whose_stream_is_not_a_stream_stops_no_other_room(
+    settings: Settings,
+    start_presence: StartPresence,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The read of every room fails on the one key of another type: that room
+    is set aside, with one warning naming it, and the reader goes on."""
+    caplog.set_level(logging.WARNING, logger="presence")
+    presence = await start_presence(settings)
+    async with (
+        presence.changes(rooms=["good"]) as good,
+        presence.changes(rooms=["bad"]) as bad,
+    ):
+        assert isinstance(await anext(good), RoomSnapshot)
+        assert isinstance(await anext(bad), RoomSnapshot)
+        async with presence.track("eve", rooms=["bad"]):
+            assert isinstance(await asyncio.wait_for(anext(bad), 10), RoomEvent)
+        await redis.delete("room.{bad}.presence")
+        await redis.set("room.{bad}.presence", "not a stream")
+        await poll(
+            lambda: truthy("room bad cannot be read from Redis" in caplog.text),
+            timeout=10,
+            what="the bad room set aside",
+        )
+        async with presence.track("dave", rooms=["good"]):
+            joined = await asyncio.wait_for(anext(good), 10)
+            assert isinstance(joined, RoomEvent)
+            assert (joined.client, joined.status) == ("dave", ONLINE)
+    assert "room reader failed" not in caplog.text
+    assert caplog.text.count("room bad cannot be read from Redis") == 1

@@ -36,7 +36,8 @@ import asyncio
 import logging
 import math
 import time
-from typing import Any
+
+from redis.exceptions import ResponseError
 
 from ..contract import Keys
 from ..entries import RoomDelivery, parse_room_delivery, stream_position, text
@@ -65,6 +66,8 @@ WARM_SECONDS = 5.0
 #: yields to the event loop.
 PARSE_ENTRIES = 1000
 ROUTE_PUSHES = 1024
+#: Seconds a room whose stream Redis cannot read is left out of the reads.
+ASIDE_SECONDS = 10.0
 #: fakeredis answers a blocking XREAD of several streams at once: it is polled.
 IDLE_POLL = 0.05
 
@@ -74,6 +77,8 @@ class RoomReader:
         self._redis = unparsed_streams(redis)
         self._keys: Keys = settings.keys
         self._scopes = scopes
+        #: Room -> until when (monotonic) it is left out of the reads.
+        self._aside: dict[str, float] = {}
         #: Room -> the position read up to; None until a stream there has its start.
         self.positions: dict[str, str | None] = {}
         # Rooms whose position no read has started from yet: a start may lower it.
@@ -219,6 +224,7 @@ class RoomReader:
         """Stop reading the rooms no stream here is in any more."""
         for room in [r for r in self.positions if r not in self._scopes.rooms]:
             del self.positions[room]
+            self._aside.pop(room, None)
             self._unread.discard(room)
             self._due.discard(room)
             if self._active_at.pop(room, None) is not None:
@@ -238,7 +244,12 @@ class RoomReader:
             await self._read_group(rooms[start : start + ROOMS_PER_READ], block_ms)
 
     async def _read_group(self, rooms: list[str], block_ms: int | None) -> None:
-        reading = {r: p for r in rooms if (p := self.positions.get(r)) is not None}
+        now = time.monotonic()
+        reading = {
+            r: p
+            for r in rooms
+            if (p := self.positions.get(r)) is not None and self._aside.get(r, 0.0) <= now
+        }
         if not reading:
             return
         for room in reading:
@@ -249,30 +260,41 @@ class RoomReader:
         # rooms, redis-py's xread() spent milliseconds per read on arguments.
         keys = [self._key(room) for room in reading]
         block = () if block_ms is None else (b"BLOCK", block_ms)
-        reply: Any = await self._redis.execute_command(  # type: ignore[no-untyped-call]
-            "XREAD",
-            b"COUNT",
-            count,
-            *block,
-            b"STREAMS",
-            *keys,
-            *map(str.encode, reading.values()),
+        # Each position read from is checked in the same round trip, before
+        # the read: a room's entries after one it lost never reach its streams
+        # ahead of their reset, and a room whose key is not a stream shows in
+        # its own reply instead of failing every room's read.
+        pipe = self._redis.pipeline(transaction=False)
+        for key, position in zip(keys, reading.values(), strict=True):
+            pipe.xrange(key, position, position, count=1)
+        pipe.execute_command(
+            "XREAD", b"COUNT", count, *block, b"STREAMS", *keys, *map(str.encode, reading.values())
         )
+        *found, reply = await pipe.execute(raise_on_error=False)
         self.reads += 1
+        lost: set[str] = set()
+        for (room, position), result in zip(reading.items(), found, strict=True):
+            if isinstance(result, ResponseError):
+                self._set_aside(room, str(result))
+            elif position != "0-0" and not result:
+                lost.add(room)
+        if isinstance(reply, Exception):
+            if not any(isinstance(r, ResponseError) for r in found):
+                raise reply
+            reply = None  # a room set aside failed the read: read again without it
+        await self._resync_lost(lost)
         if not reply:
             return
         rooms_of = self._rooms_of
         batch: list[RoomDelivery] = []
-        # Room -> the position read from, and the one read up to: taken once
-        # its entries are routed: a position never runs ahead of the streams.
-        grown: dict[str, str] = {}
+        # Room -> the position read up to: taken once its entries are routed,
+        # so a position never runs ahead of the streams.
         newest: dict[str, str] = {}
-        now = time.monotonic()
         parsed = 0
         items = reply.items() if isinstance(reply, dict) else reply
         for key, entries in items:
             room = rooms_of[key if isinstance(key, bytes) else key.encode()]
-            if room not in self.positions:
+            if room not in self.positions or room in lost:
                 continue
             for entry_id, fields in entries:
                 if (parsed := parsed + 1) % PARSE_ENTRIES == 0:
@@ -284,7 +306,6 @@ class RoomReader:
                 else:
                     batch.append(delivery)
                 newest[room] = position
-            grown[room] = reading[room]
             self._touch(room, now)
             if len(entries) >= count:
                 self._due.add(room)  # maybe more behind it
@@ -293,7 +314,36 @@ class RoomReader:
         for room, position in newest.items():
             if room in self.positions:
                 self.positions[room] = position
-        await self._check(grown)
+
+    async def _resync_lost(self, lost: set[str]) -> None:
+        """Fresh snapshots for the streams of rooms whose position read from is
+        gone (trimmed past it, or Redis lost it); the room is read on from its
+        newest entry, which the snapshots, taken after, include."""
+        if not lost:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for room in lost:
+            pipe.xrevrange(self._key(room), count=1)
+        for room, last in zip(lost, await pipe.execute(), strict=True):
+            log.warning(
+                "room %s lost entries after %s: sending fresh snapshots",
+                room,
+                self.positions.get(room),
+            )
+            if room in self.positions:
+                self.positions[room] = text(last[0][0]) if last else "0-0"
+            self.resyncs += 1
+            self._scopes.resync_room(room)
+
+    def _set_aside(self, room: str, error: str) -> None:
+        """A room whose stream Redis cannot read (a key of another type): left
+        out of the reads for a while; its streams' fresh snapshots fail, so they
+        end and reconnect to a 503 naming it."""
+        if self._aside.get(room, 0.0) <= time.monotonic():
+            log.warning("room %s cannot be read from Redis, retrying in %.0f s: %s",
+                        room, ASIDE_SECONDS, error)  # fmt: skip
+            self._scopes.resync_room(room)
+        self._aside[room] = time.monotonic() + ASIDE_SECONDS
 
     async def _route(self, batch: list[RoomDelivery]) -> None:
         """Route ``batch``, yielding to the event loop every ``ROUTE_PUSHES``,
@@ -309,20 +359,3 @@ class RoomReader:
             for stream in streams[start : start + WAKE_GROUP]:
                 stream.wake()
             await asyncio.sleep(0)
-
-    async def _check(self, grown: dict[str, str]) -> None:
-        """Resync the streams of a room whose position read from is gone: its
-        stream was trimmed past it, or Redis lost it."""
-        checked = [(r, p) for r, p in grown.items() if p != "0-0"]
-        if not checked:
-            return
-        pipe = self._redis.pipeline(transaction=False)
-        for room, position in checked:
-            pipe.xrange(self._keys.room(room).presence, position, position, count=1)
-        for (room, position), found in zip(checked, await pipe.execute(), strict=True):
-            if not found:
-                log.warning(
-                    "room %s lost entries after %s: sending fresh snapshots", room, position
-                )
-                self.resyncs += 1
-                self._scopes.resync_room(room)
