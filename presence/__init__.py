@@ -1,6 +1,6 @@
 """Presence: who is online, in real time, through Redis and Server-Sent Events."""
 
-from .contract import OFFLINE, ONLINE, UPDATE, Keys, Status
+from .contract import OFFLINE, ONLINE, UPDATE, Keys, RoomStatus, Status
 from .errors import (
     ConfigError,
     InvalidClientId,
@@ -37,6 +37,7 @@ __all__ = [
     "Reset",
     "RoomEvent",
     "RoomSnapshot",
+    "RoomStatus",
     "RoomUnreadable",
     "Settings",
     "Snapshot",

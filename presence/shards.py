@@ -19,9 +19,6 @@ from typing import Generic, TypeVar
 from redis.crc import key_slot
 
 SLOTS = 16384
-#: Shards in cluster mode unless told: 12 divide evenly over 1, 2, 3, 4 or 6
-#: primaries, and leave room to grow a cluster to 12.
-DEFAULT_SHARDS = 12
 MAX_SHARDS = 256
 
 T = TypeVar("T")
@@ -45,10 +42,6 @@ def _tag(index: int, shards: int) -> str:
     while not low <= key_slot(f"s{index}.{k}".encode()) < high:
         k += 1
     return f"s{index}.{k}"
-
-
-def slot_of_tag(tag: str) -> int:
-    return key_slot(tag.encode())
 
 
 class Router(Generic[T]):

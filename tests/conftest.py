@@ -136,7 +136,8 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A Redis Cluster of 3 primaries and 3 replicas, shared by the session's
-    tests that leave its topology as they found it."""
+    tests: one may fail a shard over to its replica, which leaves the cluster
+    whole (3 primaries, each with a replica)."""
     topology = Cluster(tmp_path_factory.mktemp("cluster"))
     try:
         topology.start()

@@ -17,8 +17,7 @@ from presence.transitions.lua import CAME_ONLINE
 from presence.transitions.scripts import Transitions
 
 from .support import Redis, poll
-from .test_cluster_scripts import SHARDS, shard_settings, tag_settings
-from .topology import Cluster, client, wait_for
+from .topology import SHARDS, Cluster, client, shard_settings, tag_settings, wait_for
 
 
 @pytest.fixture

@@ -21,18 +21,7 @@ from presence.transitions.lua import CAME_ONLINE, LEFT, REFRESHED
 from presence.transitions.scripts import Transitions
 
 from .support import Redis, ServerProcess
-from .topology import Cluster, client
-
-SHARDS = 12
-
-
-def shard_settings(cluster: Cluster, client_id: str) -> Settings:
-    tag = shard_tags(SHARDS)[shard_of(client_id, SHARDS)]
-    return tag_settings(cluster, tag)
-
-
-def tag_settings(cluster: Cluster, tag: str) -> Settings:
-    return Settings(redis_url=cluster.url, namespace=f"{{{tag}}}.", server_id="node-1")
+from .topology import SHARDS, Cluster, client, shard_settings, tag_settings
 
 
 async def test_a_standalone_url_of_a_cluster_node_is_found_to_be_a_cluster(

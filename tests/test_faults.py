@@ -6,17 +6,15 @@ Redis killed and restarted under connected clients, a Redis that refuses
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from .servers import Spawn, events_of, health, listed, settled, start_server
 from .support import (
     Follower,
     Redis,
     RedisServer,
-    ServerProcess,
     StartRedis,
     entry_ms,
     follow,
@@ -25,38 +23,11 @@ from .support import (
     truthy,
 )
 
-Spawn = Callable[..., ServerProcess]
 INTERVAL = 1.0
 TTL_MS = 1500
 # State must converge within two intervals of Redis answering again; the extra
 # second is for process scheduling on a busy machine, not for the product.
 CONVERGE = 2 * INTERVAL + 1.0
-
-
-async def start_server(spawn: Spawn, redis_url: str, server_id: str) -> ServerProcess:
-    server = spawn(
-        "--redis-url", redis_url,
-        "--server-id", server_id,
-        "--heartbeat-interval", str(INTERVAL),
-        "--keepalive-interval", "0.25",
-    )  # fmt: skip
-    await server.wait_healthy()
-    return server
-
-
-def events_of(server: ServerProcess, client: str) -> str:
-    return f"{server.url}/clients/{client}/events"
-
-
-async def listed(session: aiohttp.ClientSession, server: ServerProcess) -> set[str]:
-    async with session.get(f"{server.url}/clients") as response:
-        body = await response.json()
-        return {c["client"] for c in body["clients"]} if response.status == 200 else {"?"}
-
-
-async def health(session: aiohttp.ClientSession, server: ServerProcess) -> int:
-    async with session.get(f"{server.url}/healthz") as response:
-        return response.status
 
 
 async def statuses(redis: Redis, client: str) -> list[str]:
@@ -138,22 +109,6 @@ async def test_redis_killed_and_restarted_under_connected_clients(
         output = server.output()
         assert output.count("Redis unreachable") == 1, output
         assert output.count("Redis reachable again") == 1, output
-
-
-async def settled(
-    servers: tuple[ServerProcess, ...],
-    probe: Callable[[ServerProcess], Awaitable[object]],
-    expected: object,
-    *,
-    timeout: float,
-    what: str,
-) -> None:
-    """Poll until ``probe`` gives ``expected`` on every server."""
-
-    async def check() -> bool:
-        return all([await probe(server) == expected for server in servers])
-
-    await poll(check, timeout=timeout, what=what)
 
 
 async def test_redis_refusing_config_still_publishes_offline_through_the_sweeper(

@@ -10,7 +10,6 @@ import asyncio
 import itertools
 import subprocess
 import sys
-from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -19,25 +18,13 @@ import redis.asyncio as aioredis
 from presence import ConfigError, Settings
 from presence.sentinel_url import parse_sentinel_url
 
-from .support import Follower, Redis, ServerProcess, follow, poll
-from .test_faults import events_of, health, listed, settled
+from .servers import Spawn, events_of, health, listed, settled, start_server
+from .support import Follower, Redis, follow, poll
 from .topology import Sentinels
 
-Spawn = Callable[..., ServerProcess]
 INTERVAL = 1.0
 # Two intervals, as promised, and a second for scheduling on a busy machine.
 CONVERGE = 2 * INTERVAL + 1.0
-
-
-async def start_server(spawn: Spawn, url: str, server_id: str) -> ServerProcess:
-    server = spawn(
-        "--redis-url", url,
-        "--server-id", server_id,
-        "--heartbeat-interval", str(INTERVAL),
-        "--keepalive-interval", "0.25",
-    )  # fmt: skip
-    await server.wait_healthy()
-    return server
 
 
 def contradictions(follower: Follower) -> list[str]:

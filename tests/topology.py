@@ -18,6 +18,9 @@ from pathlib import Path
 import redis
 from redis.exceptions import RedisError
 
+from presence import Settings
+from presence.shards import shard_of, shard_tags
+
 from .support import RedisServer, free_port
 
 SERVICE = "presence-primary"
@@ -233,3 +236,16 @@ class Cluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+#: Shards of the cluster tests: the default of cluster mode.
+SHARDS = 12
+
+
+def shard_settings(cluster: Cluster, client_id: str) -> Settings:
+    tag = shard_tags(SHARDS)[shard_of(client_id, SHARDS)]
+    return tag_settings(cluster, tag)
+
+
+def tag_settings(cluster: Cluster, tag: str) -> Settings:
+    return Settings(redis_url=cluster.url, namespace=f"{{{tag}}}.", server_id="node-1")

@@ -20,6 +20,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from ..contract import Keys, is_valid_id
+from ..entries import text
 from ..redis_client import BLOCK_MS, Redis
 from ..supervise import Worker
 from .keyspace import KEYSPACE_FLAGS, has_keyspace_flags, reconcile
@@ -106,9 +107,7 @@ class ClusterKeyspaceListener:
 async def _enable(cluster: RedisCluster, node: object) -> bool:
     try:
         reply = await cluster.config_get("notify-keyspace-events", target_nodes=node)
-        flags = str(next(iter(reply.values()), "") or "")
-        if isinstance(flags, bytes):
-            flags = flags.decode()
+        flags = text(next(iter(reply.values()), b"") or b"")
         if has_keyspace_flags(flags):
             return True
         wanted = flags + "".join(f for f in KEYSPACE_FLAGS if f not in flags)
