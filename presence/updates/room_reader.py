@@ -36,6 +36,7 @@ import asyncio
 import logging
 import math
 import time
+from typing import Any
 
 from redis.exceptions import ResponseError
 
@@ -66,6 +67,9 @@ WARM_SECONDS = 5.0
 #: yields to the event loop.
 PARSE_ENTRIES = 1000
 ROUTE_PUSHES = 1024
+#: Seconds between two checks that a room's position is still in its stream,
+#: when it brings no entries.
+CHECK_EVERY = 1.0
 #: Seconds a room whose stream Redis cannot read is left out of the reads.
 ASIDE_SECONDS = 10.0
 #: fakeredis answers a blocking XREAD of several streams at once: it is polled.
@@ -79,6 +83,8 @@ class RoomReader:
         self._scopes = scopes
         #: Room -> until when (monotonic) it is left out of the reads.
         self._aside: dict[str, float] = {}
+        #: Room -> when (monotonic) its position is checked next.
+        self._checked: dict[str, float] = {}
         #: Room -> the position read up to; None until a stream there has its start.
         self.positions: dict[str, str | None] = {}
         # Rooms whose position no read has started from yet: a start may lower it.
@@ -225,6 +231,7 @@ class RoomReader:
         for room in [r for r in self.positions if r not in self._scopes.rooms]:
             del self.positions[room]
             self._aside.pop(room, None)
+            self._checked.pop(room, None)
             self._unread.discard(room)
             self._due.discard(room)
             if self._active_at.pop(room, None) is not None:
@@ -260,28 +267,37 @@ class RoomReader:
         # rooms, redis-py's xread() spent milliseconds per read on arguments.
         keys = [self._key(room) for room in reading]
         block = () if block_ms is None else (b"BLOCK", block_ms)
-        # Each position read from is checked in the same round trip, before
-        # the read: a room's entries after one it lost never reach its streams
-        # ahead of their reset, and a room whose key is not a stream shows in
-        # its own reply instead of failing every room's read.
+        # A room's position is checked before its entries are routed, so that
+        # entries after one it lost never reach its streams ahead of their
+        # reset: in the read's own round trip once a second (an idle room's
+        # loss shows within its next turns), or just after it for a room
+        # whose read brought entries. Checking every room with every read
+        # cost more than the read itself (a pipeline of one XRANGE per room).
+        checking = [r for r in reading if self._checked.get(r, 0.0) <= now]
         pipe = self._redis.pipeline(transaction=False)
-        for key, position in zip(keys, reading.values(), strict=True):
-            pipe.xrange(key, position, position, count=1)
+        for room in checking:
+            pipe.xrange(self._key(room), reading[room], reading[room], count=1)
         pipe.execute_command(
             "XREAD", b"COUNT", count, *block, b"STREAMS", *keys, *map(str.encode, reading.values())
         )
         *found, reply = await pipe.execute(raise_on_error=False)
         self.reads += 1
-        lost: set[str] = set()
-        for (room, position), result in zip(reading.items(), found, strict=True):
-            if isinstance(result, ResponseError):
-                self._set_aside(room, str(result))
-            elif position != "0-0" and not result:
-                lost.add(room)
+        if isinstance(reply, ResponseError) and len(checking) < len(reading):
+            # A key of another type fails the whole read: find it.
+            checking = list(reading)
+            found = await self._positions(checking, reading)
+        lost = self._lost(checking, found, reading, now)
         if isinstance(reply, Exception):
             if not any(isinstance(r, ResponseError) for r in found):
                 raise reply
             reply = None  # a room set aside failed the read: read again without it
+        elif reply:
+            items = reply.items() if isinstance(reply, dict) else reply
+            grown = [self._rooms_of[k if isinstance(k, bytes) else k.encode()] for k, _ in items]
+            unchecked = [r for r in grown if r not in checking and r in reading]
+            if unchecked:
+                found = await self._positions(unchecked, reading)
+                lost |= self._lost(unchecked, found, reading, now)
         await self._resync_lost(lost)
         if not reply:
             return
@@ -314,6 +330,29 @@ class RoomReader:
         for room, position in newest.items():
             if room in self.positions:
                 self.positions[room] = position
+
+    async def _positions(self, rooms: list[str], reading: dict[str, str]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for room in rooms:
+            pipe.xrange(self._key(room), reading[room], reading[room], count=1)
+        found: list[Any] = await pipe.execute(raise_on_error=False)
+        return found
+
+    def _lost(
+        self, rooms: list[str], found: list[Any], reading: dict[str, str], now: float
+    ) -> set[str]:
+        """The rooms whose position is gone; those Redis cannot read are set aside."""
+        lost: set[str] = set()
+        for room, result in zip(rooms, found, strict=True):
+            if isinstance(result, ResponseError):
+                self._set_aside(room, str(result))
+            elif isinstance(result, Exception):
+                raise result
+            else:
+                self._checked[room] = now + CHECK_EVERY
+                if reading[room] != "0-0" and not result:
+                    lost.add(room)
+        return lost
 
     async def _resync_lost(self, lost: set[str]) -> None:
         """Fresh snapshots for the streams of rooms whose position read from is
