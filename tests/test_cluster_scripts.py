@@ -136,3 +136,32 @@ async def test_the_server_refuses_a_cluster_in_one_line(
     assert code == 1
     assert "is a Redis Cluster node" in output.splitlines()[-1], output
     assert "Traceback" not in output
+
+
+async def test_a_membership_heartbeat_on_its_rooms_shard_counts_for_the_room_alone(
+    cluster: Cluster, cluster_redis: Redis
+) -> None:
+    """Sharded, the client's global presence is its own shard's: the room's
+    shard announces the member, and no second global presence of the client."""
+    room = "lobby"
+    client_id = next(
+        c for c in ("alice", "bob", "carol") if shard_of(c, SHARDS) != shard_of(room, SHARDS)
+    )
+    room_shard = shard_tags(SHARDS)[shard_of(room, SHARDS)]
+    settings = tag_settings(cluster, room_shard)
+    t = Transitions(cluster_redis, settings, rooms_alone=True)
+    await t.load()
+    lines = [
+        f"{client_id} node-1 0 lobby".encode(),
+        f'{client_id} node-1 0 hall ?{{"s":1}}'.encode(),
+    ]
+    [codes] = await t.execute(partial(t.heartbeats, lines=lines))
+    assert codes == [CAME_ONLINE, CAME_ONLINE]
+    keys = settings.keys
+    assert await cluster_redis.hget(keys.room(room).members, client_id) == b"node-1"
+    assert await cluster_redis.hget(keys.room("hall").data, client_id) == b'{"s":1}'
+    assert await cluster_redis.exists(keys.online(client_id)) == 0
+    assert await cluster_redis.zscore(keys.deadlines, client_id) is None
+    assert await cluster_redis.xlen(keys.presence) == 0
+    [codes] = await t.execute(partial(t.heartbeats, lines=lines[:1]))
+    assert codes == [REFRESHED]

@@ -67,8 +67,11 @@ class Transitions:
     sent again; every script is safe to rerun.
     """
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings, *, rooms_alone: bool = False) -> None:
+        """``rooms_alone``: a heartbeat with a room counts for the room only
+        (sharded, the room's shard is seldom its client's)."""
         self._redis = redis
+        self._rooms_alone = rooms_alone
         k = settings.keys
         self._keys = k
         self._shared = (k.deadlines, k.servers, k.presence, k.heartbeat, k.rooms_due)
@@ -127,26 +130,34 @@ class Transitions:
         keys: list[bytes] = []
         sizes = bytearray()
         owner = None  # the client whose global keys were declared last
-        (d0, d1), (m0, m1), (a0, a1), (p0, p1), (h0, h1) = self._room_parts
         for client, room in lines:
             if client is None:
                 sizes.append(0x30)  # malformed: the script fails it
+                continue
+            if room is not None and self._rooms_alone:
+                keys += self._membership_keys(room, client)
+                sizes.append(0x39)
                 continue
             size = 0
             if client != owner:
                 keys += (self._online + client, self._holders + client)
                 owner, size = client, 2
             if room is not None:
-                keys += (
-                    d0 + room + d1,
-                    m0 + room + m1,
-                    a0 + room + a1,
-                    p0 + room + p1,
-                    h0 + room + h1 + client,
-                )
+                keys += self._membership_keys(room, client)
                 size += 5
             sizes.append(0x30 + size)
         return keys, bytes(sizes)
+
+    def _membership_keys(self, room: bytes, client: bytes) -> tuple[bytes, ...]:
+        """A membership's five keys, in room_scope's order."""
+        (d0, d1), (m0, m1), (a0, a1), (p0, p1), (h0, h1) = self._room_parts
+        return (
+            d0 + room + d1,
+            m0 + room + m1,
+            a0 + room + a1,
+            p0 + room + p1,
+            h0 + room + h1 + client,
+        )
 
     def heartbeats(self, pipe: Pipeline, lines: Sequence[bytes]) -> None:
         """Apply heartbeats, each a line ``b"<client> <server> <sent>[ <room>[ <data>]]"``.

@@ -36,6 +36,9 @@ HEARTBEATS_KEPT = 10
 #   5  a room line of the client whose global keys came last: the room's
 #      five keys (room_scope's order, holders.<id> last)
 #   7  a room line: its client's two global keys, then the room's five
+#   9  a room line counted for the room alone: the room's five keys (sharded,
+#      the client's global presence lives on its own shard, and its own
+#      heartbeat goes there)
 # (A client's rooms come side by side: its global keys once for them all.)
 # ARGV[1] ttl ms
 # ARGV[2] presence stream cap
@@ -48,8 +51,8 @@ HEARTBEATS_KEPT = 10
 # ARGV[5] room stream cap
 # ARGV[6] one digit per line: how many keys it has, as above
 # Returns one code per heartbeat (CAME_ONLINE, REFRESHED, STALE, FAILED),
-# for the client's global presence; after a failure, the last element is its
-# error.
+# for the client's global presence (for its room, with a line counted for the
+# room alone); after a failure, the last element is its error.
 HEARTBEAT: Final = (
     PRELUDE
     + """
@@ -76,6 +79,10 @@ local function heartbeat(rest, at, size)
     room, initial, data = string.match(rest, '^ (%S+) ?(%??)(.*)$')
     if not room then error('malformed room ' .. rest) end
     initial = initial == '?'
+  end
+  if size == 9 then
+    if not room then error('undeclared keys for heartbeat ' .. client .. ' ' .. rest) end
+    return apply(room_scope(room, at), client, server, ms, seq, data, initial)
   end
   if size == 2 or size == 7 then
     owner, online, holders = client, KEYS[at], KEYS[at + 1]
@@ -109,7 +116,7 @@ for line in string.gmatch(ARGV[4], '[^\\n]+') do
     ok, result = pcall(heartbeat, rest, at, size)
     if ok and seq_text ~= '' then acks[#acks + 1] = sent end
   end
-  at = at + size
+  at = at + (size == 9 and 5 or size)
   if ok then
     results[#results + 1] = result
   else
