@@ -177,9 +177,14 @@ def unparsed_streams(redis: Redis) -> Redis:
     # A client given a pool shares its connections and retry policy, and
     # leaves closing them to the pool's owner.
     raw = aioredis.Redis(connection_pool=redis.connection_pool)
-    for command in _STREAM_READS:
-        raw.set_response_callback(command, _as_sent)
+    leave_streams_unparsed(raw)
     return raw
+
+
+def leave_streams_unparsed(client: Any) -> None:
+    """Make ``client``'s stream reads return Redis's reply as is."""
+    for command in _STREAM_READS:
+        client.set_response_callback(command, _as_sent)
 
 
 def _as_sent(response: Any, **_options: Any) -> Any:

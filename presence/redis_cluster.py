@@ -15,11 +15,9 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .redis_client import Redis, options
+from .redis_client import Redis, leave_streams_unparsed, options
 from .sentinel_url import is_sentinel_url
 from .settings import Settings
-
-_STREAM_READS = ("XRANGE", "XREVRANGE", "XREAD", "XREADGROUP")
 
 
 class PresenceCluster(RedisCluster):
@@ -45,8 +43,7 @@ async def cluster_of(redis: Redis, settings: Settings) -> Redis | None:
     del kwargs["retry"]  # a cluster client retries MOVED and failovers its own way
     cluster = cast(PresenceCluster, PresenceCluster.from_url(settings.redis_url, **kwargs))
     raw = RedisCluster.from_url(settings.redis_url, **kwargs)
-    for command in _STREAM_READS:
-        raw.set_response_callback(command, lambda response, **_: response)
+    leave_streams_unparsed(raw)
     cluster.unparsed = raw
     await cluster.initialize()
     await raw.initialize()

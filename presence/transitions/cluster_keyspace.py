@@ -23,7 +23,7 @@ from ..contract import Keys, is_valid_id
 from ..entries import text
 from ..redis_client import BLOCK_MS, Redis
 from ..supervise import Worker
-from .keyspace import KEYSPACE_FLAGS, has_keyspace_flags, reconcile
+from .keyspace import KEYSPACE_FLAGS, reconcile, wanted_flags
 from .scripts import Transitions
 from .sweeper import SWEEP_BATCH, offline
 
@@ -107,10 +107,9 @@ class ClusterKeyspaceListener:
 async def _enable(cluster: RedisCluster, node: object) -> bool:
     try:
         reply = await cluster.config_get("notify-keyspace-events", target_nodes=node)
-        flags = text(next(iter(reply.values()), b"") or b"")
-        if has_keyspace_flags(flags):
+        wanted = wanted_flags(text(next(iter(reply.values()), b"") or b""))
+        if wanted is None:
             return True
-        wanted = flags + "".join(f for f in KEYSPACE_FLAGS if f not in flags)
         await cluster.config_set("notify-keyspace-events", wanted, target_nodes=node)
     except ResponseError as exc:
         log.debug("CONFIG on a cluster node refused: %s", exc)

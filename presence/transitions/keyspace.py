@@ -160,10 +160,9 @@ async def enable_keyspace_events(redis: Redis, settings: Settings) -> bool:
     except ResponseError:
         # CONFIG is disabled (managed Redis): see whether the events come anyway.
         return await _keyspace_events_arrive(redis, settings)
-    flags = text(next(iter(reply.values()), None) or b"")
-    if has_keyspace_flags(flags):
+    wanted = wanted_flags(text(next(iter(reply.values()), None) or b""))
+    if wanted is None:
         return True
-    wanted = flags + "".join(f for f in KEYSPACE_FLAGS if f not in flags)
     try:
         await redis.config_set("notify-keyspace-events", wanted)
     except ResponseError as exc:
@@ -194,6 +193,14 @@ async def _keyspace_events_arrive(redis: Redis, settings: Settings, wait: float 
         await pubsub.aclose()  # type: ignore[no-untyped-call]
     log.info("keyspace events %s without CONFIG", "arrive" if arrived else "do not arrive")
     return arrived
+
+
+def wanted_flags(flags: str) -> str | None:
+    """``notify-keyspace-events`` with what presence needs added; None when
+    ``flags`` have it already."""
+    if has_keyspace_flags(flags):
+        return None
+    return flags + "".join(f for f in KEYSPACE_FLAGS if f not in flags)
 
 
 def has_keyspace_flags(flags: str) -> bool:
