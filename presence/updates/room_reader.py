@@ -46,6 +46,7 @@ from ..redis_client import Redis, unparsed_streams
 from ..settings import Settings
 from ..supervise import Worker
 from .delivery_log import WAKE_GROUP
+from .room_checks import RoomChecks
 from .scoped import ScopedSubscriber, Scopes
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,6 @@ WARM_SECONDS = 5.0
 #: yields to the event loop.
 PARSE_ENTRIES = 1000
 ROUTE_PUSHES = 1024
-#: Seconds between two checks that a room's position is still in its stream,
-#: when it brings no entries.
-CHECK_EVERY = 1.0
-#: Seconds a room whose stream Redis cannot read is left out of the reads.
-ASIDE_SECONDS = 10.0
 #: fakeredis answers a blocking XREAD of several streams at once: it is polled.
 IDLE_POLL = 0.05
 
@@ -81,10 +77,7 @@ class RoomReader:
         self._redis = unparsed_streams(redis)
         self._keys: Keys = settings.keys
         self._scopes = scopes
-        #: Room -> until when (monotonic) it is left out of the reads.
-        self._aside: dict[str, float] = {}
-        #: Room -> when (monotonic) its position is checked next.
-        self._checked: dict[str, float] = {}
+        self._checks = RoomChecks(scopes)
         #: Room -> the position read up to; None until a stream there has its start.
         self.positions: dict[str, str | None] = {}
         # Rooms whose position no read has started from yet: a start may lower it.
@@ -230,8 +223,7 @@ class RoomReader:
         """Stop reading the rooms no stream here is in any more."""
         for room in [r for r in self.positions if r not in self._scopes.rooms]:
             del self.positions[room]
-            self._aside.pop(room, None)
-            self._checked.pop(room, None)
+            self._checks.forget(room)
             self._unread.discard(room)
             self._due.discard(room)
             if self._active_at.pop(room, None) is not None:
@@ -255,7 +247,7 @@ class RoomReader:
         reading = {
             r: p
             for r in rooms
-            if (p := self.positions.get(r)) is not None and self._aside.get(r, 0.0) <= now
+            if (p := self.positions.get(r)) is not None and self._checks.readable(r, now)
         }
         if not reading:
             return
@@ -267,16 +259,10 @@ class RoomReader:
         # rooms, redis-py's xread() spent milliseconds per read on arguments.
         keys = [self._key(room) for room in reading]
         block = () if block_ms is None else (b"BLOCK", block_ms)
-        # A room's position is checked before its entries are routed, so that
-        # entries after one it lost never reach its streams ahead of their
-        # reset: in the read's own round trip once a second (an idle room's
-        # loss shows within its next turns), or just after it for a room
-        # whose read brought entries. Checking every room with every read
-        # cost more than the read itself (a pipeline of one XRANGE per room).
-        checking = [r for r in reading if self._checked.get(r, 0.0) <= now]
+        # Positions checked before the entries are routed (see room_checks).
+        checking = self._checks.due(list(reading), now)
         pipe = self._redis.pipeline(transaction=False)
-        for room in checking:
-            pipe.xrange(self._key(room), reading[room], reading[room], count=1)
+        self._checks.queue(pipe, [(self._key(r), reading[r]) for r in checking])
         pipe.execute_command(
             "XREAD", b"COUNT", count, *block, b"STREAMS", *keys, *map(str.encode, reading.values())
         )
@@ -286,7 +272,7 @@ class RoomReader:
             # A key of another type fails the whole read: find it.
             checking = list(reading)
             found = await self._positions(checking, reading)
-        lost = self._lost(checking, found, reading, now)
+        lost = self._checks.lost(checking, found, reading, now)
         if isinstance(reply, Exception):
             if not any(isinstance(r, ResponseError) for r in found):
                 raise reply
@@ -297,7 +283,7 @@ class RoomReader:
             unchecked = [r for r in grown if r not in checking and r in reading]
             if unchecked:
                 found = await self._positions(unchecked, reading)
-                lost |= self._lost(unchecked, found, reading, now)
+                lost |= self._checks.lost(unchecked, found, reading, now)
         await self._resync_lost(lost)
         if not reply:
             return
@@ -333,26 +319,9 @@ class RoomReader:
 
     async def _positions(self, rooms: list[str], reading: dict[str, str]) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
-        for room in rooms:
-            pipe.xrange(self._key(room), reading[room], reading[room], count=1)
+        self._checks.queue(pipe, [(self._key(r), reading[r]) for r in rooms])
         found: list[Any] = await pipe.execute(raise_on_error=False)
         return found
-
-    def _lost(
-        self, rooms: list[str], found: list[Any], reading: dict[str, str], now: float
-    ) -> set[str]:
-        """The rooms whose position is gone; those Redis cannot read are set aside."""
-        lost: set[str] = set()
-        for room, result in zip(rooms, found, strict=True):
-            if isinstance(result, ResponseError):
-                self._set_aside(room, str(result))
-            elif isinstance(result, Exception):
-                raise result
-            else:
-                self._checked[room] = now + CHECK_EVERY
-                if reading[room] != "0-0" and not result:
-                    lost.add(room)
-        return lost
 
     async def _resync_lost(self, lost: set[str]) -> None:
         """Fresh snapshots for the streams of rooms whose position read from is
@@ -373,16 +342,6 @@ class RoomReader:
                 self.positions[room] = text(last[0][0]) if last else "0-0"
             self.resyncs += 1
             self._scopes.resync_room(room)
-
-    def _set_aside(self, room: str, error: str) -> None:
-        """A room whose stream Redis cannot read (a key of another type): left
-        out of the reads for a while; its streams' fresh snapshots fail, so they
-        end and reconnect to a 503 naming it."""
-        if self._aside.get(room, 0.0) <= time.monotonic():
-            log.warning("room %s cannot be read from Redis, retrying in %.0f s: %s",
-                        room, ASIDE_SECONDS, error)  # fmt: skip
-            self._scopes.resync_room(room)
-        self._aside[room] = time.monotonic() + ASIDE_SECONDS
 
     async def _route(self, batch: list[RoomDelivery]) -> None:
         """Route ``batch``, yielding to the event loop every ``ROUTE_PUSHES``,
