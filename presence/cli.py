@@ -41,12 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--port", type=int, help="port to listen on (default 8080)")
     opt(
         "--redis-url",
-        help="redis://, rediss://, unix://, redis+sentinel:// or memory:// (default: in-process)",
+        help="redis:// (one Redis, or any node of a Redis Cluster), rediss://, unix://, "
+        "redis+sentinel:// or memory:// (default: in-process)",
     )
     opt("--server-id", help="id of this server in Redis (default <host name>:<port>)")
     opt("--heartbeat-interval", type=float, metavar="SECONDS", help="default 5")
     opt("--ttl-factor", type=float, help="key TTL = factor x interval (default 1.5)")
     opt("--namespace", help="prefix of every Redis key (default none)")
+    opt(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="logical shards on a Redis Cluster, the same on every server (default 12)",
+    )
     opt(
         "--heartbeat-maxlen",
         type=int,
@@ -191,6 +198,9 @@ def _redis_options(parser: argparse.ArgumentParser) -> None:
         help="redis://, rediss://, unix:// or redis+sentinel:// (or PRESENCE_REDIS_URL)",
     )
     parser.add_argument("--namespace", help="prefix of every Redis key (default none)")
+    parser.add_argument(
+        "--shards", type=int, metavar="N", help="shards on a Redis Cluster (default 12)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from .contract import (
 )
 from .events import PresenceEvent, RoomEvent
 from .frames import presence_frame, room_event_data
+from .positions import stream_position
 
 #: An entry id and its fields as Redis sends them, ``[name, value, ...]``;
 #: None for an entry deleted while pending.
@@ -50,12 +51,6 @@ def stream_entries(reply: Any) -> list[StreamEntry]:
 def field_map(fields: list[bytes] | None) -> dict[bytes, bytes]:
     """The fields of an unparsed entry by name (a repeated name: its last value)."""
     return dict(zip(fields[::2], fields[1::2], strict=False)) if fields else {}
-
-
-def stream_position(entry_id: str) -> tuple[int, int]:
-    """Order of a stream entry id (``"<ms>-<seq>"``) as a comparable tuple."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 # Heartbeats in ---------------------------------------------------------------
@@ -202,25 +197,39 @@ class Delivery:
     need the frame.
     """
 
+    #: The entry's id in its shard's presence stream.
     id: str
     client: str
     status: Status
     server: str
     frame: bytes
+    shard: int = 0
+    #: Its SSE id: the global position after it (``positions``); ``id`` on a
+    #: standalone Redis.
+    event_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.event_id = self.event_id or self.id
 
     @property
     def event(self) -> PresenceEvent:
-        return PresenceEvent(self.id, self.client, self.status, self.server)
+        return PresenceEvent(self.event_id, self.client, self.status, self.server)
 
 
-def parse_delivery(entry_id: str, fields: list[bytes] | None) -> Delivery | None:
-    """The event of an unparsed presence entry with its SSE frame; None unless it
-    is well formed (ids valid)."""
+def parse_delivery(
+    entry_id: str, fields: list[bytes] | None, shard: int = 0, event_id: str | None = None
+) -> Delivery | None:
+    """The event of an unparsed presence entry of shard ``shard`` with its SSE
+    frame, whose id is ``event_id`` (default: the entry id); None unless it is
+    well formed (ids valid)."""
     if (valid := _valid_presence(fields)) is None:
         return None
     client, status, server = valid
-    frame = presence_frame(entry_id.encode(), client, status, server)
-    return Delivery(entry_id, client.decode(), _STATUSES[status], server.decode(), frame)
+    event_id = event_id or entry_id
+    frame = presence_frame(event_id.encode(), client, status, server)
+    return Delivery(
+        entry_id, client.decode(), _STATUSES[status], server.decode(), frame, shard, event_id
+    )
 
 
 def parse_event(entry_id: str, fields: list[bytes] | None) -> PresenceEvent | None:

@@ -10,11 +10,11 @@ formatting them beats ``json.dumps`` on the busiest paths.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Sequence
 
 from .contract import is_valid_raw_id
 from .events import Member, OnlineClient
+from .positions import valid_entry_id
 
 #: The line separator of every frame; aiohttp-sse is given it for its pings
 #: (``: ping`` then an empty line).
@@ -86,21 +86,15 @@ def scope_id(tag: str, positions: Iterable[str]) -> bytes:
 
 
 def parse_scope_id(value: str, tag: str, parts: int) -> list[str] | None:
-    """The positions of a scoped stream's SSE id; None unless it is one of this scope."""
+    """The positions of a scoped stream's SSE id; None unless it is one of this
+    scope (the replays check each part further)."""
     found = value.split(".")
     if len(found) != parts + 1 or found[0] != tag:
         return None
-    if not all(valid_entry_id(p) for p in found[1:]):
+    # The watch list's part has one id per shard (``positions``) on a cluster.
+    if not all(valid_entry_id(i) for p in found[1:] for i in p.split(",")):
         return None
     return found[1:]
-
-
-_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
-
-
-def valid_entry_id(value: str) -> bool:
-    """Whether ``value`` looks like a stream entry id, ``<ms>-<seq>``."""
-    return _ENTRY_ID.fullmatch(value) is not None
 
 
 def snapshot_frame(

@@ -22,8 +22,9 @@ from typing import Any, TypeVar, overload
 from redis.exceptions import RedisError
 
 from .contract import check_id
-from .entries import RoomDelivery, encode_data, stream_position
+from .entries import RoomDelivery, encode_data
 from .events import OnlineClient, PresenceEvent, Reset, RoomEvent
+from .positions import Seen, seen, stream_position
 from .service import Service
 from .settings import Settings
 from .supervise import UNREACHABLE
@@ -178,7 +179,7 @@ class Presence:
         with self._service.subscribed(None) as subscriber:
 
             async def events() -> AsyncIterator[PresenceEvent | Reset]:
-                after: tuple[int, int] | None = None
+                after: Seen | None = None
                 while True:
                     try:
                         batch = await subscriber.get_many()
@@ -186,15 +187,17 @@ class Presence:
                         snapshot = await self._retried(subscriber, self._service.snapshot)
                         if snapshot is None:
                             return  # closed while Redis was away
-                        after = stream_position(snapshot.position)
+                        after = seen(snapshot.position)
                         yield Reset(snapshot.position, snapshot.clients)
                         continue
                     if not batch:
                         return
                     for delivery in batch:
-                        if after is not None and stream_position(delivery.id) <= after:
-                            continue  # in the reset already
-                        after = None
+                        if after is not None:
+                            if stream_position(delivery.id) <= after[delivery.shard]:
+                                continue  # in the reset already
+                            if len(after) == 1:
+                                after = None
                         yield delivery.event
 
             yield events()

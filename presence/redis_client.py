@@ -148,11 +148,6 @@ async def check_version(redis: Redis, settings: Settings) -> None:
     found = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
     if found < MIN_VERSION:
         raise RedisMisconfigured(f"presence needs Redis 6.2 or newer; this server runs {version}")
-    if int((await redis.info("cluster")).get("cluster_enabled", 0)):
-        raise RedisMisconfigured(
-            f"Redis at {settings.masked_redis_url} is a Redis Cluster node: presence runs on "
-            "one Redis, or on a primary that sentinels manage (redis+sentinel://)"
-        )
 
 
 class _PrimaryPool(SentinelConnectionPool):

@@ -10,6 +10,7 @@ subscribing to others are separate calls: a connection that cannot start
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -19,21 +20,26 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .contract import check_id
-from .entries import encode_data, text
+from .entries import encode_data
 from .errors import RedisMisconfigured, RedisUnavailable
 from .events import OnlineClient
 from .heartbeats.claims import Claimer
 from .heartbeats.consumer import HeartbeatConsumer
 from .heartbeats.held import HeldClients
 from .heartbeats.publisher import HeartbeatPublisher
+from .positions import Positions
 from .redis_client import BLOCK_MS, Redis, check_version, open_redis, wait_for_redis
+from .redis_cluster import cluster_of, is_cluster
 from .settings import Settings
+from .shards import Router, shard_tags
 from .supervise import MAX_BACKOFF, Outage, Worker
+from .transitions.cluster_keyspace import ClusterKeyspaceListener
 from .transitions.keyspace import KeyspaceListener
 from .transitions.scripts import Transitions
 from .transitions.sweeper import Sweeper
 from .updates.connections import Connections
 from .updates.delivery_log import DeliveryLog, Subscriber
+from .updates.global_state import GlobalState
 from .updates.occupancy import OccupancyPoller
 from .updates.reader import PresenceReader
 from .updates.replay import Replay, Replayer
@@ -42,6 +48,8 @@ from .updates.room_snapshot import RoomSnapshot, RoomSnapshotReader
 from .updates.scoped import Scope, ScopedSubscriber, Scopes
 from .updates.scoped_start import ScopedSources
 from .updates.snapshot import Snapshot, SnapshotReader
+
+log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 2.0
 #: Events a scoped stream may fall behind before it gets a fresh snapshot
@@ -100,14 +108,10 @@ class Service:
         try:
             await wait_for_redis(redis, settings)
             await check_version(redis, settings)
-            transitions = Transitions(redis, settings)
-            await transitions.load()
-            consumer = HeartbeatConsumer(redis, settings, transitions)
-            await consumer.ensure_group()  # fails fast on a key of the wrong type
-            reader = PresenceReader(redis, settings, self.deliveries, self.scopes, self.connections)
-            await reader.start()
-            listener = KeyspaceListener(redis, settings, transitions)
-            await listener.start()
+            if (cluster := await cluster_of(redis, settings)) is not None:
+                await redis.aclose()
+                redis = cluster
+            await self._prepare(redis)
         except BaseException as exc:
             await redis.aclose()
             if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
@@ -116,35 +120,88 @@ class Service:
                 raise RedisMisconfigured(f"Redis refused a start-up command: {exc}") from None
             raise
         self._redis = redis
-        self._transitions = transitions
-        self._snapshots = snapshots = SnapshotReader(transitions)
-        self._replayer = replayer = Replayer(redis, settings.keys, settings.queue_size)
-        self._room_snapshots = room_snapshots = RoomSnapshotReader(transitions)
-        self.room_reader = RoomReader(redis, settings, self.scopes)
-        self.occupancy = OccupancyPoller(redis, settings.keys, self.scopes)
+        self._start_workers()
+
+    async def _prepare(self, redis: Redis) -> None:
+        """Every stage, on one Redis or, sharded, on each shard of a cluster."""
+        settings = self.settings
+        sharded = is_cluster(redis)
+        shards = settings.sharded() if sharded else [settings]
+        if sharded:
+            log.info("Redis is a cluster: %d shards, tags %s", len(shards), shard_tags(len(shards)))
+        #: Each shard's scripts: on a cluster, a heartbeat with a room counts for
+        #: the room alone (the client's own heartbeat goes to its own shard).
+        self.shards = Router([Transitions(redis, s, rooms_alone=sharded) for s in shards])
+        await self.shards[0].load()
+        keys = Router([s.keys for s in shards])
+        self.consumers = [
+            HeartbeatConsumer(redis, s, t) for s, t in zip(shards, self.shards.items, strict=True)
+        ]
+        for consumer in self.consumers:
+            await consumer.ensure_group()  # fails fast on a key of the wrong type
+        self.positions = positions = Positions(len(shards))
+        self.readers = [
+            PresenceReader(redis, s, self.deliveries, self.scopes, self.connections, i, positions)
+            for i, s in enumerate(shards)
+        ]
+        for reader in self.readers:
+            await reader.start()
+        listener: KeyspaceListener | ClusterKeyspaceListener
+        if sharded:
+            listener = ClusterKeyspaceListener(
+                redis, list(zip(keys.items, self.shards.items, strict=True))
+            )
+        else:
+            listener = KeyspaceListener(redis, settings, self.shards[0])
+        await listener.start()
+        self.listener = listener
+        self.state = state = GlobalState(self.shards, positions)
+        self._snapshots = SnapshotReader(state)
+        self._replayer = replayer = Replayer(redis, keys, settings.queue_size, positions)
+        self._room_snapshots = room_snapshots = RoomSnapshotReader(self.shards)
+        self.room_readers = Router([RoomReader(redis, s, self.scopes) for s in shards])
+        self.occupancy = OccupancyPoller(redis, keys, self.scopes)
         #: What scoped streams start from.
         self.scoped_sources = ScopedSources(
-            self.room_reader, room_snapshots, replayer, transitions, self.occupancy
+            self.room_readers, room_snapshots, replayer, state, self.occupancy
         )
-        self.consumer = consumer
-        self.claimer = Claimer(settings, transitions, consumer)
-        self.sweeper = Sweeper(transitions, grace=settings.heartbeat_interval)
-        self.listener = listener
-        self.publisher = HeartbeatPublisher(settings, self.held, transitions, self.outage)
-        self.reader = reader
+        self.claimers = [
+            Claimer(s, t, c)
+            for s, t, c in zip(shards, self.shards.items, self.consumers, strict=True)
+        ]
+        self.sweepers = [Sweeper(t, grace=settings.heartbeat_interval) for t in self.shards.items]
+        self.publisher = HeartbeatPublisher(
+            settings, self.held, self.shards[0], self.outage, self.shards
+        )
+        # Shard 0's, by the names a standalone Redis has always had.
+        self.consumer, self.reader = self.consumers[0], self.readers[0]
+        self.claimer, self.sweeper = self.claimers[0], self.sweepers[0]
+        self.room_reader = self.room_readers[0]
+
+    def _start_workers(self) -> None:
+        assert self._snapshots is not None
+        assert self._room_snapshots is not None
         # Loops blocked in a Redis read get one block's time to end by themselves.
         grace = BLOCK_MS / 1000 + 0.5
-        loops: list[tuple[str, Callable[[Worker], Awaitable[None]], float]] = [
+        Loop = tuple[str, Callable[[Worker], Awaitable[None]], float]
+        tags = shard_tags(len(self.readers)) if len(self.readers) > 1 else ("",)
+        per_shard: list[Loop] = []
+        for i, tag in enumerate(tags):
+            of = f" of shard {tag}" if tag else ""
+            per_shard += [
+                (f"heartbeat consumer{of}", self.consumers[i].run, grace),
+                (f"heartbeat claimer{of}", self.claimers[i].run, 0),
+                (f"deadline sweeper{of}", self.sweepers[i].run, 0),
+                (f"presence reader{of}", self.readers[i].run, grace),
+                (f"room reader{of}", self.room_readers[i].run, grace),
+            ]
+        loops: list[Loop] = [
             ("heartbeat publisher", self.publisher.run, 0),  # first: close() relies on it
-            ("heartbeat consumer", self.consumer.run, grace),
-            ("heartbeat claimer", self.claimer.run, 0),
-            ("deadline sweeper", self.sweeper.run, 0),
+            *per_shard,
             ("keyspace listener", self.listener.run, grace),
-            ("presence reader", reader.run, grace),
             ("fan-out", self.deliveries.fan_out, 0),
-            ("snapshot reader", snapshots.run, 0),
-            ("room reader", self.room_reader.run, grace),
-            ("room snapshot reader", room_snapshots.run, 0),
+            ("snapshot reader", self._snapshots.run, 0),
+            ("room snapshot reader", self._room_snapshots.run, 0),
             ("occupancy counter", self.occupancy.run, 0),
             ("connection pruner", self.connections.prune_closed, 0),
         ]
@@ -262,7 +319,7 @@ class Service:
     async def watched(self, clients: Sequence[str]) -> Snapshot:
         """Which of ``clients`` are online, with the presence stream position
         that is exact at."""
-        position, online = await self._transitions.watched(clients)
+        position, online = await self.state.watched(clients)
         return Snapshot(position, online)
 
     async def room_snapshots(self, rooms: Sequence[str]) -> dict[str, RoomSnapshot]:
@@ -285,22 +342,17 @@ class Service:
         UPDATE), False when it was the same, None when the client is not a member."""
         check_id(client_id)
         check_id(room)
-        result = await self._transitions.set_data(room, client_id, encode_data(data))
+        shard = self.shards[self.shards.of(room)]
+        result = await shard.set_data(room, client_id, encode_data(data))
         return None if result < 0 else result > 0
 
     async def online(self) -> list[OnlineClient]:
         """Every online client, on any server, sorted by client id."""
-        flat = await self.redis.hgetall(self.settings.keys.servers)
-        return sorted(
-            (OnlineClient(text(c), text(s)) for c, s in flat.items()),
-            key=lambda o: o.client,
-        )
+        return await self.state.online()
 
     async def status(self, client_id: str) -> OnlineClient | None:
         """The client and its server when it is online, else None."""
-        check_id(client_id)
-        server = await self.redis.hget(self.settings.keys.servers, client_id)
-        return None if server is None else OnlineClient(client_id, text(server))
+        return await self.state.status(client_id)
 
     async def problems(self) -> list[str]:
         """Why this process is unhealthy; empty when Redis answers and every worker runs."""

@@ -18,6 +18,7 @@ from redis.connection import parse_url
 from .contract import ID_RULE, Keys, is_valid_id
 from .errors import ConfigError
 from .sentinel_url import is_sentinel_url, parse_sentinel_url
+from .shards import MAX_SHARDS, shard_tags
 
 IPNetwork = IPv4Network | IPv6Network
 ENV_PREFIX = "PRESENCE_"
@@ -68,6 +69,10 @@ class Settings:
     ttl_factor: float = 1.5
     #: Prefix of every Redis key; empty gives exactly the documented names.
     namespace: str = ""
+    #: Logical shards clients and rooms spread over on a Redis Cluster (see
+    #: ``shards``); ignored on one Redis. Every server of a cluster must use
+    #: the same number.
+    shards: int = 12
     #: Approximate cap (``XADD MAXLEN ~``) of the heartbeat stream.
     heartbeat_maxlen: int = 1_000_000
     #: Approximate cap (``XADD MAXLEN ~``) of the presence stream.
@@ -208,6 +213,7 @@ class Settings:
         _check(self.max_rooms >= 1, "max rooms must be at least 1")
         _check(self.max_watch >= 1, "max watch must be at least 1")
         _check(self.connect_retries >= 1, "connect retries must be at least 1")
+        _check(1 <= self.shards <= MAX_SHARDS, f"shards must be 1 to {MAX_SHARDS}")
         _check(
             _NAMESPACE.fullmatch(self.namespace) is not None,
             "namespace must be up to 64 letters, digits or ._:@{}-",
@@ -239,6 +245,16 @@ class Settings:
                 values[f.name] = _parse(name, env[name], _TYPES[str(f.type)])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def sharded(self) -> list[Settings]:
+        """Each cluster shard's settings, shard 0 first: its keys carry the
+        shard's hash tag, ``<namespace>{<tag>}.``."""
+        if "{" in self.namespace or "}" in self.namespace:
+            raise ConfigError("on a Redis Cluster the namespace must not hold { or }")
+        return [
+            dataclasses.replace(self, namespace=f"{self.namespace}{{{tag}}}.")
+            for tag in shard_tags(self.shards)
+        ]
 
     @property
     def ttl_ms(self) -> int:

@@ -45,22 +45,24 @@ class Stats:
 def stats_of(service: Service) -> Stats:
     """The counters of a started ``service``."""
     s = service
-    c = s.consumer
+    consumers, claimers, sweepers = s.consumers, s.claimers, s.sweepers
     return Stats(
         connections=s.connections.open,
         heartbeats_published=s.publisher.published,
         leaves=s.publisher.leaves,
-        heartbeats_applied=c.applied,
-        heartbeats_malformed=c.malformed,
-        heartbeats_stale=c.stale,
-        heartbeats_claimed=s.claimer.claimed,
-        heartbeats_retried=s.claimer.retried,
-        online_published=c.online,
-        offline_published=s.sweeper.published + s.listener.published + s.publisher.left,
-        sweeper_lag=s.sweeper.lag,
+        heartbeats_applied=sum(c.applied for c in consumers),
+        heartbeats_malformed=sum(c.malformed for c in consumers),
+        heartbeats_stale=sum(c.stale for c in consumers),
+        heartbeats_claimed=sum(c.claimed for c in claimers),
+        heartbeats_retried=sum(c.retried for c in claimers),
+        online_published=sum(c.online for c in consumers),
+        offline_published=sum(w.published for w in sweepers)
+        + s.listener.published
+        + s.publisher.left,
+        sweeper_lag=max(w.lag for w in sweepers),
         tick_lag=s.publisher.tick_lag,
         max_tick_lag=s.publisher.max_tick_lag,
-        fanout_lag=s.reader.lag,
+        fanout_lag=max(r.lag for r in s.readers),
         overflows=s.connections.overflows,
         resets=s.deliveries.resets + s.scopes.resets,
         reconnects=s.recoveries,
@@ -74,6 +76,6 @@ def stats_of(service: Service) -> Stats:
             for sub in s.connections.subscribers
             if isinstance(sub, ScopedSubscriber) and sub.client is not None
         ),
-        room_transitions_delivered=s.room_reader.delivered,
-        room_offline_published=s.sweeper.room_published,
+        room_transitions_delivered=sum(r.delivered for r in s.room_readers.items),
+        room_offline_published=sum(w.room_published for w in sweepers),
     )

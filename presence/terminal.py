@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -16,8 +17,11 @@ from redis.exceptions import RedisError
 
 from .entries import parse_event, parse_room_delivery, stream_entries, text
 from .errors import PresenceError, RedisUnavailable
+from .positions import stream_position
 from .redis_client import BLOCK_MS, Redis, open_redis, unparsed_streams
+from .redis_cluster import cluster_of
 from .settings import Settings
+from .shards import shard_of
 
 RETRY_MAX = 5.0
 
@@ -31,47 +35,77 @@ async def watch(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Print each transition of the presence stream (or of ``room``'s, with the
-    members' data) as it comes, after the ``last`` ones.
+    members' data) as it comes, after the ``last`` ones. On a cluster, every
+    shard's presence stream (or the room's shard's stream), each as it comes.
 
     Runs until ``stop`` is set (checked after each read: a cancellation could
     be lost inside redis-py while it reads).
     """
     stop = stop or asyncio.Event()
-    redis = await _connect(settings)
+    redis, shards = await _connect(settings)
     streams = unparsed_streams(redis)
-    stream = settings.keys.presence if room is None else settings.keys.room(room).presence
+    if room is None:
+        names = [s.keys.presence for s in shards]
+    else:
+        names = [_shard(shards, room).keys.room(room).presence]
     show = _print if room is None else _print_room
     try:
-        history: Any = await streams.xrevrange(stream, count=last) if last else []
-        for entry_id, fields in reversed(history):
-            show(out, text(entry_id), fields)
-        head: Any = await streams.xrevrange(stream, count=1)
-        position = text(head[0][0]) if head else "0-0"
-        delay = 0.2
-        while not stop.is_set():
-            try:
-                reply = await streams.xread({stream: position}, count=500, block=BLOCK_MS)
-            except RedisError as exc:
-                print(f"lost Redis ({exc}); retrying", file=sys.stderr, flush=True)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
-                continue
-            delay = 0.2
-            for entry_id, fields in stream_entries(reply):
-                position = text(entry_id)
-                show(out, position, fields)
+        history: list[tuple[str, list[bytes]]] = []
+        heads: list[str] = []
+        for stream in names:
+            found: Any = await streams.xrevrange(stream, count=last) if last else []
+            history += [(text(i), f) for i, f in found]
+            heads.append(text(found[0][0]) if found else await _head(streams, stream))
+        history.sort(key=lambda entry: stream_position(entry[0]))
+        for entry_id, fields in history[-last:] if last else ():
+            show(out, entry_id, fields)
+        await asyncio.gather(
+            *(_follow(streams, n, h, out, show, stop) for n, h in zip(names, heads, strict=True))
+        )
     finally:
         await redis.aclose()
+
+
+def _shard(shards: list[Settings], room: str) -> Settings:
+    return shards[shard_of(room, len(shards))] if len(shards) > 1 else shards[0]
+
+
+async def _head(streams: Redis, stream: str) -> str:
+    head: Any = await streams.xrevrange(stream, count=1)
+    return text(head[0][0]) if head else "0-0"
+
+
+async def _follow(
+    streams: Redis,
+    stream: str,
+    position: str,
+    out: TextIO,
+    show: Callable[[TextIO, str, list[bytes] | None], None],
+    stop: asyncio.Event,
+) -> None:
+    delay = 0.2
+    while not stop.is_set():
+        try:
+            reply = await streams.xread({stream: position}, count=500, block=BLOCK_MS)
+        except RedisError as exc:
+            print(f"lost Redis ({exc}); retrying", file=sys.stderr, flush=True)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+            continue
+        delay = 0.2
+        for entry_id, fields in stream_entries(reply):
+            position = text(entry_id)
+            show(out, position, fields)
 
 
 async def status(settings: Settings, out: TextIO = sys.stdout) -> None:
     """Print the online clients as a table, then the count per server."""
-    redis = await _connect(settings)
+    redis, shards = await _connect(settings)
     try:
-        flat = await redis.hgetall(settings.keys.servers)
+        found = [await redis.hgetall(s.keys.servers) for s in shards]
     finally:
         await redis.aclose()
-    rows = sorted((text(c), text(s)) for c, s in flat.items())
+    rows = sorted((text(c), text(s)) for flat in found for c, s in flat.items())
     width = max([len("CLIENT"), *(len(c) for c, _ in rows)])
     print(f"{'CLIENT':<{width}}  SERVER", file=out)
     for client, server in rows:
@@ -83,8 +117,8 @@ async def status(settings: Settings, out: TextIO = sys.stdout) -> None:
 
 async def room_status(settings: Settings, room: str, out: TextIO = sys.stdout) -> None:
     """Print the members of ``room`` with their data as a table, then the count."""
-    keys = settings.keys.room(room)
-    redis = await _connect(settings)
+    redis, shards = await _connect(settings)
+    keys = _shard(shards, room).keys.room(room)
     try:
         # One transaction: a member's data is read with its membership.
         async with redis.pipeline(transaction=True) as pipe:
@@ -105,7 +139,8 @@ async def room_status(settings: Settings, room: str, out: TextIO = sys.stdout) -
     print(f"\n{len(rows)} in {room}" + (f": {counts}" if counts else ""), file=out)
 
 
-async def _connect(settings: Settings) -> Redis:
+async def _connect(settings: Settings) -> tuple[Redis, list[Settings]]:
+    """A client, and the settings of each shard (one, unless Redis is a cluster)."""
     if settings.in_memory:
         raise PresenceError(
             "pass --redis-url (or PRESENCE_REDIS_URL): the in-process Redis lives inside a server"
@@ -118,7 +153,17 @@ async def _connect(settings: Settings) -> Redis:
         raise RedisUnavailable(
             f"cannot reach Redis at {settings.masked_redis_url}: {exc}"
         ) from None
-    return redis
+    try:
+        cluster = await cluster_of(redis, settings)
+    except (RedisError, OSError) as exc:
+        await redis.aclose()
+        raise RedisUnavailable(
+            f"cannot read the cluster at {settings.masked_redis_url}: {exc}"
+        ) from None
+    if cluster is None:
+        return redis, [settings]
+    await redis.aclose()
+    return cluster, settings.sharded()
 
 
 def _print(out: TextIO, entry_id: str, fields: list[bytes] | None) -> None:

@@ -4,8 +4,6 @@ every primary after ``NOSCRIPT``."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from functools import partial
 
 import redis.asyncio as aioredis
@@ -20,7 +18,7 @@ from presence.supervise import Outage
 from presence.transitions.lua import CAME_ONLINE, LEFT, REFRESHED
 from presence.transitions.scripts import Transitions
 
-from .support import Redis, ServerProcess
+from .support import Redis
 from .topology import SHARDS, Cluster, client, shard_settings, tag_settings
 
 
@@ -124,18 +122,6 @@ async def test_the_publisher_sends_each_heartbeat_to_its_shards_stream(
         assert (client_id, "") in found[shard_of(client_id, SHARDS)]
         assert (client_id, room) in found[shard_of(room, SHARDS)]
     assert sum(map(len, found.values())) == 12
-
-
-async def test_the_server_refuses_a_cluster_in_one_line(
-    cluster: Cluster, spawn: Callable[..., ServerProcess]
-) -> None:
-    server = spawn("--redis-url", cluster.url, "--connect-retries", "1")
-    assert server.process is not None
-    code = await asyncio.to_thread(server.process.wait, 30)
-    output = server.output().strip()
-    assert code == 1
-    assert "is a Redis Cluster node" in output.splitlines()[-1], output
-    assert "Traceback" not in output
 
 
 async def test_a_membership_heartbeat_on_its_rooms_shard_counts_for_the_room_alone(

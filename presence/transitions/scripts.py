@@ -15,7 +15,7 @@ from typing import Any, cast
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
-from ..contract import CONSUMER_GROUP, ID_PATTERN
+from ..contract import CONSUMER_GROUP, ID_PATTERN, Keys
 from ..entries import text
 from ..events import OnlineClient
 from ..redis_client import Redis
@@ -89,6 +89,10 @@ class Transitions:
         sources = [HEARTBEAT, OFFLINE, LEAVE, ROOM_LEAVE, DUE, ROOMS_DUE, ROOM_SWEEP]
         sources += [SNAPSHOT, ROOM_SNAPSHOT, SET_DATA, CLAIM, FORGET, PUBLISH]
         self._scripts = {source: redis.register_script(source) for source in sources}
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys
 
     def _queue(self, pipe: Pipeline, source: str, *args: Arg, keys: tuple[str, ...] = ()) -> None:
         every = self._shared + keys
@@ -291,9 +295,15 @@ class Transitions:
         clients = [OnlineClient(text(flat[i]), text(flat[i + 1])) for i in range(0, len(flat), 2)]
         return text(position), clients
 
-    async def watched(self, clients: Sequence[str]) -> tuple[str, list[OnlineClient]]:
+    async def watched(
+        self, clients: Sequence[str], *, position_only: bool = False
+    ) -> tuple[str, list[OnlineClient]]:
         """Which of ``clients`` are online, and the presence stream position
-        that is exact at."""
+        that is exact at; with ``position_only``, that position alone."""
+        if position_only:
+            # No valid id is empty: the script reads the position and no client.
+            position, _ = await self.run(lambda pipe: self._queue(pipe, SNAPSHOT, ""))
+            return text(position), []
         if not clients:
             position, _ = await self.snapshot()
             return position, []
@@ -302,6 +312,16 @@ class Transitions:
             OnlineClient(c, text(s)) for c, s in zip(clients, servers, strict=True) if s is not None
         ]
         return text(position), online
+
+    async def online(self) -> list[OnlineClient]:
+        """Every announced-online client (unsorted)."""
+        flat = await self._redis.hgetall(self._keys.servers)
+        return [OnlineClient(text(c), text(s)) for c, s in flat.items()]
+
+    async def server_of(self, client: str) -> str | None:
+        """The server of an announced-online client, else None."""
+        server = await self._redis.hget(self._keys.servers, client)
+        return None if server is None else text(server)
 
     def room_snapshot(self, pipe: Pipeline, room: str) -> None:
         """``[position, [client, server, ...], [client, data, ...]]`` of ``room``."""

@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from ..entries import Delivery, stream_position
+from ..entries import Delivery
+from ..positions import Seen, stream_position
 from ..supervise import Worker
 from .connections import Connection, Resync
 
@@ -43,13 +44,16 @@ class Segment:
     deliveries: list[Delivery]
     data: bytes = field(init=False)
     clients: frozenset[str] = field(init=False)
-    #: Stream positions of its first and last entries.
+    #: The shard whose stream its entries are from (a batch is one shard's),
+    #: and the positions of its first and last entries there.
+    shard: int = field(init=False)
     first: tuple[int, int] = field(init=False)
     last: tuple[int, int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.data = b"".join(d.frame for d in self.deliveries)
         self.clients = frozenset(d.client for d in self.deliveries)
+        self.shard = self.deliveries[0].shard
         self.first = stream_position(self.deliveries[0].id)
         self.last = stream_position(self.deliveries[-1].id)
 
@@ -57,19 +61,21 @@ class Segment:
     def end(self) -> int:
         return self.start + len(self.deliveries)
 
-    def frames(self, exclude: str | None, after: tuple[int, int] | None) -> bytes:
-        """The frames, but those about ``exclude`` and those up to entry ``after``."""
-        if after is not None:
-            if self.last <= after:
+    def frames(self, exclude: str | None, after: Seen | None) -> bytes:
+        """The frames, but those about ``exclude`` and those a stream that has
+        seen ``after`` had."""
+        since = None if after is None else after[self.shard]
+        if since is not None:
+            if self.last <= since:
                 return b""
-            if self.first > after:
-                after = None
-        if after is None and (exclude is None or exclude not in self.clients):
+            if self.first > since:
+                since = None
+        if since is None and (exclude is None or exclude not in self.clients):
             return self.data
         return b"".join(
             d.frame
             for d in self.deliveries
-            if d.client != exclude and (after is None or stream_position(d.id) > after)
+            if d.client != exclude and (since is None or stream_position(d.id) > since)
         )
 
 

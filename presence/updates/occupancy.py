@@ -10,6 +10,7 @@ import asyncio
 
 from ..contract import Keys
 from ..redis_client import Redis
+from ..shards import Router
 from ..supervise import Worker
 from .scoped import Scopes
 
@@ -18,9 +19,10 @@ INTERVAL = 1.0
 
 
 class OccupancyPoller:
-    def __init__(self, redis: Redis, keys: Keys, scopes: Scopes) -> None:
+    def __init__(self, redis: Redis, shards: Router[Keys], scopes: Scopes) -> None:
+        """``shards``: each shard's keys (one, on a standalone Redis)."""
         self._redis = redis
-        self._keys = keys
+        self._shards = shards
         self._scopes = scopes
 
     async def counts(self, rooms: list[str]) -> dict[str, int]:
@@ -28,8 +30,9 @@ class OccupancyPoller:
         if not rooms:
             return {}
         pipe = self._redis.pipeline(transaction=False)
+        shards = self._shards
         for room in rooms:
-            pipe.zcard(self._keys.room(room).deadlines)
+            pipe.zcard(shards[shards.of(room)].room(room).deadlines)
         return dict(zip(rooms, map(int, await pipe.execute()), strict=True))
 
     async def run(self, worker: Worker) -> None:

@@ -16,7 +16,8 @@ import logging
 import time
 from typing import Any
 
-from ..entries import parse_delivery, stream_entries, stream_position, text
+from ..entries import parse_delivery, stream_entries, text
+from ..positions import Positions, stream_position
 from ..redis_client import BLOCK_MS, Redis, unparsed_streams
 from ..settings import Settings
 from ..supervise import Worker
@@ -37,8 +38,13 @@ class PresenceReader:
         local: DeliveryLog,
         scopes: Scopes,
         connections: Connections,
+        shard: int = 0,
+        positions: Positions | None = None,
     ) -> None:
+        """On a cluster, one reader per shard: ``shard``'s, advancing ``positions``."""
         self._redis = unparsed_streams(redis)
+        self._shard = shard
+        self._positions = positions or Positions(1)
         self._stream = settings.keys.presence
         self._local = local
         self._connections = connections
@@ -59,6 +65,7 @@ class PresenceReader:
         """Take the current end of the stream as the first position to read after."""
         last: Any = await self._redis.xrevrange(self._stream, count=1)
         self.position = text(last[0][0]) if last else "0-0"
+        self._positions.advance(self._shard, self.position)
 
     async def run(self, worker: Worker) -> None:
         if self.position is None:
@@ -78,9 +85,17 @@ class PresenceReader:
             worker.ok()
             batch = []
             newest = position
+            shard = self._shard
+            # Sharded, each event's id says where every shard's reader stood:
+            # the others' entries up to there are in the log before it.
+            ids = list(self._positions.ids) if len(self._positions.ids) > 1 else None
             for entry_id, fields in stream_entries(reply):
                 newest = entry_id.decode()
-                delivery = parse_delivery(newest, fields)
+                if ids is None:
+                    delivery = parse_delivery(newest, fields)
+                else:
+                    ids[shard] = newest
+                    delivery = parse_delivery(newest, fields, shard, ",".join(ids))
                 if delivery is None:
                     log.warning("ignored malformed presence entry %s", newest)
                     continue
@@ -100,9 +115,12 @@ class PresenceReader:
                 last: Any = await self._redis.xrevrange(self._stream, count=1)
                 self.position = text(last[0][0]) if last else newest
                 self._gone = None if last else self.position
+                self._positions.advance(shard, self.position)
                 self._connections.resync_presence()
                 continue
             self._local.deliver(batch)
             self._scopes.deliver(batch)
+            if newest != position:
+                self._positions.advance(shard, newest)
             self.delivered += len(batch)
             self.lag = max(0.0, time.time() - stream_position(newest)[0] / 1000) if batch else 0.0

@@ -16,8 +16,10 @@ from redis.exceptions import ResponseError
 
 from ..contract import Keys
 from ..entries import Delivery, RoomDelivery, parse_delivery, parse_room_delivery, text
-from ..frames import valid_entry_id
+from ..positions import Positions, split, valid_entry_id
 from ..redis_client import Redis, unparsed_streams
+from ..shards import Router
+from .global_state import READERS_WAIT
 
 #: Replays read Redis per connection: a reconnect storm takes turns.
 CONCURRENT = 16
@@ -40,26 +42,58 @@ class RoomReplay:
 
 
 class Replayer:
-    def __init__(self, redis: Redis, keys: Keys, limit: int) -> None:
+    def __init__(
+        self, redis: Redis, shards: Router[Keys], limit: int, positions: Positions | None = None
+    ) -> None:
+        """``shards``: each shard's keys (one, on a standalone Redis); ``positions``:
+        where this process's readers stand, when sharded."""
         self._redis = unparsed_streams(redis)
-        self._keys = keys
+        self._shards = shards
         self._limit = limit
+        self._positions = positions
         self._turns = asyncio.Semaphore(CONCURRENT)
 
-    async def after(self, entry_id: str) -> Replay | None:
-        """Every presence entry after ``entry_id``, or None when that cannot be exact."""
-        found = await self._entries(self._keys.presence, entry_id)
-        if found is None:
+    async def after(self, position: str) -> Replay | None:
+        """Every presence entry after ``position`` (an entry id, on a cluster
+        one per shard), or None when that cannot be exact."""
+        shards = self._shards.items
+        if len(shards) == 1:
+            found = await self._entries(shards[0].presence, position)
+            if found is None:
+                return None
+            missed, end = found
+            return Replay([d for i, f in missed if (d := parse_delivery(i, f)) is not None], end)
+        ids = split(position, len(shards))
+        if ids is None:
             return None
-        missed, position = found
-        deliveries = [d for i, f in missed if (d := parse_delivery(i, f)) is not None]
-        return Replay(deliveries, position)
+        # The shards' streams each from its own entry; a shard with none seen
+        # (0-0) from its start, when it never lost an entry.
+        read = await asyncio.gather(
+            *(
+                self._all(k.presence) if after == "0-0" else self._entries(k.presence, after)
+                for k, after in zip(shards, ids, strict=True)
+            )
+        )
+        if any(r is None for r in read) or sum(len(r[0]) for r in read if r) > self._limit:
+            return None
+        deliveries: list[Delivery] = []
+        for shard, found in enumerate(read):
+            assert found is not None
+            for entry_id, fields in found[0]:
+                ids[shard] = entry_id
+                if (d := parse_delivery(entry_id, fields, shard, ",".join(ids))) is not None:
+                    deliveries.append(d)
+            ids[shard] = found[1]
+        end = ",".join(ids)
+        if self._positions is not None:
+            await self._positions.wait(end, READERS_WAIT)
+        return Replay(deliveries, end)
 
     async def room_after(self, room: str, entry_id: str) -> RoomReplay | None:
         """Every entry of ``room`` after ``entry_id``, or None when that cannot be
         exact. ``0-0`` (the room had none) is exact while the room has no entry
         older than a TTL: its stream never lost any."""
-        stream = self._keys.room(room).presence
+        stream = self._shards[self._shards.of(room)].room(room).presence
         found = await (self._all(stream) if entry_id == "0-0" else self._entries(stream, entry_id))
         if found is None:
             return None

@@ -41,7 +41,8 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from ..contract import Keys
-from ..entries import RoomDelivery, parse_room_delivery, stream_position, text
+from ..entries import RoomDelivery, parse_room_delivery, text
+from ..positions import stream_position
 from ..redis_client import Redis, unparsed_streams
 from ..settings import Settings
 from ..supervise import Worker

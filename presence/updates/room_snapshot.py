@@ -20,6 +20,7 @@ from ..errors import RoomUnreadable
 from ..events import Member
 from ..frames import MemberList
 from ..logs import Throttle
+from ..shards import Router
 from ..supervise import Worker
 from ..transitions.scripts import Transitions
 
@@ -65,8 +66,9 @@ def room_snapshot(room: str, reply: list[object]) -> RoomSnapshot:
 
 
 class RoomSnapshotReader:
-    def __init__(self, transitions: Transitions) -> None:
-        self._transitions = transitions
+    def __init__(self, shards: Router[Transitions]) -> None:
+        """``shards``: each shard's scripts (one, on a standalone Redis)."""
+        self._shards = shards
         self._waiting: list[tuple[tuple[str, ...], asyncio.Future[dict[str, RoomSnapshot]]]] = []
         self._wake = asyncio.Event()
         self._failed_log = Throttle(FAILED_LOG_EVERY)
@@ -95,14 +97,15 @@ class RoomSnapshotReader:
         """
         found: dict[str, RoomSnapshot] = {}
         failed: dict[str, str] = {}
+        shards = self._shards
         for start in range(0, len(rooms), ROOMS_PER_CALL):
             chunk = rooms[start : start + ROOMS_PER_CALL]
 
             def fill(pipe: Pipeline, chunk: list[str] = chunk) -> None:
                 for room in chunk:
-                    self._transitions.room_snapshot(pipe, room)
+                    shards[shards.of(room)].room_snapshot(pipe, room)
 
-            for room, reply in zip(chunk, await self._transitions.execute(fill), strict=True):
+            for room, reply in zip(chunk, await shards[0].execute(fill), strict=True):
                 if isinstance(reply, Exception):
                     # Redis's reason, without the script's SHA and line after it.
                     failed[room] = str(reply).split(" script: ")[0]

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..entries import RoomDelivery, stream_position
+from ..entries import RoomDelivery
 from ..frames import parse_scope_id
-from ..transitions.scripts import Transitions
+from ..positions import Seen, seen, stream_position
+from ..shards import Router
 from .connections import Resync
+from .global_state import GlobalState
 from .occupancy import OccupancyPoller
 from .replay import Replayer
 from .room_reader import RoomReader
@@ -30,10 +32,11 @@ from .snapshot import Snapshot
 class ScopedSources:
     """What every scoped stream starts from: the readers they share."""
 
-    room_reader: RoomReader
+    #: Each shard's (one, on a standalone Redis).
+    room_reader: Router[RoomReader]
     room_snapshots: RoomSnapshotReader
     replayer: Replayer
-    transitions: Transitions
+    state: GlobalState
     occupancy: OccupancyPoller
 
 
@@ -78,21 +81,23 @@ class ScopedStream:
         self._sources = sources
         scope = subscriber.scope
         self._part = {room: (scope.watch is not None) + i for i, room in enumerate(scope.rooms)}
-        # Per part, the last position passed on: each part's events come in
-        # its stream's order, so one at or before it was passed on already.
-        self._sent = [(0, 0)] * scope.streams
+        # Per part, the last position passed on (the watch list's: per shard):
+        # each part's events come in its stream's order, so one at or before
+        # it was passed on already.
+        self._sent: list[Seen] = [((0, 0),)] * scope.streams
 
     async def start(self, resume: str | None) -> Start:
         scope = self.subscriber.scope
-        reader = self._sources.room_reader
+        readers = self._sources.room_reader
         # Before anything is read: a room read already is gapless from here.
-        read = {room: reader.join(room) for room in scope.rooms}
+        read = {room: readers[readers.of(room)].join(room) for room in scope.rooms}
         positions = parse_scope_id(resume, scope.tag, scope.streams) if resume else None
         start = None if positions is None else await self._replay(positions)
         if start is None:
             start = await self._snapshot(reset=bool(resume))
         stale = False
         for room in scope.rooms:
+            reader = readers[readers.of(room)]
             if not reader.start_at(room, start.positions[self._part[room]], read=read[room]):
                 stale = True  # read past the start meanwhile
         counts = await self._counts()
@@ -137,7 +142,7 @@ class ScopedStream:
             if found is None:
                 return None
             items += found.deliveries
-        self._sent = [stream_position(p) for p in positions]
+        self._sent = [seen(p) for p in positions]
         return Start(positions, None, self._new(items))
 
     async def _snapshot(self, *, reset: bool) -> Start:
@@ -145,13 +150,13 @@ class ScopedStream:
         watched = None
         positions: list[str] = []
         if scope.watch is not None:
-            position, online = await self._sources.transitions.watched(sorted(scope.watch))
+            position, online = await self._sources.state.watched(sorted(scope.watch))
             watched = Snapshot(position, online)
             positions.append(position)
         found = await self._sources.room_snapshots.get(scope.rooms) if scope.rooms else {}
         rooms = [found[room] for room in scope.rooms]
         positions += [members.position for members in rooms]
-        self._sent = [stream_position(p) for p in positions]
+        self._sent = [seen(p) for p in positions]
         return Start(positions, ScopeSnapshot(watched, rooms, reset), [])
 
     async def _counts(self) -> list[Item]:
@@ -175,11 +180,12 @@ class ScopedStream:
             if item.client == client:
                 continue
             if isinstance(item, RoomDelivery):
-                part, position = self._part[item.room], item.position
+                part, shard, position = self._part[item.room], 0, item.position
             else:
-                part, position = 0, stream_position(item.id)
-            if position <= self._sent[part]:
+                part, shard, position = 0, item.shard, stream_position(item.id)
+            sent = self._sent[part]
+            if position <= sent[shard]:
                 continue  # in the start already
-            self._sent[part] = position
+            self._sent[part] = (*sent[:shard], position, *sent[shard + 1 :])
             found.append(item)
         return found

@@ -15,7 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..events import OnlineClient
 from ..frames import SnapshotFrames
 from ..supervise import Worker
-from ..transitions.scripts import Transitions
+from .global_state import GlobalState
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +43,8 @@ ANSWER_GROUP = 64
 
 
 class SnapshotReader:
-    def __init__(self, transitions: Transitions) -> None:
-        self._transitions = transitions
+    def __init__(self, state: GlobalState) -> None:
+        self._state = state
         self._waiting: list[asyncio.Future[Snapshot]] = []
         self._wake = asyncio.Event()
 
@@ -79,8 +79,8 @@ class SnapshotReader:
 
     async def _read(self) -> tuple[str, list[OnlineClient]]:
         try:
-            return await self._transitions.snapshot()
+            return await self._state.snapshot()
         except (RedisConnectionError, RedisTimeoutError):
             # Right after Redis comes back the pool still holds dead
             # connections: one more try gets a fresh one.
-            return await self._transitions.snapshot()
+            return await self._state.snapshot()

@@ -91,5 +91,5 @@ def _frames(frames: ScopedFrames, items: Sequence[Item]) -> bytes:
         elif isinstance(item, RoomDelivery):
             out.append(frames.event(item.room, item.id, item.body))
         else:  # a watched client's: its frame's data, encoded once for all
-            out.append(frames.event(None, item.id, event_data(item.frame)))
+            out.append(frames.event(None, item.event_id, event_data(item.frame)))
     return b"".join(out)

@@ -18,8 +18,8 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 from redis.exceptions import RedisError
 
-from ..entries import stream_position
 from ..frames import SEPARATOR
+from ..positions import Seen, seen
 from ..service import Service
 from ..updates.connections import Connection, Resync
 from ..updates.delivery_log import WRITE_BYTES, Subscriber
@@ -126,7 +126,7 @@ async def _stream(
         with subscriber.writing():
             await sse.write(b"".join(missed))
     # Events up to that position were sent already.
-    after: tuple[int, int] | None = stream_position(start.position)
+    after: Seen | None = seen(start.position)
     while True:
         try:
             segments = await subscriber.segments()
@@ -134,14 +134,14 @@ async def _stream(
             snapshot = await service.snapshot()
             frame = snapshot.sse_frame(exclude=client_id, reset=True)
             await write_pieces(sse, subscriber, frame)
-            after = stream_position(snapshot.position)
+            after = seen(snapshot.position)
             continue
         if not segments:
             return
         # Whole segments, whole frames: a write never splits an event.
         data = b"".join(s.frames(client_id, after) for s in segments)
-        if after is not None and segments[-1].last > after:
-            after = None  # past the start: no more filtering
+        if after is not None and len(after) == 1 and segments[-1].last > after[0]:
+            after = None  # past the start: no more filtering (sharded: a check per segment)
         if data:
             with subscriber.writing():
                 await sse.write(data)

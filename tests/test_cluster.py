@@ -1,0 +1,209 @@
+"""Presence servers on a Redis Cluster of 3 primaries and 3 replicas.
+
+The servers are given one node's URL; they find the cluster and spread
+clients and rooms over the shards. Everything is checked from outside: SSE
+streams, ``GET /clients``, and the keys and streams of the contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import aiohttp
+
+from presence.shards import shard_of, shard_tags
+
+from .servers import Spawn, events_of, listed, settled, start_server
+from .support import Follower, Redis, follow, open_events, poll, truthy
+from .topology import SHARDS, Cluster
+
+INTERVAL = 1.0
+
+
+def tag_of(client: str) -> str:
+    return shard_tags(SHARDS)[shard_of(client, SHARDS)]
+
+
+def transitions(follower: Follower, client: str) -> list[str]:
+    """The statuses of ``client`` in the events the follower got (no snapshots)."""
+    return [
+        e.data["status"]
+        for e in follower.events
+        if e.event == "presence" and e.data.get("client") == client
+    ]
+
+
+async def test_servers_on_a_cluster_see_everyone_exactly_once(
+    spawn: Spawn, cluster: Cluster, cluster_redis: Redis, session: aiohttp.ClientSession
+) -> None:
+    servers = [await start_server(spawn, cluster.url, f"node-{i}", INTERVAL) for i in range(3)]
+    watcher = await follow(session, events_of(servers[0], "watcher"))
+    clients = [f"user-{i}" for i in range(24)]
+    # The clients land on most shards, and so on every primary.
+    assert len({tag_of(c) for c in clients}) >= 8
+    followers = {
+        c: await follow(session, events_of(servers[i % 3], c)) for i, c in enumerate(clients)
+    }
+    everyone = {*clients, "watcher"}
+    await settled(tuple(servers), lambda s: listed(session, s), everyone, timeout=10, what="online")
+    await poll(lambda: truthy(watcher.view() == set(clients)), what="the watcher's view")
+
+    # Each client's key is on its own shard's slot, with its server as value.
+    for i, c in enumerate(clients):
+        assert await cluster_redis.get(f"{{{tag_of(c)}}}.online.clients.{c}") == (
+            f"node-{i % 3}".encode()
+        )
+    # Half of them leave: each OFFLINE reaches the watcher once.
+    leaving = clients[::2]
+    for c in leaving:
+        followers[c].close()
+    staying = set(clients) - set(leaving)
+    await settled(
+        tuple(servers),
+        lambda s: listed(session, s),
+        {*staying, "watcher"},
+        timeout=10,
+        what="the leaves",
+    )
+    await poll(lambda: truthy(watcher.view() == staying), what="the watcher's view after")
+    for c in clients:
+        assert transitions(watcher, c) == (["ONLINE", "OFFLINE"] if c in leaving else ["ONLINE"])
+    # The transitions are in the shards' own presence streams.
+    for c in leaving:
+        stream = await cluster_redis.xrange(f"{{{tag_of(c)}}}.presence")
+        statuses = [f[b"status"] for _, f in stream if f[b"client"] == c.encode()]
+        assert statuses == [b"ONLINE", b"OFFLINE"]
+
+
+async def test_a_resume_on_a_cluster_replays_every_shard_gaplessly(
+    spawn: Spawn, cluster: Cluster, cluster_redis: Redis, session: aiohttp.ClientSession
+) -> None:
+    one = await start_server(spawn, cluster.url, "node-1", INTERVAL)
+    two = await start_server(spawn, cluster.url, "node-2", INTERVAL)
+    watcher = await open_events(session, events_of(one, "watcher"))
+    first = await watcher.next()
+    assert first.event == "snapshot"
+    # One entry id per shard, shard 0 first.
+    assert len(first.id.split(",")) == SHARDS
+    early = [await follow(session, events_of(two, f"early-{i}")) for i in range(6)]
+    last_id = first.id
+    for _ in early:
+        event = await watcher.until(lambda e: e.event == "presence")
+        last_id = event.id
+    watcher.close()
+    # Away: some leave, some come.
+    for f in early[:3]:
+        f.close()
+    late = [await follow(session, events_of(two, f"late-{i}")) for i in range(6)]
+    expected = {f"early-{i}" for i in range(3, 6)} | {f"late-{i}" for i in range(6)}
+    await settled((one, two), lambda s: listed(session, s), expected, timeout=10, what="away")
+
+    resumed = await open_events(session, events_of(one, "watcher"), {"Last-Event-ID": last_id})
+    missed = {(f"early-{i}", "OFFLINE") for i in range(3)} | {
+        (f"late-{i}", "ONLINE") for i in range(6)
+    }
+    got = []
+    for _ in missed:
+        event = await resumed.next()
+        assert event.event == "presence", "a resume within the streams got a snapshot"
+        got.append((event.data["client"], event.data["status"]))
+    # Each missed event once, none it had already.
+    assert sorted(got) == sorted(missed)
+    resumed.close()
+    for f in late + early[3:]:
+        f.close()
+
+
+async def test_rooms_on_a_cluster_join_update_and_leave_once(
+    spawn: Spawn, cluster: Cluster, cluster_redis: Redis, session: aiohttp.ClientSession
+) -> None:
+    servers = [await start_server(spawn, cluster.url, f"node-{i}", INTERVAL) for i in range(3)]
+    rooms = [f"room-{i}" for i in range(6)]
+    watchers = {
+        room: await follow(session, f"{events_of(servers[0], 'w-' + room)}?room={room}")
+        for room in rooms
+    }
+    members = {}
+    for i, (room, client) in enumerate(itertools.product(rooms, ["ann", "ben"])):
+        data = json.dumps({"n": i})
+        url = f"{events_of(servers[i % 3], client)}?room={room}&data={data}"
+        members[room, client] = await follow(session, url)
+
+    def room_view(follower: Follower, room: str) -> dict[str, object]:
+        view: dict[str, object] = {}
+        for e in follower.events:
+            if e.event == "snapshot":
+                view = {m["client"]: m.get("data") for m in e.data["rooms"][room]}
+            elif e.event == "presence":
+                if e.data["status"] == "OFFLINE":
+                    view.pop(e.data["client"], None)
+                else:
+                    view[e.data["client"]] = e.data.get("data")
+        return view
+
+    for room in rooms:
+        await poll(
+            lambda room=room: truthy(set(room_view(watchers[room], room)) == {"ann", "ben"}),
+            what=f"{room}'s members",
+        )
+    # A member's data changes: one UPDATE, through its room's shard.
+    async with session.put(
+        f"{servers[1].url}/rooms/room-3/clients/ann/data", json={"away": True}
+    ) as response:
+        assert response.status == 200, await response.text()
+    await poll(
+        lambda: truthy(room_view(watchers["room-3"], "room-3").get("ann") == {"away": True}),
+        what="the update",
+    )
+    # The room's keys are all on its shard's slot.
+    tag = shard_tags(SHARDS)[shard_of("room-3", SHARDS)]
+    assert await cluster_redis.hexists(f"{{{tag}}}.room.{{room-3}}.members", "ann")
+    # Ben leaves every room: one OFFLINE each, and he is offline globally.
+    for room in rooms:
+        members[room, "ben"].close()
+    for room in rooms:
+        await poll(
+            lambda room=room: truthy(set(room_view(watchers[room], room)) == {"ann"}),
+            what=f"ben's leave of {room}",
+        )
+    await settled(
+        tuple(servers),
+        lambda s: listed(session, s),
+        {"ann", *(f"w-{r}" for r in rooms)},
+        timeout=10,
+        what="ben offline",
+    )
+    for room in rooms:
+        statuses = Counter(
+            e.data["status"]
+            for e in watchers[room].events
+            if e.event == "presence" and e.data["client"] == "ben"
+        )
+        assert statuses == Counter({"ONLINE": 1, "OFFLINE": 1}), (room, statuses)
+
+
+async def test_status_and_watch_read_every_shard(
+    spawn: Spawn, cluster: Cluster, cluster_redis: Redis, session: aiohttp.ClientSession
+) -> None:
+    server = await start_server(spawn, cluster.url, "node-1", INTERVAL)
+    clients = [f"c-{i}" for i in range(8)]
+    followers = [await follow(session, events_of(server, c)) for c in clients]
+    await settled((server,), lambda s: listed(session, s), set(clients), timeout=10, what="on")
+    status = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "presence", "status", "--redis-url", cluster.url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert status.returncode == 0, status.stderr
+    assert "8 online: node-1 8" in status.stdout
+    for c in clients:
+        assert c in status.stdout
+    for f in followers:
+        f.close()
