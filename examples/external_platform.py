@@ -13,6 +13,12 @@ transitions of each room's stream, ``room.{<room>}.presence``. It does not
 import presence: plain redis-py and the documented contract. A presence
 server must run against the same Redis to apply the heartbeats. A
 ``redis+sentinel://`` URL reaches the primary through its sentinels.
+
+On a Redis Cluster (found by itself, from any node's URL) every key carries
+its shard's hash tag: a user's own heartbeat goes to its shard's
+``{<tag>}.heartbeat``, and a room heartbeat to the room's shard, which
+counts it for the room alone. It follows every shard's presence stream (or
+each room's, on the room's shard), one read per stream.
 """
 
 from __future__ import annotations
@@ -21,41 +27,78 @@ import argparse
 import asyncio
 import signal
 import time
+import zlib
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
+from redis.crc import key_slot
 
 
-async def heartbeat(redis: aioredis.Redis, args: argparse.Namespace) -> None:
+class Layout:
+    """Where the contract's keys are: as named, or on a cluster, under a
+    shard's hash tag (``{<tag>}.``)."""
+
+    def __init__(self, shards: int | None) -> None:
+        self.tags = [_tag(i, shards) for i in range(shards)] if shards else []
+
+    def prefix(self, id: str) -> str:
+        """The prefix of the keys of a client's or a room's shard."""
+        if not self.tags:
+            return ""
+        return f"{{{self.tags[zlib.crc32(id.encode()) % len(self.tags)]}}}."
+
+    def presence_streams(self) -> list[str]:
+        return [f"{{{t}}}.presence" for t in self.tags] or ["presence"]
+
+
+def _tag(index: int, shards: int) -> str:
+    """Shard ``index``'s tag: the first ``s<index>.<k>`` whose slot is in the
+    middle half of the index-th of ``shards`` equal parts of the 16,384 slots."""
+    part = 16384 / shards
+    low, high = index * part + part / 4, index * part + 3 * part / 4
+    k = 0
+    while not low <= key_slot(f"s{index}.{k}".encode()) < high:
+        k += 1
+    return f"s{index}.{k}"
+
+
+async def heartbeat(redis: aioredis.Redis, layout: Layout, args: argparse.Namespace) -> None:
     """One heartbeat per user (per room) per interval: online while this runs,
     OFFLINE after the TTL. Data goes with the first; later ones keep it."""
     data = args.data
     while True:
         pipe = redis.pipeline(transaction=False)
+        # Trimmed by age: entries two TTLs old (3 intervals at the default
+        # TTL factor) are stale, whoever reads them.
+        oldest = f"{int((time.time() - 3 * args.interval) * 1000)}-0"
         for user in args.user:
-            for room in args.room or [None]:
-                fields = {"client": user, "server": args.name}
-                if room is not None:
-                    fields["room"] = room
-                    if data is not None:
-                        fields["data"] = data
-                # Trimmed by age: entries two TTLs old (3 intervals at the
-                # default TTL factor) are stale, whoever reads them.
-                oldest = f"{int((time.time() - 3 * args.interval) * 1000)}-0"
-                pipe.xadd("heartbeat", fields, minid=oldest)  # type: ignore[arg-type]
+            fields = {"client": user, "server": args.name}
+            # On one Redis a room heartbeat keeps its user online too; on a
+            # cluster the user's own shard needs one of its own.
+            if layout.tags or not args.room:
+                stream = f"{layout.prefix(user)}heartbeat"
+                pipe.xadd(stream, fields, minid=oldest)  # type: ignore[arg-type]
+            for room in args.room:
+                in_room = {**fields, "room": room}
+                if data is not None:
+                    in_room["data"] = data
+                stream = f"{layout.prefix(room)}heartbeat"
+                pipe.xadd(stream, in_room, minid=oldest)  # type: ignore[arg-type]
         await pipe.execute()
         data = None
         await asyncio.sleep(args.interval)
 
 
-async def ends(redis: aioredis.Redis, rooms: list[str]) -> dict[str, str]:
+async def ends(redis: aioredis.Redis, layout: Layout, rooms: list[str]) -> dict[str, str]:
     """Where each stream to follow ends now, as an id: "$" in every read would
     skip what came between two reads."""
     positions = {}
-    for stream in [f"room.{{{room}}}.presence" for room in rooms] or ["presence"]:
+    streams = [f"{layout.prefix(room)}room.{{{room}}}.presence" for room in rooms]
+    for stream in streams or layout.presence_streams():
         last: Any = await redis.xrevrange(stream, count=1)
         positions[stream] = last[0][0] if last else "0-0"
     return positions
@@ -78,12 +121,18 @@ async def follow(redis: aioredis.Redis, positions: dict[str, str]) -> None:
                 )
 
 
-def connect(url: str) -> aioredis.Redis:
-    """A client for ``url``; ``redis+sentinel://host:port[,host:port...]/service[/db]``
+async def connect(url: str, shards: int) -> tuple[aioredis.Redis, Layout]:
+    """A client for ``url``, and where the keys are. A cluster node's URL gives
+    a cluster client; ``redis+sentinel://host:port[,host:port...]/service[/db]``
     reaches the primary the sentinels name, through redis-py's Sentinel."""
     scheme, _, rest = url.partition("://")
     if not scheme.endswith("+sentinel"):
-        return aioredis.from_url(url, decode_responses=True)
+        redis: aioredis.Redis = aioredis.from_url(url, decode_responses=True)
+        if not int((await redis.info("cluster")).get("cluster_enabled", 0)):
+            return redis, Layout(None)
+        await redis.aclose()
+        cluster: Any = RedisCluster.from_url(url, decode_responses=True)
+        return cluster, Layout(shards)
     parts = urlsplit(f"x://{rest}")
     hosts = [h.rpartition(":") for h in parts.netloc.rpartition("@")[2].split(",")]
     service, _, db = parts.path.strip("/").partition("/")
@@ -96,20 +145,21 @@ def connect(url: str) -> aioredis.Redis:
         ssl=scheme.startswith("rediss"),
         decode_responses=True,
     )
-    return primary
+    return primary, Layout(None)
 
 
 async def main(args: argparse.Namespace) -> None:
-    redis = connect(args.redis_url)
+    redis, layout = await connect(args.redis_url, args.shards)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    positions = await ends(redis, args.room)  # before the first heartbeat: its ONLINE is seen
-    tasks = [
-        asyncio.create_task(follow(redis, positions)),
-        asyncio.create_task(heartbeat(redis, args)),
-    ]
+    # Before the first heartbeat: its ONLINE is seen.
+    positions = await ends(redis, layout, args.room)
+    # On a cluster one read per stream: a read of several spans slots.
+    reads = [{s: p} for s, p in positions.items()] if layout.tags else [positions]
+    tasks = [asyncio.create_task(follow(redis, read)) for read in reads]
+    tasks.append(asyncio.create_task(heartbeat(redis, layout, args)))
     followed = ", ".join(args.room) if args.room else "presence"
     print(f"{args.name}: keeping {', '.join(args.user)} online; following {followed}", flush=True)
     await stop.wait()
@@ -127,6 +177,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between heartbeats")
     parser.add_argument("--room", action="append", default=[], help="a room; repeat for several")
     parser.add_argument("--data", help="the users' data in their rooms, a JSON object")
+    parser.add_argument(
+        "--shards", type=int, default=12, help="the servers' --shards, on a cluster (default 12)"
+    )
     return parser.parse_args(argv)
 
 

@@ -12,6 +12,7 @@ from .errors import (
 from .events import Member, OnlineClient, PresenceEvent, Reset, RoomEvent
 from .presence import Presence
 from .settings import Settings
+from .shards import shard_of, shard_tags
 from .updates.replay import Replay
 from .updates.room_snapshot import RoomSnapshot
 from .updates.snapshot import Snapshot
@@ -44,4 +45,6 @@ __all__ = [
     "Status",
     "create_app",
     "setup",
+    "shard_of",
+    "shard_tags",
 ]

@@ -55,6 +55,18 @@ class RedactTokens(logging.Filter):
         return True
 
 
+class LibraryOneLine(logging.Filter):
+    """redis-py's cluster helpers log a retried failure with its traceback
+    (a primary lost in a failover): one line instead, as presence's own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("redis.") and record.exc_info:
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(error).__name__}: {error}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object a line, for log shippers."""
 
@@ -90,5 +102,6 @@ def configure(settings: Settings) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(LibraryOneLine())
     handler.addFilter(RedactTokens())
     logging.basicConfig(level=settings.log_level, handlers=[handler])

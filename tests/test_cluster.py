@@ -15,14 +15,18 @@ import sys
 from collections import Counter
 
 import aiohttp
+from redis.crc import key_slot
 
 from presence.shards import shard_of, shard_tags
 
-from .servers import Spawn, events_of, listed, settled, start_server
-from .support import Follower, Redis, follow, open_events, poll, truthy
+from .servers import Spawn, events_of, health, listed, settled, start_server
+from .support import Follower, Redis, ServerProcess, follow, open_events, poll, truthy
+from .test_sentinel import contradictions
 from .topology import SHARDS, Cluster
 
 INTERVAL = 1.0
+#: The slot of shard 0, on the first of the 3 primaries.
+SHARD_0 = key_slot(shard_tags(SHARDS)[0].encode())
 
 
 def tag_of(client: str) -> str:
@@ -205,5 +209,123 @@ async def test_status_and_watch_read_every_shard(
     assert "8 online: node-1 8" in status.stdout
     for c in clients:
         assert c in status.stdout
+    for f in followers:
+        f.close()
+
+
+async def _churn(
+    session: aiohttp.ClientSession,
+    servers: list[ServerProcess],
+    opened: list[str],
+    stop: asyncio.Event,
+) -> None:
+    """Clients that come and go, on every server, until ``stop``; ``opened``
+    gets each stream that had its start. (Not cancelled: a stream cancelled
+    while it opens could stay open.)"""
+    for n in itertools.count():
+        if stop.is_set():
+            return
+        client = f"churn-{n % 5}"
+        try:
+            follower = await follow(session, events_of(servers[n % 2], client))
+        except (AssertionError, aiohttp.ClientError, TimeoutError):
+            await asyncio.sleep(0.1)  # a 503 while a primary is down
+            continue
+        opened.append(client)
+        follower.close()
+
+
+async def _converged(
+    session: aiohttp.ClientSession,
+    servers: list[ServerProcess],
+    watchers: dict[str, Follower],
+    truth: set[str],
+    *,
+    timeout: float,
+) -> None:
+    await settled(
+        tuple(servers), lambda s: listed(session, s), truth, timeout=timeout, what="truth"
+    )
+    for name, watcher in watchers.items():
+        await poll(
+            lambda w=watcher, n=name: truthy(w.view() == truth - {n}),
+            timeout=timeout,
+            what=f"{name}'s view",
+        )
+
+
+async def test_a_primary_killed_mid_churn_converges_everywhere(
+    spawn: Spawn, cluster: Cluster, cluster_redis: Redis, session: aiohttp.ClientSession
+) -> None:
+    servers = [await start_server(spawn, cluster.url, f"node-{i}", INTERVAL) for i in range(2)]
+    watchers = {
+        f"w-{i}": await follow(session, events_of(s, f"w-{i}")) for i, s in enumerate(servers)
+    }
+    stable = [f"user-{i}" for i in range(12)]
+    followers = [await follow(session, events_of(servers[i % 2], c)) for i, c in enumerate(stable)]
+    truth = {*stable, *watchers}
+    await _converged(session, servers, watchers, truth, timeout=10)
+
+    opened: list[str] = []
+    stop = asyncio.Event()
+    churn = asyncio.create_task(_churn(session, servers, opened, stop))
+    try:
+        await poll(lambda: truthy(len(opened) >= 10), what="churn under way")
+        # The primary of shard 0's slot: a third of the shards go with it.
+        victim = await asyncio.to_thread(cluster.kill_primary, SHARD_0)
+    finally:
+        stop.set()
+        await churn
+    try:
+        # Within two intervals of the promotion, and the churners' leave grace.
+        await _converged(session, servers, watchers, truth, timeout=4 * INTERVAL + 6)
+        await settled(tuple(servers), lambda s: health(session, s), 200, timeout=5, what="200")
+        for name, watcher in watchers.items():
+            assert not contradictions(watcher), (name, contradictions(watcher))
+        for server in servers:
+            assert server.process is not None
+            assert server.process.poll() is None
+            assert "Traceback" not in server.output()
+    finally:
+        await asyncio.to_thread(cluster.rejoin, victim)
+    for f in followers:
+        f.close()
+
+
+async def test_a_shard_failed_over_loses_nothing_and_resets_nobody(
+    spawn: Spawn, cluster: Cluster, cluster_redis: Redis, session: aiohttp.ClientSession
+) -> None:
+    """``CLUSTER FAILOVER``: the replica takes over once it has every write, so
+    every transition is seen exactly once, and no stream is reset."""
+    servers = [await start_server(spawn, cluster.url, f"node-{i}", INTERVAL) for i in range(2)]
+    watchers = {
+        f"w-{i}": await follow(session, events_of(s, f"w-{i}")) for i, s in enumerate(servers)
+    }
+    stable = [f"user-{i}" for i in range(12)]
+    followers = [await follow(session, events_of(servers[i % 2], c)) for i, c in enumerate(stable)]
+    truth = {*stable, *watchers}
+    await _converged(session, servers, watchers, truth, timeout=10)
+    opened: list[str] = []
+    stop = asyncio.Event()
+    churn = asyncio.create_task(_churn(session, servers, opened, stop))
+    try:
+        await poll(lambda: truthy(len(opened) >= 10), what="churn under way")
+        await asyncio.to_thread(cluster.fail_over, SHARD_0)
+        count = len(opened)
+        await poll(lambda: truthy(len(opened) >= count + 10), what="churn after the failover")
+    finally:
+        stop.set()
+        await churn
+    await _converged(session, servers, watchers, truth, timeout=4 * INTERVAL + 6)
+    for name, watcher in watchers.items():
+        assert not contradictions(watcher), (name, contradictions(watcher))
+        assert [e.event for e in watcher.events].count("snapshot") == 1, name
+        for client in stable:
+            if client != name:
+                assert transitions(watcher, client) == ["ONLINE"], (name, client)
+        # Each churned session: one ONLINE, then one OFFLINE, every one.
+        for n in range(5):
+            statuses = transitions(watcher, f"churn-{n}")
+            assert statuses == ["ONLINE", "OFFLINE"] * (len(statuses) // 2), (name, n, statuses)
     for f in followers:
         f.close()

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from .support import Redis, RedisServer, ServerProcess, free_port, open_events, poll
-from .topology import Sentinels
+from .topology import Cluster, Sentinels
 
 EMBED_APP = Path(__file__).resolve().parent.parent / "examples" / "embed_app.py"
 
@@ -178,6 +178,39 @@ async def test_the_external_platform_reaches_presence_through_the_sentinels(
         assert snapshot.data == {"rooms": {"lobby": [{"client": "carol", "server": "platform-x"}]}}
         await poll(lambda: _contains(out, "alice is ONLINE in lobby (on node-1)"), what="alice")
         alice.close()
+
+
+async def test_the_external_platform_runs_on_a_cluster_through_redis_alone(
+    spawn: Callable[..., ServerProcess],
+    cluster: Cluster,
+    cluster_redis: Redis,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """On a cluster: the room's shard for the membership, carol's own shard
+    for her global presence, every shard's stream followed."""
+    server = spawn("--redis-url", cluster.url, "--server-id", "node-1")
+    await server.wait_healthy()
+    out = tmp_path / "platform.out"
+    async with _platform(out, cluster.url, "--room", "lobby", "--data", '{"s": 1}'):
+        await poll(lambda: _contains(out, "carol is ONLINE in lobby"), timeout=10, what="carol")
+        everyone = await open_events(session, f"{server.url}/clients/dave/events")
+        assert (await everyone.next()).data == {
+            "clients": [{"client": "carol", "server": "platform-x"}]
+        }
+        alice = await open_events(session, f"{server.url}/clients/alice/events?room=lobby")
+        snapshot = await alice.next()
+        assert snapshot.data == {
+            "rooms": {"lobby": [{"client": "carol", "server": "platform-x", "data": {"s": 1}}]}
+        }
+        await poll(lambda: _contains(out, "alice is ONLINE in lobby (on node-1)"), what="alice")
+        alice.close()
+        everyone.close()
+    async with _platform(out, cluster.url):
+        await poll(lambda: _contains(out, "following presence"), timeout=10, what="platform up")
+        bob = await open_events(session, f"{server.url}/clients/bob/events")
+        await poll(lambda: _contains(out, "bob is ONLINE (on node-1)"), what="bob, any shard")
+        bob.close()
 
 
 @asynccontextmanager

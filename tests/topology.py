@@ -233,6 +233,56 @@ class Cluster:
                 continue
         return serving
 
+    def kill_primary(self, slot: int) -> RedisServer:
+        """SIGKILL the primary of ``slot``; returns it once its replica serves the slot."""
+        victim = self._serving(slot)
+        assert victim is not None
+        victim.stop()
+        wait_for(lambda: self._serving(slot) not in (victim, None), "a promotion", timeout=30)
+        return victim
+
+    def fail_over(self, slot: int) -> RedisServer:
+        """``CLUSTER FAILOVER`` of the primary of ``slot`` to its replica (nothing
+        is lost); returns the replica once it serves the slot."""
+        primary = self._serving(slot)
+        assert primary is not None
+        replica = next(n for n in self.nodes if self._replicates(n, primary))
+        with client(replica.port) as r:
+            r.execute_command("CLUSTER", "FAILOVER")
+        wait_for(lambda: self._serving(slot) is replica, "the promotion", timeout=30)
+        return replica
+
+    @staticmethod
+    def _replicates(node: RedisServer, primary: RedisServer) -> bool:
+        try:
+            with client(node.port) as r:
+                info = r.info("replication")
+        except RedisError:
+            return False
+        return info["role"] == "slave" and int(info["master_port"]) == primary.port
+
+    def rejoin(self, node: RedisServer) -> None:
+        """Start a stopped node again: it rejoins as its successor's replica."""
+        node.start()
+        for each in self.nodes:
+            wait_for(partial(self._ok, each.port), "the cluster to be whole again", timeout=30)
+
+    def _serving(self, slot: int) -> RedisServer | None:
+        """The primary that says it serves ``slot``; None in a failover's midst."""
+        for node in self.nodes:
+            try:
+                with client(node.port) as r:
+                    if r.info("replication")["role"] != "master":
+                        continue
+                    slots = r.execute_command("CLUSTER", "SLOTS")
+                    mine = str(r.execute_command("CLUSTER", "MYID"))
+            except RedisError:
+                continue
+            for low, high, primary, *_ in slots:
+                if low <= slot <= high and str(primary[2]) == mine:
+                    return node
+        return None
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
