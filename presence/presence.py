@@ -19,12 +19,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from redis.exceptions import RedisError
-
 from .contract import check_id
 from .entries import RoomDelivery, encode_data
 from .events import OnlineClient, PresenceEvent, Reset, RoomEvent
 from .positions import Seen, seen, stream_position
+from .redis_client import REDIS_FAILURES
 from .service import Service
 from .settings import Settings
 from .supervise import UNREACHABLE
@@ -241,7 +240,7 @@ class Presence:
                 # Bounded: a snapshot asked for as the service closes is never answered.
                 async with asyncio.timeout(RESET_TIMEOUT):
                     return await read()
-            except (TimeoutError, RedisError, OSError) as exc:
+            except (TimeoutError, *REDIS_FAILURES) as exc:
                 if not failing:
                     # An unreachable Redis is the outage's line, which the workers log.
                     unreachable = isinstance(exc, (TimeoutError, *UNREACHABLE))

@@ -15,7 +15,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, DataError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    DataError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 
 from .errors import RedisMisconfigured, RedisUnavailable
 from .sentinel_url import is_sentinel_url, parse_sentinel_url
@@ -29,6 +35,9 @@ SOCKET_TIMEOUT = 5.0
 BLOCK_MS = 250
 
 Redis = aioredis.Redis
+#: What a failing Redis raises: redis-py's cluster client raises a slot no
+#: node serves (mid-failover) as an error of its own, not a ``RedisError``.
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
 
 
 def options() -> dict[str, Any]:

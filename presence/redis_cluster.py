@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -20,7 +20,44 @@ from .sentinel_url import is_sentinel_url
 from .settings import Settings
 
 
-class PresenceCluster(RedisCluster):
+def _closed_under_use(exc: Exception) -> RedisConnectionError | None:
+    """A connection redis-py closed while a command used it: after a
+    connection error, it disconnects a node's free connections while other
+    tasks take them (a failover, a moved slot). It is a lost connection, which
+    every caller retries, not a failure of presence."""
+    if isinstance(exc, (AttributeError, TypeError)) and "'NoneType' object" in str(exc):
+        return RedisConnectionError(f"a connection closed under a command: {exc}")
+    return None
+
+
+class _Pipeline(ClusterPipeline):
+    async def execute(
+        self, raise_on_error: bool = True, allow_redirections: bool = True
+    ) -> list[Any]:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except Exception as exc:
+            if (lost := _closed_under_use(exc)) is not None:
+                raise lost from None
+            raise
+
+
+class _Cluster(RedisCluster):
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except Exception as exc:
+            if (lost := _closed_under_use(exc)) is not None:
+                raise lost from None
+            raise
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # refused, as it says why
+        return _Pipeline(self, transaction)  # type: ignore[abstract]
+
+
+class PresenceCluster(_Cluster):
     """A cluster client, and a second one whose stream reads are left as
     Redis sends them (see ``unparsed_streams``); closed together."""
 
@@ -42,7 +79,7 @@ async def cluster_of(redis: Redis, settings: Settings) -> Redis | None:
     kwargs = options()
     del kwargs["retry"]  # a cluster client retries MOVED and failovers its own way
     cluster = cast(PresenceCluster, PresenceCluster.from_url(settings.redis_url, **kwargs))
-    raw = RedisCluster.from_url(settings.redis_url, **kwargs)
+    raw = _Cluster.from_url(settings.redis_url, **kwargs)
     leave_streams_unparsed(raw)
     cluster.unparsed = raw
     await cluster.initialize()

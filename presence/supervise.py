@@ -17,13 +17,16 @@ import time
 from collections.abc import Awaitable, Callable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 5.0
 #: What Redis being unreachable raises (an outage, not a failure of its own).
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+#: A cluster client's own errors are about nodes it cannot reach, or slots
+#: none serves: an outage too.
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError)
 
 
 class Outage:

@@ -148,7 +148,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 @pytest.fixture
 async def cluster_redis(cluster: Cluster) -> AsyncIterator[Redis]:
-    """A cluster client of ``cluster``, as presence opens it; emptied after the test."""
+    """A cluster client of ``cluster``, as presence opens it; emptied after the
+    test (ask for it before ``spawn``, so the servers stop first)."""
     probe = aioredis.from_url(cluster.url)
     found = await cluster_of(probe, Settings(redis_url=cluster.url))
     await probe.aclose()

@@ -181,9 +181,9 @@ async def test_the_external_platform_reaches_presence_through_the_sentinels(
 
 
 async def test_the_external_platform_runs_on_a_cluster_through_redis_alone(
-    spawn: Callable[..., ServerProcess],
     cluster: Cluster,
     cluster_redis: Redis,
+    spawn: Callable[..., ServerProcess],
     session: aiohttp.ClientSession,
     tmp_path: Path,
 ) -> None:

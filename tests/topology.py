@@ -252,6 +252,37 @@ class Cluster:
         wait_for(lambda: self._serving(slot) is replica, "the promotion", timeout=30)
         return replica
 
+    def migrate(self, slot: int, pause: float = 0.05) -> RedisServer:
+        """Move ``slot`` to the next primary, a few keys at a time as
+        ``redis-cli --cluster reshard`` does (``pause`` between batches, so
+        that clients meet the slot half moved: ``ASK`` and ``TRYAGAIN``);
+        returns the node it came from."""
+        source = self._serving(slot)
+        assert source is not None
+        primaries = sorted(self.primaries(), key=lambda n: n.port)
+        target = primaries[(primaries.index(source) + 1) % len(primaries)]
+        self._move(slot, source, target, pause)
+        return source
+
+    def move_back(self, slot: int, to: RedisServer) -> None:
+        source = self._serving(slot)
+        assert source is not None
+        if source is not to:
+            self._move(slot, source, to, 0)
+
+    def _move(self, slot: int, source: RedisServer, target: RedisServer, pause: float) -> None:
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        with client(source.port) as src, client(target.port) as dst:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 3):
+                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+                time.sleep(pause)
+            for node in self.primaries():
+                with client(node.port) as r:
+                    r.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        wait_for(lambda: self._serving(slot) is target, "the slot moved", timeout=30)
+
     @staticmethod
     def _replicates(node: RedisServer, primary: RedisServer) -> bool:
         try:

@@ -12,9 +12,9 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.exceptions import RedisError
 
 from ..contract import OFFLINE, ONLINE
+from ..redis_client import REDIS_FAILURES
 from .requests import METRICS, SERVICE, authorize_read, client_id_of, fail, service_of
 from .rooms import get_room, put_data
 from .streams import client_events
@@ -108,7 +108,7 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return web.json_response({"error": exc.reason.lower()}, status=exc.status, headers=headers)
     except asyncio.CancelledError:
         raise
-    except (RedisError, OSError) as exc:
+    except REDIS_FAILURES as exc:
         log.warning("%s %s: Redis failed: %s", request.method, request.path, exc)
         return web.json_response(
             {"error": "presence is unavailable: cannot read Redis"}, status=503

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
-from redis.exceptions import RedisError
 
 from ..entries import RoomDelivery
 from ..errors import RoomUnreadable
 from ..frames import ScopedFrames, event_data, occupancy_frame
+from ..redis_client import REDIS_FAILURES
 from ..service import Service
 from ..updates.scoped import Item, Occupancy, Scope
 from ..updates.scoped_start import ScopedStream, Start, start_scoped
@@ -45,7 +45,7 @@ async def scoped_events(
         except RoomUnreadable as exc:
             # That room only: the snapshot reader logs it, throttled.
             fail(web.HTTPServiceUnavailable, str(exc))
-        except (TimeoutError, RedisError, OSError) as exc:
+        except (TimeoutError, *REDIS_FAILURES) as exc:
             log.debug("no snapshot for %s: %s", client_id, exc)  # healthz says why
             fail(web.HTTPServiceUnavailable, "presence is unavailable: cannot read Redis")
         with service.held_online(client_id, scope.rooms, scope.data):

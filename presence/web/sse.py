@@ -16,10 +16,10 @@ from functools import partial
 
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
-from redis.exceptions import RedisError
 
 from ..frames import SEPARATOR
 from ..positions import Seen, seen
+from ..redis_client import REDIS_FAILURES
 from ..service import Service
 from ..updates.connections import Connection, Resync
 from ..updates.delivery_log import WRITE_BYTES, Subscriber
@@ -72,7 +72,7 @@ async def serve_stream(
                 log.debug("the token of %s expired: closing its stream", client_id)
             except ConnectionError:
                 pass  # the client left
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 log.debug("no fresh snapshot for %s: %s", client_id, exc)  # it reconnects
     finally:
         forget()
@@ -94,7 +94,7 @@ async def global_events(
             async with asyncio.timeout(SNAPSHOT_TIMEOUT):
                 replay = await service.replay(resume) if resume else None
                 start = replay or await service.snapshot()
-        except (TimeoutError, RedisError, OSError) as exc:
+        except (TimeoutError, *REDIS_FAILURES) as exc:
             log.debug("no snapshot for %s: %s", client_id, exc)  # healthz says why
             fail(web.HTTPServiceUnavailable, "presence is unavailable: cannot read Redis")
         with service.held_online(client_id):
