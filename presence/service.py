@@ -362,7 +362,11 @@ class Service:
             return found
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT):
-                await self.redis.ping()
+                if is_cluster(self.redis):
+                    # Every primary: each serves shards; a replica serves none.
+                    await self.redis.execute_command("PING", target_nodes="primaries")  # type: ignore[no-untyped-call]
+                else:
+                    await self.redis.ping()
         except Exception as exc:
             found.insert(0, f"redis: {type(exc).__name__}: {exc}".rstrip(": "))
         return found

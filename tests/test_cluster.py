@@ -254,6 +254,10 @@ async def _converged(
         await poll(partial(_sees, watcher, expected), timeout=timeout, what=f"{name}'s view")
 
 
+async def _has_seen(follower: Follower, client: str, statuses: list[str]) -> bool:
+    return transitions(follower, client) == statuses
+
+
 async def _sees(watcher: Follower, expected: set[str]) -> bool:
     return watcher.view() == expected
 
@@ -378,3 +382,37 @@ async def test_a_shard_resharded_under_load_loses_nothing(
             await asyncio.to_thread(cluster.move_back, SHARD_0, source)
     for f in followers:
         f.close()
+
+
+async def test_room_sessions_over_three_servers_come_and_go_exactly_once(
+    cluster: Cluster, cluster_redis: Redis, spawn: Spawn, session: aiohttp.ClientSession
+) -> None:
+    """Each session, a client id of its own in one room on one of three
+    servers: every room's watcher sees its ONLINE and its OFFLINE once, and
+    so does a global watcher, whichever shards the room and the client are on."""
+    servers = [await start_server(spawn, cluster.url, f"node-{i}", INTERVAL) for i in range(3)]
+    rooms = ["red", "green", "blue"]
+    watchers = {
+        r: await follow(session, f"{events_of(servers[1], 'w-' + r)}?room={r}") for r in rooms
+    }
+    everyone = await follow(session, events_of(servers[2], "everyone"))
+    sessions = [(f"s-{k}", rooms[k % 3], servers[k % 3]) for k in range(18)]
+    for start in range(0, len(sessions), 6):
+        batch = [
+            await follow(session, f"{events_of(server, client)}?room={room}")
+            for client, room, server in sessions[start : start + 6]
+        ]
+        for follower in batch:
+            follower.close()
+    truth = {"everyone", *(f"w-{r}" for r in rooms)}
+    await settled(tuple(servers), lambda s: listed(session, s), truth, timeout=15, what="empty")
+    for room in rooms:
+        for client, in_room, _ in sessions:
+            expected = ["ONLINE", "OFFLINE"] if in_room == room else []
+            await poll(
+                partial(_has_seen, watchers[room], client, expected), what=f"{client} in {room}"
+            )
+    for client, _, _ in sessions:
+        assert transitions(everyone, client) == ["ONLINE", "OFFLINE"], client
+    for follower in [*watchers.values(), everyone]:
+        assert [e.event for e in follower.events].count("snapshot") == 1
