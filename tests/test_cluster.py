@@ -416,3 +416,15 @@ async def test_room_sessions_over_three_servers_come_and_go_exactly_once(
         assert transitions(everyone, client) == ["ONLINE", "OFFLINE"], client
     for follower in [*watchers.values(), everyone]:
         assert [e.event for e in follower.events].count("snapshot") == 1
+
+
+async def test_a_namespace_with_braces_is_refused_on_a_cluster_in_one_line(
+    cluster: Cluster, spawn: Spawn
+) -> None:
+    server = spawn("--redis-url", cluster.url, "--namespace", "{app}.")
+    assert server.process is not None
+    code = await asyncio.to_thread(server.process.wait, 30)
+    output = server.output().strip()
+    assert code == 1
+    assert "the namespace must not hold { or }" in output.splitlines()[-1], output
+    assert "Traceback" not in output
