@@ -29,7 +29,7 @@ from .stats import header, write_results
 INTERVAL = 1.0
 
 
-async def _listed(session: aiohttp.ClientSession, port: int) -> set[str] | None:
+async def listed(session: aiohttp.ClientSession, port: int) -> set[str] | None:
     try:
         async with session.get(f"http://127.0.0.1:{port}/clients") as response:
             if response.status != 200:
@@ -39,7 +39,7 @@ async def _listed(session: aiohttp.ClientSession, port: int) -> set[str] | None:
         return None
 
 
-async def _stream(
+async def hold_stream(
     session: aiohttp.ClientSession, port: int, client: str, seen: dict[str, int]
 ) -> None:
     """Hold ``client``'s stream, reconnecting as a browser does; count what matters."""
@@ -64,12 +64,12 @@ async def _round(ports: list[int], sentinels: Sentinels, clients: int) -> dict[s
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         tasks = [
-            asyncio.create_task(_stream(session, ports[i % len(ports)], name, seen))
+            asyncio.create_task(hold_stream(session, ports[i % len(ports)], name, seen))
             for i, name in enumerate(names)
         ]
         want = set(names)
         deadline = time.monotonic() + 60
-        while not all([await _listed(session, p) == want for p in ports]):
+        while not all([await listed(session, p) == want for p in ports]):
             if time.monotonic() > deadline:
                 raise RuntimeError("the clients did not come online within 60 s")
             await asyncio.sleep(0.05)
@@ -82,7 +82,7 @@ async def _round(ports: list[int], sentinels: Sentinels, clients: int) -> dict[s
             now = time.monotonic() - killed
             if promoted is None and sentinels.primary_port() != old:
                 promoted = now
-            if promoted is not None and all([await _listed(session, p) == want for p in ports]):
+            if promoted is not None and all([await listed(session, p) == want for p in ports]):
                 true_again = time.monotonic() - killed
             if now > 60:
                 raise RuntimeError("presence did not converge within 60 s")
