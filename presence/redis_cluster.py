@@ -12,6 +12,7 @@ import asyncio
 from typing import Any, cast
 
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.exceptions import ClusterDownError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -62,6 +63,8 @@ class PresenceCluster(_Cluster):
     Redis sends them (see ``unparsed_streams``); closed together."""
 
     unparsed: RedisCluster | None = None
+    #: The turns ``Calls`` take, one set for the process's client.
+    turns: asyncio.Semaphore | None = None
 
     async def aclose(self) -> None:
         if self.unparsed is not None:
@@ -82,6 +85,7 @@ async def cluster_of(redis: Redis, settings: Settings) -> Redis | None:
     raw = _Cluster.from_url(settings.redis_url, **kwargs)
     leave_streams_unparsed(raw)
     cluster.unparsed = raw
+    cluster.turns = asyncio.Semaphore(IN_FLIGHT)
     await cluster.initialize()
     await raw.initialize()
     # Typed as the standalone client: the commands presence sends are the same.
@@ -92,15 +96,27 @@ def is_cluster(redis: object) -> bool:
     return isinstance(redis, RedisCluster)
 
 
+#: Commands of ``Calls`` in flight at once, in the whole process: redis-py
+#: refuses a command past 100 connections to one node, and a burst of
+#: heartbeats is hundreds of script calls.
+IN_FLIGHT = 48
+
+
 class Calls:
     """A pipeline's calls, sent to a cluster as separate commands at once:
     each goes to the node of its keys, and redis-py refuses scripts in a
     cluster pipeline. As with ``execute(raise_on_error=False)``, a command's
-    error is its result, but a lost connection is raised."""
+    error is its result, but a lost connection, and a cluster that is down
+    or a slot still moving, are raised: they are Redis away, not a call's
+    own failure."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._calls: list[tuple[Any, ...]] = []
+        turns = getattr(redis, "turns", None)
+        self._turns: asyncio.Semaphore = (
+            turns if turns is not None else asyncio.Semaphore(IN_FLIGHT)
+        )
 
     def evalsha(self, *args: Any) -> None:
         self._calls.append(("EVALSHA", *args))
@@ -112,12 +128,13 @@ class Calls:
         self._calls.append(("XACK", stream, group, *ids))
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        replies = await asyncio.gather(
-            *(self._redis.execute_command(*c) for c in self._calls),  # type: ignore[no-untyped-call]
-            return_exceptions=True,
-        )
-        lost = (RedisConnectionError, RedisTimeoutError, OSError)
+        replies = await asyncio.gather(*map(self._call, self._calls), return_exceptions=True)
+        lost = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, OSError)
         for reply in replies:
             if isinstance(reply, lost) or (raise_on_error and isinstance(reply, BaseException)):
                 raise reply
         return replies
+
+    async def _call(self, command: tuple[Any, ...]) -> Any:
+        async with self._turns:
+            return await self._redis.execute_command(*command)  # type: ignore[no-untyped-call]

@@ -169,7 +169,10 @@ class Service:
             Claimer(s, t, c)
             for s, t, c in zip(shards, self.shards.items, self.consumers, strict=True)
         ]
-        self.sweepers = [Sweeper(t, grace=settings.heartbeat_interval) for t in self.shards.items]
+        self.sweepers = [
+            Sweeper(t, grace=settings.heartbeat_interval, outage=self.outage)
+            for t in self.shards.items
+        ]
         self.publisher = HeartbeatPublisher(
             settings, self.held, self.shards[0], self.outage, self.shards
         )

@@ -16,17 +16,25 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from redis.exceptions import ClusterDownError, RedisClusterException, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 5.0
 #: What Redis being unreachable raises (an outage, not a failure of its own).
-#: A cluster client's own errors are about nodes it cannot reach, or slots
-#: none serves: an outage too.
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError)
+#: On a cluster, so does a cluster that is down (a primary failing over), a
+#: slot still moving, and the cluster client's own errors about nodes it
+#: cannot reach or slots none serves.
+UNREACHABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    RedisClusterException,
+    OSError,
+)
 
 
 class Outage:

@@ -290,6 +290,9 @@ async def test_a_primary_killed_mid_churn_converges_everywhere(
         await settled(tuple(servers), lambda s: health(session, s), 200, timeout=5, what="200")
         for name, watcher in watchers.items():
             assert not contradictions(watcher), (name, contradictions(watcher))
+            # Nobody stable went OFFLINE, on the lost primary's shards or others.
+            flapped = [c for c in stable if "OFFLINE" in transitions(watcher, c)]
+            assert not flapped, (name, flapped, [s.output().splitlines()[-60:] for s in servers])
         for server in servers:
             assert server.process is not None
             assert server.process.poll() is None

@@ -16,7 +16,7 @@ import logging
 from redis.asyncio.client import Pipeline
 
 from ..entries import text
-from ..supervise import Worker
+from ..supervise import Outage, Worker
 from .scripts import Transitions
 
 log = logging.getLogger(__name__)
@@ -36,14 +36,26 @@ class Sweeper:
     once Redis answers again: clients that stayed connected could not be
     heartbeated meanwhile, and their next heartbeat refreshes them without
     any event. Those that left during the outage go OFFLINE after the grace.
+
+    It waits the same after any outage another worker of this process saw
+    (``outage``), its own calls answered or not: on a cluster, a shard's
+    sweeper may reach its primary while every heartbeat fails (the cluster
+    is down while another primary fails over), and a short outage may fall
+    between two passes.
     """
 
     def __init__(
-        self, transitions: Transitions, grace: float, interval: float = SWEEP_INTERVAL
+        self,
+        transitions: Transitions,
+        grace: float,
+        interval: float = SWEEP_INTERVAL,
+        outage: Outage | None = None,
     ) -> None:
         self._transitions = transitions
         self._grace = grace
         self._interval = interval
+        self._outage = outage or Outage()
+        self._outages = self._outage.count
         self._ran = False
         self.published = 0
         #: Room OFFLINEs published (members whose deadline passed).
@@ -57,7 +69,13 @@ class Sweeper:
             worker.ok()
             await asyncio.sleep(self._grace)
         self._ran = True
+        self._outages = self._outage.count
         while True:
+            if self._outage.active or self._outage.count != self._outages:
+                self._outages = self._outage.count
+                worker.ok()
+                await asyncio.sleep(self._grace)
+                continue
             due, published = await self.sweep_once()
             rooms, room_published = await self.sweep_rooms()
             worker.ok()

@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from redis.asyncio.client import Pipeline
-from redis.exceptions import ResponseError
+from redis.exceptions import ClusterDownError, ResponseError, TryAgainError
 
 from .scoped import Scopes
 
@@ -54,6 +54,8 @@ class RoomChecks:
         gone; one Redis cannot read is set aside."""
         lost: set[str] = set()
         for room, result in zip(rooms, found, strict=True):
+            if isinstance(result, (ClusterDownError, TryAgainError)):
+                raise result  # the cluster is away, not the room: an outage
             if isinstance(result, ResponseError):
                 self._set_aside(room, str(result), now)
             elif isinstance(result, Exception):
