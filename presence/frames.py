@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 from .contract import is_valid_raw_id
 from .events import Member, OnlineClient
-from .positions import valid_entry_id
+from .positions import later, valid_entry_id
 
 #: The line separator of every frame; aiohttp-sse is given it for its pings
 #: (``: ping`` then an empty line).
@@ -169,7 +169,11 @@ class ScopedFrames:
     def event(self, room: str | None, entry_id: str, data: bytes) -> bytes:
         """The ``presence`` frame of entry ``entry_id`` of ``room``'s stream (None:
         the presence stream, for the watch list)."""
-        self._positions[0 if room is None else self._part[room]] = entry_id
+        if room is None:
+            # Sharded, never behind the start in any shard (see ``positions``).
+            self._positions[0] = later(self._positions[0], entry_id)
+        else:
+            self._positions[self._part[room]] = entry_id
         return event_frame(self._id(), data)
 
     def _id(self) -> bytes:

@@ -10,7 +10,6 @@ id is where they all stood after it.
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 #: What a stream has seen: the order (``stream_position``) of an entry id per shard.
@@ -43,42 +42,34 @@ def seen(position: str) -> Seen:
     return tuple(stream_position(i) for i in position.split(","))
 
 
+def later(a: str, b: str) -> str:
+    """Per shard, the later of two positions (of as many shards)."""
+    if "," not in a:
+        return b if stream_position(b) > stream_position(a) else a
+    return ",".join(
+        y if stream_position(y) > stream_position(x) else x
+        for x, y in zip(a.split(","), b.split(","), strict=True)
+    )
+
+
+def behind(base: Seen, after: Seen) -> bool:
+    """Whether a position is behind ``after`` in some shard."""
+    return any(b < a for b, a in zip(base, after, strict=True))
+
+
 class Positions:
-    """Where this process's readers of the shards' presence streams stand."""
+    """Where this process's readers of the shards' presence streams stand.
+
+    Each event's id is where they stood when its batch was read, its own
+    shard's entry its own: everything of every shard up to there is in the
+    log before it. A stream that started later than some of that (its
+    snapshot read from Redis ahead of a reader) is sent the later of the two
+    (``later``), so that its ids never fall behind what it was given.
+    """
 
     def __init__(self, shards: int) -> None:
         self.ids = ["0-0"] * shards
-        self._moved = asyncio.Event()
 
-    @property
-    def text(self) -> str:
-        return ",".join(self.ids)
-
-    def advance(self, shard: int, entry_id: str) -> str:
-        """Shard ``shard``'s reader passed ``entry_id``: the position after it."""
+    def advance(self, shard: int, entry_id: str) -> None:
+        """Shard ``shard``'s reader passed ``entry_id``."""
         self.ids[shard] = entry_id
-        moved, self._moved = self._moved, asyncio.Event()
-        moved.set()
-        return entry_id if len(self.ids) == 1 else ",".join(self.ids)
-
-    def reached(self, position: str) -> bool:
-        target = seen(position)
-        return all(stream_position(i) >= t for i, t in zip(self.ids, target, strict=True))
-
-    async def wait(self, position: str, seconds: float) -> bool:
-        """Until every reader has passed ``position`` (read from Redis just now,
-        so they soon do), at most ``seconds``; whether they did.
-
-        A stream that starts at ``position`` then gets ids that are at or
-        past it in every shard, so a resume from any of them replays nothing
-        it had.
-        """
-        if len(self.ids) == 1:
-            return True
-        try:
-            async with asyncio.timeout(seconds):
-                while not self.reached(position):
-                    await self._moved.wait()
-        except TimeoutError:
-            return False
-        return True

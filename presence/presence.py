@@ -13,6 +13,7 @@ private exception, nor a Redis error.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -22,7 +23,7 @@ from typing import Any, TypeVar, overload
 from .contract import check_id
 from .entries import RoomDelivery, encode_data
 from .events import OnlineClient, PresenceEvent, Reset, RoomEvent
-from .positions import Seen, seen, stream_position
+from .positions import Seen, later, seen, stream_position
 from .redis_client import REDIS_FAILURES
 from .service import Service
 from .settings import Settings
@@ -179,6 +180,7 @@ class Presence:
 
             async def events() -> AsyncIterator[PresenceEvent | Reset]:
                 after: Seen | None = None
+                position = ""
                 while True:
                     try:
                         batch = await subscriber.get_many()
@@ -186,7 +188,7 @@ class Presence:
                         snapshot = await self._retried(subscriber, self._service.snapshot)
                         if snapshot is None:
                             return  # closed while Redis was away
-                        after = seen(snapshot.position)
+                        after, position = seen(snapshot.position), snapshot.position
                         yield Reset(snapshot.position, snapshot.clients)
                         continue
                     if not batch:
@@ -197,7 +199,12 @@ class Presence:
                                 continue  # in the reset already
                             if len(after) == 1:
                                 after = None
-                        yield delivery.event
+                        event = delivery.event
+                        if "," in position:
+                            # Sharded: never behind the reset (see ``positions``).
+                            position = later(position, event.id)
+                            event = dataclasses.replace(event, id=position)
+                        yield event
 
             yield events()
 

@@ -18,9 +18,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
     DataError,
-    RedisClusterException,
     RedisError,
     ResponseError,
+    SlotNotCoveredError,
 )
 
 from .errors import RedisMisconfigured, RedisUnavailable
@@ -37,7 +37,7 @@ BLOCK_MS = 250
 Redis = aioredis.Redis
 #: What a failing Redis raises: redis-py's cluster client raises a slot no
 #: node serves (mid-failover) as an error of its own, not a ``RedisError``.
-REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
+REDIS_FAILURES = (RedisError, SlotNotCoveredError, OSError)
 
 
 def options() -> dict[str, Any]:

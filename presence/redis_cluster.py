@@ -9,6 +9,7 @@ standalone Redis gets as one pipeline as separate commands at once.
 from __future__ import annotations
 
 import asyncio
+import traceback
 from typing import Any, cast
 
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
@@ -20,15 +21,25 @@ from .redis_client import Redis, leave_streams_unparsed, options
 from .sentinel_url import is_sentinel_url
 from .settings import Settings
 
+_CONNECTION_CODE = (
+    "redis/asyncio/connection.py",
+    "asyncio/streams.py",
+    "asyncio/selector_events.py",
+)
+
 
 def _closed_under_use(exc: Exception) -> RedisConnectionError | None:
     """A connection redis-py closed while a command used it: after a
     connection error, it disconnects a node's free connections while other
     tasks take them (a failover, a moved slot). It is a lost connection, which
     every caller retries, not a failure of presence."""
-    if isinstance(exc, (AttributeError, TypeError)) and "'NoneType' object" in str(exc):
-        return RedisConnectionError(f"a connection closed under a command: {exc}")
-    return None
+    if not isinstance(exc, (AttributeError, TypeError)) or "'NoneType' object" not in str(exc):
+        return None
+    frames = traceback.extract_tb(exc.__traceback__)
+    # Only where it happens: in redis-py's connection code, or asyncio's streams under it.
+    if not frames or not any(part in frames[-1].filename for part in _CONNECTION_CODE):
+        return None
+    return RedisConnectionError(f"a connection closed under a command: {exc}")
 
 
 class _Pipeline(ClusterPipeline):
@@ -44,9 +55,17 @@ class _Pipeline(ClusterPipeline):
 
 
 class _Cluster(RedisCluster):
+    #: Commands in flight at once (but blocking reads): redis-py refuses a
+    #: command past 100 connections to one node, at once, and a burst of
+    #: heartbeats or of requests is hundreds of commands.
+    turns: asyncio.Semaphore | None = None
+
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await super().execute_command(*args, **kwargs)
+            if self.turns is None or "BLOCK" in args or b"BLOCK" in args:
+                return await super().execute_command(*args, **kwargs)
+            async with self.turns:
+                return await super().execute_command(*args, **kwargs)
         except Exception as exc:
             if (lost := _closed_under_use(exc)) is not None:
                 raise lost from None
@@ -63,8 +82,6 @@ class PresenceCluster(_Cluster):
     Redis sends them (see ``unparsed_streams``); closed together."""
 
     unparsed: RedisCluster | None = None
-    #: The turns ``Calls`` take, one set for the process's client.
-    turns: asyncio.Semaphore | None = None
 
     async def aclose(self) -> None:
         if self.unparsed is not None:
@@ -82,12 +99,16 @@ async def cluster_of(redis: Redis, settings: Settings) -> Redis | None:
     kwargs = options()
     del kwargs["retry"]  # a cluster client retries MOVED and failovers its own way
     cluster = cast(PresenceCluster, PresenceCluster.from_url(settings.redis_url, **kwargs))
-    raw = _Cluster.from_url(settings.redis_url, **kwargs)
+    raw = cast(_Cluster, _Cluster.from_url(settings.redis_url, **kwargs))
     leave_streams_unparsed(raw)
     cluster.unparsed = raw
-    cluster.turns = asyncio.Semaphore(IN_FLIGHT)
-    await cluster.initialize()
-    await raw.initialize()
+    cluster.turns = raw.turns = asyncio.Semaphore(IN_FLIGHT)
+    try:
+        await cluster.initialize()
+        await raw.initialize()
+    except BaseException:
+        await cluster.aclose()
+        raise
     # Typed as the standalone client: the commands presence sends are the same.
     return cast(Redis, cluster)
 
@@ -96,9 +117,7 @@ def is_cluster(redis: object) -> bool:
     return isinstance(redis, RedisCluster)
 
 
-#: Commands of ``Calls`` in flight at once, in the whole process: redis-py
-#: refuses a command past 100 connections to one node, and a burst of
-#: heartbeats is hundreds of script calls.
+#: Commands in flight at once in the whole process, besides blocking reads.
 IN_FLIGHT = 48
 
 
@@ -128,13 +147,12 @@ class Calls:
         self._calls.append(("XACK", stream, group, *ids))
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        replies = await asyncio.gather(*map(self._call, self._calls), return_exceptions=True)
+        replies = await asyncio.gather(
+            *(self._redis.execute_command(*c) for c in self._calls),  # type: ignore[no-untyped-call]
+            return_exceptions=True,
+        )
         lost = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, OSError)
         for reply in replies:
             if isinstance(reply, lost) or (raise_on_error and isinstance(reply, BaseException)):
                 raise reply
         return replies
-
-    async def _call(self, command: tuple[Any, ...]) -> Any:
-        async with self._turns:
-            return await self._redis.execute_command(*command)  # type: ignore[no-untyped-call]

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .contract import check_id
@@ -116,6 +116,8 @@ class Service:
             await redis.aclose()
             if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
                 raise RedisUnavailable(f"lost Redis while starting: {exc}") from None
+            if isinstance(exc, RedisClusterException):  # e.g. slots no node serves
+                raise RedisUnavailable(f"the cluster cannot serve presence: {exc}") from None
             if isinstance(exc, RedisError):
                 raise RedisMisconfigured(f"Redis refused a start-up command: {exc}") from None
             raise
@@ -131,7 +133,9 @@ class Service:
             log.info("Redis is a cluster: %d shards, tags %s", len(shards), shard_tags(len(shards)))
         #: Each shard's scripts: on a cluster, a heartbeat with a room counts for
         #: the room alone (the client's own heartbeat goes to its own shard).
-        self.shards = Router([Transitions(redis, s, rooms_alone=sharded) for s in shards])
+        # More than one shard: a room's is seldom its client's.
+        alone = len(shards) > 1
+        self.shards = Router([Transitions(redis, s, rooms_alone=alone) for s in shards])
         await self.shards[0].load()
         keys = Router([s.keys for s in shards])
         self.consumers = [
@@ -155,9 +159,9 @@ class Service:
             listener = KeyspaceListener(redis, settings, self.shards[0])
         await listener.start()
         self.listener = listener
-        self.state = state = GlobalState(self.shards, positions)
+        self.state = state = GlobalState(self.shards)
         self._snapshots = SnapshotReader(state)
-        self._replayer = replayer = Replayer(redis, keys, settings.queue_size, positions)
+        self._replayer = replayer = Replayer(redis, keys, settings.queue_size)
         self._room_snapshots = room_snapshots = RoomSnapshotReader(self.shards)
         self.room_readers = Router([RoomReader(redis, s, self.scopes) for s in shards])
         self.occupancy = OccupancyPoller(redis, keys, self.scopes)
@@ -170,7 +174,13 @@ class Service:
             for s, t, c in zip(shards, self.shards.items, self.consumers, strict=True)
         ]
         self.sweepers = [
-            Sweeper(t, grace=settings.heartbeat_interval, outage=self.outage)
+            Sweeper(
+                t,
+                grace=settings.heartbeat_interval,
+                outage=self.outage,
+                # Half the slack: a call held up longer may hide heartbeats that failed.
+                patience=settings.slack / 2,
+            )
             for t in self.shards.items
         ]
         self.publisher = HeartbeatPublisher(

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from redis.exceptions import ClusterDownError, RedisClusterException, TryAgainError
+from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -32,7 +32,7 @@ UNREACHABLE = (
     RedisTimeoutError,
     ClusterDownError,
     TryAgainError,
-    RedisClusterException,
+    SlotNotCoveredError,
     OSError,
 )
 

@@ -13,12 +13,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TextIO
 
-from redis.exceptions import RedisError
-
 from .entries import parse_event, parse_room_delivery, stream_entries, text
 from .errors import PresenceError, RedisUnavailable
 from .positions import stream_position
-from .redis_client import BLOCK_MS, Redis, open_redis, unparsed_streams
+from .redis_client import BLOCK_MS, REDIS_FAILURES, Redis, open_redis, unparsed_streams
 from .redis_cluster import cluster_of
 from .settings import Settings
 from .shards import shard_of
@@ -87,7 +85,7 @@ async def _follow(
     while not stop.is_set():
         try:
             reply = await streams.xread({stream: position}, count=500, block=BLOCK_MS)
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             print(f"lost Redis ({exc}); retrying", file=sys.stderr, flush=True)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
@@ -103,6 +101,8 @@ async def status(settings: Settings, out: TextIO = sys.stdout) -> None:
     redis, shards = await _connect(settings)
     try:
         found = [await redis.hgetall(s.keys.servers) for s in shards]
+    except REDIS_FAILURES as exc:
+        raise RedisUnavailable(f"cannot read Redis: {exc}") from None
     finally:
         await redis.aclose()
     rows = sorted((text(c), text(s)) for flat in found for c, s in flat.items())
@@ -125,6 +125,8 @@ async def room_status(settings: Settings, room: str, out: TextIO = sys.stdout) -
             pipe.hgetall(keys.members)
             pipe.hgetall(keys.data)
             members, data = await pipe.execute()
+    except REDIS_FAILURES as exc:
+        raise RedisUnavailable(f"cannot read Redis: {exc}") from None
     finally:
         await redis.aclose()
     found = {text(c): text(d) for c, d in data.items()}
@@ -148,14 +150,14 @@ async def _connect(settings: Settings) -> tuple[Redis, list[Settings]]:
     redis = open_redis(settings)
     try:
         await redis.ping()
-    except (RedisError, OSError) as exc:
+    except REDIS_FAILURES as exc:
         await redis.aclose()
         raise RedisUnavailable(
             f"cannot reach Redis at {settings.masked_redis_url}: {exc}"
         ) from None
     try:
         cluster = await cluster_of(redis, settings)
-    except (RedisError, OSError) as exc:
+    except REDIS_FAILURES as exc:
         await redis.aclose()
         raise RedisUnavailable(
             f"cannot read the cluster at {settings.masked_redis_url}: {exc}"

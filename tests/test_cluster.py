@@ -431,3 +431,19 @@ async def test_a_namespace_with_braces_is_refused_on_a_cluster_in_one_line(
     assert code == 1
     assert "the namespace must not hold { or }" in output.splitlines()[-1], output
     assert "Traceback" not in output
+
+
+async def test_one_shard_on_a_cluster_keeps_room_members_online(
+    cluster: Cluster, cluster_redis: Redis, spawn: Spawn, session: aiohttp.ClientSession
+) -> None:
+    """With one shard, a room heartbeat counts for its client too, as on one Redis."""
+    server = spawn(
+        "--redis-url", cluster.url, "--server-id", "node-1", "--shards", "1",
+        "--heartbeat-interval", str(INTERVAL),
+    )  # fmt: skip
+    await server.wait_healthy()
+    alice = await follow(session, f"{events_of(server, 'alice')}?room=lobby")
+    await settled((server,), lambda s: listed(session, s), {"alice"}, timeout=10, what="alice")
+    tag = shard_tags(1)[0]
+    assert await cluster_redis.exists(f"{{{tag}}}.online.clients.alice")
+    alice.close()

@@ -434,3 +434,25 @@ async def test_data_whose_heartbeat_could_not_be_sent_goes_with_the_next(
         await publisher.publish(held.take_fresh())
     assert ("alice", "lobby") in held.take_fresh()
     assert held.take_data(("alice", "lobby")) == '{"s":"here"}'
+
+
+def test_a_sharded_event_is_never_sent_with_an_id_behind_the_start() -> None:
+    """Shard 1's event, read while shard 0's reader was still behind a
+    snapshot: a stream started at that snapshot gets the later id of the two
+    in every shard, so a resume from it replays nothing the snapshot had."""
+    from presence.entries import parse_delivery
+    from presence.positions import later, seen
+    from presence.updates.delivery_log import Segment
+
+    fields = [b"client", b"bob", b"status", b"ONLINE", b"server", b"s"]
+    delivery = parse_delivery("5-0", fields, 1, "1-0,5-0")
+    assert delivery is not None
+    segment = Segment(0, [delivery])
+    start = "3-0,4-0"
+    assert segment.frames(None, seen(start), start).startswith(b"id: 3-0,5-0\nevent: presence\n")
+    # A stream that started before shard 0's entry 1-0 gets the frame as it is.
+    assert segment.frames(None, seen("0-0,4-0"), "0-0,4-0") == segment.data
+    # One already past the event gets nothing of it.
+    assert segment.frames(None, seen("3-0,5-0"), "3-0,5-0") == b""
+    assert later("3-0,4-0", "1-0,5-0") == "3-0,5-0"
+    assert later("7-1", "7-0") == "7-1"

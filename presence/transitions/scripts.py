@@ -8,7 +8,9 @@ parsed here exactly as the script parses it (``_LINE``, ``_ROOM``).
 
 from __future__ import annotations
 
+import math
 import re
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -55,6 +57,10 @@ _ROOM_ID = "\n"
 #: Round trips of ROOM_SWEEP calls in one room sweep, at most: the first visits
 #: every room due, the next give what rooms with few due left to those with more.
 SWEEP_ROUNDS = 3
+
+
+class SweptTooLate(Exception):
+    """What is due was read too late to act on it: wait for heartbeats."""
 
 
 class Transitions:
@@ -245,7 +251,9 @@ class Transitions:
         due = [(text(flat[i]), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
         return int(now), due
 
-    async def sweep_rooms(self, limit: int, members: int = 1000) -> tuple[int, int, int, str]:
+    async def sweep_rooms(
+        self, limit: int, members: int = 1000, *, patience: float = math.inf
+    ) -> tuple[int, int, int, str]:
         """OFFLINE for up to ``members`` overdue members of up to ``limit`` rooms
         due: published, rooms visited, rooms Redis failed, the last failure.
 
@@ -254,11 +262,15 @@ class Transitions:
         fewer due leave goes to those with more, in up to ``SWEEP_ROUNDS``
         round trips in all. A room with more due than it got stays due. Each
         room's call is decided from its state, so servers sweeping the same
-        rooms at once publish each OFFLINE once.
+        rooms at once publish each OFFLINE once. ``SweptTooLate`` when the
+        rooms due took more than ``patience`` seconds to read (see ``Sweeper``).
         """
+        asked = time.monotonic()
         horizon, due = await self.run(
             lambda pipe: self._queue(pipe, ROOMS_DUE, limit, CONSUMER_GROUP)
         )
+        if due and time.monotonic() - asked > patience:
+            raise SweptTooLate
         rooms = [text(room) for room in due]
         published, failed, failure = 0, 0, ""
         visiting, left = rooms, members

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 
 from redis.asyncio.client import Pipeline
 
 from ..entries import text
 from ..supervise import Outage, Worker
-from .scripts import Transitions
+from .scripts import SweptTooLate, Transitions
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,10 @@ class Sweeper:
     (``outage``), its own calls answered or not: on a cluster, a shard's
     sweeper may reach its primary while every heartbeat fails (the cluster
     is down while another primary fails over), and a short outage may fall
-    between two passes.
+    between two passes. And after a pass whose reading of what is due took
+    longer than ``patience``: redis-py's cluster client retries a cluster
+    that is down for as long as a promotion takes, so the call succeeds,
+    late, when every server's heartbeats have just failed for as long.
     """
 
     def __init__(
@@ -50,12 +55,18 @@ class Sweeper:
         grace: float,
         interval: float = SWEEP_INTERVAL,
         outage: Outage | None = None,
+        patience: float = math.inf,
     ) -> None:
         self._transitions = transitions
         self._grace = grace
         self._interval = interval
         self._outage = outage or Outage()
         self._outages = self._outage.count
+        self._patience = patience
+        # Set by a pass that read what is due too late to act on it.
+        self._late = False
+        #: Passes that found deadlines passed but read them too late.
+        self.held_back = 0
         self._ran = False
         self.published = 0
         #: Room OFFLINEs published (members whose deadline passed).
@@ -79,6 +90,10 @@ class Sweeper:
             due, published = await self.sweep_once()
             rooms, room_published = await self.sweep_rooms()
             worker.ok()
+            if self._late:
+                self._late = False
+                await asyncio.sleep(self._grace)
+                continue
             # A full batch that published means more are due: go on at once.
             more = (due >= SWEEP_BATCH and published) or (rooms >= ROOM_BATCH and room_published)
             if not more:
@@ -86,8 +101,12 @@ class Sweeper:
 
     async def sweep_once(self) -> tuple[int, int]:
         """One pass; returns how many clients were due and how many OFFLINEs it published."""
+        asked = time.monotonic()
         now, due = await self._transitions.due(SWEEP_BATCH)
         self.lag = (now - due[0][1]) / 1000 if due else 0.0
+        if due and time.monotonic() - asked > self._patience:
+            self._hold_back()
+            return len(due), 0
         published = await offline(self._transitions, [c for c, _ in due]) if due else 0
         self.published += published
         return len(due), published
@@ -95,11 +114,27 @@ class Sweeper:
     async def sweep_rooms(self) -> tuple[int, int]:
         """One pass over the rooms due; returns how many were visited and how
         many OFFLINEs it published."""
-        published, visited, failed, failure = await self._transitions.sweep_rooms(ROOM_BATCH)
+        try:
+            published, visited, failed, failure = await self._transitions.sweep_rooms(
+                ROOM_BATCH, patience=self._patience
+            )
+        except SweptTooLate:
+            self._hold_back()
+            return 0, 0
         if failed:
             log.warning("%d room(s) failed in Redis while swept: %s", failed, failure)
         self.room_published += published
         return visited, published
+
+    def _hold_back(self) -> None:
+        if not self._late:
+            self.held_back += 1
+            log.info(
+                "Redis answered the deadline sweep late (a cluster failing over?): "
+                "waiting %.1f s for heartbeats before any OFFLINE",
+                self._grace,
+            )
+        self._late = True
 
 
 async def offline(transitions: Transitions, clients: list[str]) -> int:

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..entries import Delivery
-from ..positions import Seen, stream_position
+from ..positions import Seen, behind, later, seen, stream_position
 from ..supervise import Worker
 from .connections import Connection, Resync
 
@@ -49,6 +49,8 @@ class Segment:
     shard: int = field(init=False)
     first: tuple[int, int] = field(init=False)
     last: tuple[int, int] = field(init=False)
+    #: Sharded, where its last event's id says every shard stood.
+    base: Seen = field(init=False)
 
     def __post_init__(self) -> None:
         self.data = b"".join(d.frame for d in self.deliveries)
@@ -56,18 +58,27 @@ class Segment:
         self.shard = self.deliveries[0].shard
         self.first = stream_position(self.deliveries[0].id)
         self.last = stream_position(self.deliveries[-1].id)
+        last = self.deliveries[-1].event_id
+        self.base = seen(last) if "," in last else ()
 
     @property
     def end(self) -> int:
         return self.start + len(self.deliveries)
 
-    def frames(self, exclude: str | None, after: Seen | None) -> bytes:
+    def frames(self, exclude: str | None, after: Seen | None, start: str = "") -> bytes:
         """The frames, but those about ``exclude`` and those a stream that has
-        seen ``after`` had."""
+        seen ``after`` (position ``start``) had; sharded, ids behind ``start``
+        in some shard are sent as the later of the two."""
         since = None if after is None else after[self.shard]
         if since is not None:
             if self.last <= since:
                 return b""
+            if self.base and behind(self.base, after):  # type: ignore[arg-type]
+                return b"".join(
+                    _with_id(d, later(d.event_id, start))
+                    for d in self.deliveries
+                    if d.client != exclude and stream_position(d.id) > since
+                )
             if self.first > since:
                 since = None
         if since is None and (exclude is None or exclude not in self.clients):
@@ -77,6 +88,11 @@ class Segment:
             for d in self.deliveries
             if d.client != exclude and (since is None or stream_position(d.id) > since)
         )
+
+
+def _with_id(delivery: Delivery, event_id: str) -> bytes:
+    frame = delivery.frame
+    return b"id: %b%b" % (event_id.encode(), frame[frame.index(b"\n") :])
 
 
 class Subscriber(Connection):

@@ -3,9 +3,7 @@
 On a standalone Redis this is the one shard's scripts. On a cluster each
 shard's snapshot is exact at its own ``presence`` stream's entry, and the
 shards' clients are disjoint, so their union is exact at the position made
-of those entries (``positions``). It is answered once this process's
-readers have passed that position: a stream starting there then gets only
-events after it, each with an id at or past it in every shard.
+of those entries (``positions``).
 """
 
 from __future__ import annotations
@@ -15,28 +13,20 @@ from collections.abc import Sequence
 
 from ..contract import check_id
 from ..events import OnlineClient
-from ..positions import Positions
 from ..shards import Router
 from ..transitions.scripts import Transitions
 
-#: Seconds a snapshot waits for the readers to pass it; they are a read behind
-#: at most. Should they lag more (a primary failing over), it is answered
-#: anyway: a stream resumed from an event of that window may get an event
-#: again that its snapshot had, and never misses one.
-READERS_WAIT = 2.0
-
 
 class GlobalState:
-    def __init__(self, shards: Router[Transitions], positions: Positions) -> None:
+    def __init__(self, shards: Router[Transitions]) -> None:
         self._shards = shards
-        self._positions = positions
 
     async def snapshot(self) -> tuple[str, list[OnlineClient]]:
         """Online clients and the position they are exact at."""
         if not self._shards.sharded:
             return await self._shards[0].snapshot()
         found = await asyncio.gather(*(t.snapshot() for t in self._shards.items))
-        return await self._answer(found)
+        return _union(found)
 
     async def watched(self, clients: Sequence[str]) -> tuple[str, list[OnlineClient]]:
         """Which of ``clients`` are online, and the position that is exact at."""
@@ -48,7 +38,7 @@ class GlobalState:
             by_shard[shards.of(client)].append(client)
         pairs = zip(shards.items, by_shard, strict=True)
         found = await asyncio.gather(*(t.watched(c, position_only=not c) for t, c in pairs))
-        return await self._answer(found)
+        return _union(found)
 
     async def online(self) -> list[OnlineClient]:
         """Every online client, sorted by client id."""
@@ -61,9 +51,7 @@ class GlobalState:
         server = await self._shards[self._shards.of(client_id)].server_of(client_id)
         return None if server is None else OnlineClient(client_id, server)
 
-    async def _answer(
-        self, found: Sequence[tuple[str, list[OnlineClient]]]
-    ) -> tuple[str, list[OnlineClient]]:
-        position = ",".join(p for p, _ in found)
-        await self._positions.wait(position, READERS_WAIT)
-        return position, sorted((c for _, shard in found for c in shard), key=lambda o: o.client)
+
+def _union(found: Sequence[tuple[str, list[OnlineClient]]]) -> tuple[str, list[OnlineClient]]:
+    position = ",".join(p for p, _ in found)
+    return position, sorted((c for _, shard in found for c in shard), key=lambda o: o.client)

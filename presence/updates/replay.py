@@ -16,10 +16,9 @@ from redis.exceptions import ResponseError
 
 from ..contract import Keys
 from ..entries import Delivery, RoomDelivery, parse_delivery, parse_room_delivery, text
-from ..positions import Positions, split, valid_entry_id
+from ..positions import split, valid_entry_id
 from ..redis_client import Redis, unparsed_streams
 from ..shards import Router
-from .global_state import READERS_WAIT
 
 #: Replays read Redis per connection: a reconnect storm takes turns.
 CONCURRENT = 16
@@ -42,15 +41,11 @@ class RoomReplay:
 
 
 class Replayer:
-    def __init__(
-        self, redis: Redis, shards: Router[Keys], limit: int, positions: Positions | None = None
-    ) -> None:
-        """``shards``: each shard's keys (one, on a standalone Redis); ``positions``:
-        where this process's readers stand, when sharded."""
+    def __init__(self, redis: Redis, shards: Router[Keys], limit: int) -> None:
+        """``shards``: each shard's keys (one, on a standalone Redis)."""
         self._redis = unparsed_streams(redis)
         self._shards = shards
         self._limit = limit
-        self._positions = positions
         self._turns = asyncio.Semaphore(CONCURRENT)
 
     async def after(self, position: str) -> Replay | None:
@@ -84,10 +79,7 @@ class Replayer:
                 if (d := parse_delivery(entry_id, fields, shard, ",".join(ids))) is not None:
                     deliveries.append(d)
             ids[shard] = found[1]
-        end = ",".join(ids)
-        if self._positions is not None:
-            await self._positions.wait(end, READERS_WAIT)
-        return Replay(deliveries, end)
+        return Replay(deliveries, ",".join(ids))
 
     async def room_after(self, room: str, entry_id: str) -> RoomReplay | None:
         """Every entry of ``room`` after ``entry_id``, or None when that cannot be

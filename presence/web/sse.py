@@ -127,6 +127,7 @@ async def _stream(
             await sse.write(b"".join(missed))
     # Events up to that position were sent already.
     after: Seen | None = seen(start.position)
+    position = start.position
     while True:
         try:
             segments = await subscriber.segments()
@@ -134,12 +135,12 @@ async def _stream(
             snapshot = await service.snapshot()
             frame = snapshot.sse_frame(exclude=client_id, reset=True)
             await write_pieces(sse, subscriber, frame)
-            after = seen(snapshot.position)
+            after, position = seen(snapshot.position), snapshot.position
             continue
         if not segments:
             return
         # Whole segments, whole frames: a write never splits an event.
-        data = b"".join(s.frames(client_id, after) for s in segments)
+        data = b"".join(s.frames(client_id, after, position) for s in segments)
         if after is not None and len(after) == 1 and segments[-1].last > after[0]:
             after = None  # past the start: no more filtering (sharded: a check per segment)
         if data:

@@ -14,12 +14,13 @@ import asyncio
 import random
 import signal
 import time
-from typing import Any
 
-import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from presence.shards import shard_tags
 
 from .harness import SERVERS, STABLE, Harness, Reload
-from .streams import STREAM, Stream, User, node
+from .streams import Stream, User, node
 
 FREEZE = 3.0
 # Takes the whole stream and trims it in one step, so no entry escapes the record.
@@ -174,15 +175,19 @@ class Driver:
     async def _disrupt(self, until: float) -> None:
         loop = asyncio.get_running_loop()
         rng = random.Random(self.rng.random())
-        # Each kind at least once, in a random order; then at random.
-        first = ["kill", "freeze", "redis", "trim"]
+        # Each kind at least once, in a random order; then at random. On a
+        # cluster, "redis" kills a primary, and a shard fails over too.
+        kinds = ["kill", "freeze", "redis", "trim"]
+        weights = [2, 3, 2, 1]
+        if self.harness.cluster is not None:
+            kinds, weights = [*kinds, "failover"], [*weights, 1]
+        first = list(kinds)
         rng.shuffle(first)
         while True:
             await asyncio.sleep(rng.uniform(0.5, 3.0))
             if loop.time() >= until and not first:  # every kind at least once
                 return
-            kinds = ["kill", "freeze", "redis", "trim"]
-            kind = first.pop(0) if first else rng.choices(kinds, weights=[2, 3, 2, 1])[0]
+            kind = first.pop(0) if first else rng.choices(kinds, weights=weights)[0]
             self.harness.counts[kind] += 1
             victim = rng.choice([n for n in range(SERVERS) if n != STABLE])
             # Sometimes a trim while a server is away: its readers and the
@@ -193,9 +198,14 @@ class Driver:
             elif kind == "freeze":
                 await self._freeze(victim, trim_inside)
             elif kind == "redis":
-                await self._kill_redis(rng.uniform(0.5, 3.0))
+                if self.harness.cluster is None:
+                    await self._kill_redis(rng.uniform(0.5, 3.0))
+                else:
+                    await self._kill_primary(rng.uniform(0.5, 2.0), rng)
+            elif kind == "failover":
+                await self._fail_over(rng)
             else:
-                await self._trim()
+                await self._trim(rng)
 
     async def _kill(self, index: int, down: float, trim_inside: bool) -> None:
         harness = self.harness
@@ -206,7 +216,7 @@ class Driver:
         harness.note("fault", f"SIGKILL {node(index)}")
         await asyncio.sleep(down)
         if trim_inside:
-            await self._trim()
+            await self._trim(random.Random(self.rng.random()))
         server.start()
         await server.wait_healthy(timeout=30)
         harness.state[index] = "up"
@@ -224,7 +234,7 @@ class Driver:
         try:
             await asyncio.sleep(FREEZE / 2)
             if trim_inside:
-                await self._trim()
+                await self._trim(random.Random(self.rng.random()))
             await asyncio.sleep(FREEZE / 2)
         finally:
             process.send_signal(signal.SIGCONT)
@@ -242,17 +252,46 @@ class Driver:
         harness.outages.append((began, time.time()))
         harness.note("fault", "redis restarted from its AOF")
 
-    async def _trim(self) -> None:
-        redis: Any = aioredis.from_url(self.harness.redis.url, decode_responses=True)
+    async def _kill_primary(self, down: float, rng: random.Random) -> None:
+        """SIGKILL the primary of a shard; its replica takes over what it had
+        replicated; after ``down`` the node rejoins as a replica."""
+        harness = self.harness
+        assert harness.cluster is not None
+        tag = rng.choice(shard_tags(harness.layout.shards))
+        began = time.time()
+        harness.note("fault", f"SIGKILL the primary of shard {tag}")
+        victim = await asyncio.to_thread(harness.cluster.kill_primary, key_slot(tag.encode()))
+        harness.note("fault", f"its replica promoted in {time.time() - began:.1f} s")
+        await asyncio.sleep(down)
+        await asyncio.to_thread(harness.cluster.rejoin, victim)
+        harness.outages.append((began, time.time()))
+        harness.note("fault", "the killed primary rejoined as a replica")
+
+    async def _fail_over(self, rng: random.Random) -> None:
+        harness = self.harness
+        assert harness.cluster is not None
+        tag = rng.choice(shard_tags(harness.layout.shards))
+        began = time.time()
+        await asyncio.to_thread(harness.cluster.fail_over, key_slot(tag.encode()))
+        harness.outages.append((began, time.time()))
+        harness.note("fault", f"CLUSTER FAILOVER of shard {tag}")
+
+    async def _trim(self, rng: random.Random) -> None:
+        """Trim a presence stream (on a cluster, a shard's) to nothing."""
+        harness = self.harness
+        layout = harness.layout
+        shard = rng.randrange(len(layout.streams))
+        stream = layout.streams[shard]
+        redis = harness.client()
         try:
-            taken = await redis.eval(TRIM, 1, STREAM)
+            taken = await redis.eval(TRIM, 1, stream)
         finally:
             await redis.aclose()
         for entry_id, flat in taken:
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
-            self.harness.tape.trimmed[entry_id] = (
+            harness.tape.trimmed[layout.key(shard, entry_id)] = (
                 fields["client"],
                 fields["status"],
                 fields["server"],
             )
-        self.harness.note("fault", f"XTRIM {STREAM} MAXLEN 0 ({len(taken)} entries)")
+        harness.note("fault", f"XTRIM {stream} MAXLEN 0 ({len(taken)} entries)")

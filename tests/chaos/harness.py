@@ -18,14 +18,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from ..support import RedisServer, ServerProcess, poll, truthy
-from .streams import STREAM, Tape, User, Watcher, node, position
+from ..topology import SHARDS, Cluster
+from .streams import Layout, Tape, User, Watcher, node, position
 
 INTERVAL = 1.0
 GRACE = 0.5
@@ -46,6 +49,8 @@ class Plan:
     #: Client ids besides the observers, the steady ones included.
     clients: int
     steady: int
+    #: On a Redis Cluster of 3 primaries and 3 replicas, instead of one Redis.
+    cluster: bool = False
 
     @staticmethod
     def seed_from_env() -> int:
@@ -79,6 +84,9 @@ class Harness:
         self.redis = RedisServer(
             workdir / "redis", "--appendonly", "yes", "--appendfsync", "always"
         )
+        #: On a cluster, its nodes (``redis`` is then unused).
+        self.cluster = Cluster(workdir / "cluster") if plan.cluster else None
+        self.layout = Layout(SHARDS if plan.cluster else 0)
         self.servers = [
             ServerProcess(self._flags(n), workdir / f"{node(n)}.log") for n in range(SERVERS)
         ]
@@ -87,7 +95,7 @@ class Harness:
         self.t0 = time.time()
         self.closing = False
         self.counts: Counter[str] = Counter()
-        self.tape = Tape(self.redis.url)
+        self.tape = Tape(self.redis_url, self.layout)
         steady = plan.steady
         self.steady = [Watcher(f"steady-{n:02d}", STABLE, resume=False) for n in range(steady)]
         self.observers = [Watcher(f"observer-{n + 1}", n, resume=True) for n in range(SERVERS)]
@@ -108,9 +116,19 @@ class Harness:
         self._session: aiohttp.ClientSession | None = None
         self._log = (workdir / "chaos.log").open("w")
 
+    @property
+    def redis_url(self) -> str:
+        return self.cluster.url if self.cluster is not None else self.redis.url
+
+    def client(self) -> Any:
+        """A client of the Redis (or the cluster) the servers share."""
+        if self.cluster is not None:
+            return RedisCluster.from_url(self.cluster.url, decode_responses=True)
+        return aioredis.from_url(self.redis.url, decode_responses=True)
+
     def _flags(self, index: int) -> list[str]:
         return [
-            "--redis-url", self.redis.url,
+            "--redis-url", self.redis_url,
             "--server-id", node(index),
             "--heartbeat-interval", str(INTERVAL),
             "--leave-grace", str(GRACE),
@@ -153,7 +171,7 @@ class Harness:
         )
         connector = aiohttp.TCPConnector(limit=0, force_close=True)
         self._session = aiohttp.ClientSession(connector=connector)
-        await asyncio.to_thread(self.redis.start)
+        await asyncio.to_thread(self.redis.start if self.cluster is None else self.cluster.start)
         for server in self.servers:
             server.start()
         for server in self.servers:
@@ -234,19 +252,24 @@ class Harness:
             self.note("harness", f"not converged {SETTLE:.0f} s after the chaos")
         self.final_lists = [await self._listed(server) for server in self.servers]
         # The tape has read everything there is.
-        redis: Any = aioredis.from_url(self.redis.url, decode_responses=True)
+        redis = self.client()
+        added: int | None = 0
         try:
-            last = await redis.xrevrange(STREAM, count=1)
-            info = await redis.xinfo_stream(STREAM)
+            for shard, stream in enumerate(self.layout.streams):
+                if not await redis.exists(stream):
+                    continue  # no entry ever (on a cluster, a shard nobody was on)
+                info = await redis.xinfo_stream(stream)
+                count = info.get("entries-added", info.get("entries_added"))
+                added = None if added is None or count is None else added + count
+                last = await redis.xrevrange(stream, count=1)
+                if not last:
+                    continue  # trimmed to nothing
+                await poll(
+                    partial(self._tape_at, shard, last[0][0]), what="the tape at the stream's end"
+                )
         finally:
             await redis.aclose()
-        if last:
-            end = last[0][0]
-            await poll(
-                lambda: truthy(position(self.tape.position) >= position(end)),
-                what="the tape at the stream's end",
-            )
-        self.added = info.get("entries-added", info.get("entries_added"))
+        self.added = added
         # Steady streams really are alive: keep-alives still arrive on each.
         before = {w.client: w.stream.comments for w in self.steady if w.stream is not None}
         try:
@@ -262,6 +285,9 @@ class Harness:
             )
         except AssertionError:
             self.keepalives = False
+
+    async def _tape_at(self, shard: int, end: str) -> bool:
+        return position(self.tape.positions[shard]) >= position(end)
 
     async def teardown(self) -> None:
         self.closing = True
@@ -280,6 +306,8 @@ class Harness:
                 server.process.send_signal(signal.SIGCONT)
             server.kill()
         self.redis.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         if self._session is not None:
             await self._session.close()
         self._log.close()

@@ -191,7 +191,7 @@ class Checks:
                 elif (
                     event.data["client"] in steady
                     and event.data["status"] == OFFLINE
-                    and event.id not in record
+                    and self._key(event.id, event.data["client"]) not in record
                 ):
                     report.fail(
                         STEADY,
@@ -240,12 +240,21 @@ class Checks:
         return [
             w.client
             for w in self.watchers
-            if any(r.event.event == "presence" and r.event.id == entry_id for r in w.received)
+            if any(
+                r.event.event == "presence"
+                and self._key(r.event.id, r.event.data["client"]) == entry_id
+                for r in w.received
+            )
         ]
+
+    def _key(self, event_id: str | None, client: str) -> str:
+        return "" if event_id is None else self.harness.layout.event_key(event_id, client)
 
     def _order(self, watcher: Watcher) -> Iterable[str]:
         online: set[str] = set()
-        newest = (0, 0)
+        # Per shard (one, on one Redis): a stream's order is each shard's.
+        newest: dict[int, tuple[int, int]] = {}
+        layout = self.harness.layout
         for item in watcher.received:
             event = item.event
             if event.event == "snapshot":
@@ -253,10 +262,11 @@ class Checks:
                 continue
             assert event.id is not None
             client, status = event.data["client"], event.data["status"]
-            where = f"at {self._at(event.id)} (connection {item.connection})"
-            if position(event.id) <= newest:
-                yield f"event {event.id} out of order or twice {where}"
-            newest = max(newest, position(event.id))
+            key, shard = layout.event_key(event.id, client), layout.shard(client)
+            where = f"at {self._at(key)} (connection {item.connection})"
+            if position(key) <= newest.get(shard, (0, 0)):
+                yield f"event {key} out of order or twice {where}"
+            newest[shard] = max(newest.get(shard, (0, 0)), position(key))
             if status == ONLINE and client in online:
                 yield f"ONLINE of {client}, online already, {where}"
             if status == OFFLINE and client not in online:

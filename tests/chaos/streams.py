@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
+
+from presence.shards import MAX_SHARDS, shard_of, shard_tags
 
 from ..support import Event, EventStream
 
@@ -36,6 +39,36 @@ def node(index: int) -> str:
 def position(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+class Layout:
+    """Where the presence streams are: one, or one per shard of a cluster. The
+    record keys each entry by its id; on a cluster by an id of its own,
+    ``<ms>-<seq * MAX_SHARDS + shard>``: unique over the shards, in each
+    shard's order, and in the order of time across them."""
+
+    def __init__(self, shards: int = 0) -> None:
+        self.shards = shards
+        tags = shard_tags(shards) if shards else ()
+        self.streams = [f"{{{t}}}.{STREAM}" for t in tags] or [STREAM]
+
+    def shard(self, client: str) -> int:
+        return shard_of(client, self.shards) if self.shards else 0
+
+    def key(self, shard: int, entry_id: str) -> str:
+        """The record's key of entry ``entry_id`` of shard ``shard``'s stream."""
+        if not self.shards:
+            return entry_id
+        ms, seq = position(entry_id)
+        return f"{ms}-{seq * MAX_SHARDS + shard}"
+
+    def event_key(self, event_id: str, client: str) -> str:
+        """The record's key of the entry of a ``presence`` SSE event about
+        ``client`` (on a cluster, its id holds every shard's position)."""
+        if not self.shards:
+            return event_id
+        shard = self.shard(client)
+        return self.key(shard, event_id.split(",")[shard])
 
 
 @dataclass
@@ -207,16 +240,18 @@ class Watcher:
 
 
 class Tape:
-    """The presence stream read with XREAD from its start, as the run goes."""
+    """Every presence stream read with XREAD from its start, as the run goes."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, layout: Layout) -> None:
         self.url = url
+        self.layout = layout
         self.entries: dict[str, Entry] = {}
         #: Entries a trim took (the driver trims atomically with a copy).
         self.trimmed: dict[str, Entry] = {}
         #: Positions the reader found gone from the stream when it read after them.
         self.missing: list[str] = []
-        self.position = "0-0"
+        #: Each stream's position read up to.
+        self.positions = ["0-0"] * len(layout.streams)
         self.failures = 0
 
     def record(self) -> dict[str, Entry]:
@@ -228,28 +263,39 @@ class Tape:
         return [p for p in self.missing if p not in self.trimmed]
 
     async def run(self) -> None:
-        redis: Any = aioredis.from_url(
-            self.url, decode_responses=True, socket_timeout=3, socket_connect_timeout=1
-        )
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_timeout": 3,
+            "socket_connect_timeout": 1,
+        }
+        if self.layout.shards:
+            redis: Any = RedisCluster.from_url(self.url, **options)
+        else:
+            redis = aioredis.from_url(self.url, **options)
         try:
-            while True:
-                here = self.position
-                try:
-                    pipe = redis.pipeline(transaction=False)
-                    pipe.xrange(STREAM, here, here, count=1)
-                    pipe.xread({STREAM: here}, count=1000, block=200)
-                    found, reply = await pipe.execute()
-                except (RedisError, OSError):
-                    self.failures += 1
-                    await asyncio.sleep(0.1)
-                    continue
-                if here != "0-0" and not found and here not in self.missing:
-                    self.missing.append(here)
-                for entry_id, fields in stream_items(reply):
-                    self.entries[entry_id] = (fields["client"], fields["status"], fields["server"])
-                    self.position = entry_id
+            await asyncio.gather(*(self._read(redis, n) for n in range(len(self.positions))))
         finally:
             await redis.aclose()
+
+    async def _read(self, redis: Any, shard: int) -> None:
+        stream, key = self.layout.streams[shard], self.layout.key
+        while True:
+            here = self.positions[shard]
+            try:
+                pipe = redis.pipeline(transaction=False)
+                pipe.xrange(stream, here, here, count=1)
+                pipe.xread({stream: here}, count=1000, block=200)
+                found, reply = await pipe.execute()
+            except (RedisError, OSError):
+                self.failures += 1
+                await asyncio.sleep(0.1)
+                continue
+            if here != "0-0" and not found and key(shard, here) not in self.missing:
+                self.missing.append(key(shard, here))
+            for entry_id, fields in stream_items(reply):
+                entry = (fields["client"], fields["status"], fields["server"])
+                self.entries[key(shard, entry_id)] = entry
+                self.positions[shard] = entry_id
 
 
 def stream_items(reply: Any) -> list[tuple[str, dict[str, str]]]:
