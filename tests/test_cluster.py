@@ -238,6 +238,21 @@ async def _churn(
         follower.close()
 
 
+async def _population(
+    spawn: Spawn, cluster: Cluster, session: aiohttp.ClientSession, stable: list[str] | None = None
+) -> tuple[list[ServerProcess], dict[str, Follower], list[str], list[Follower]]:
+    """Two servers, a watcher on each, and ``stable`` clients (12 by default)
+    spread over them, once everyone sees everyone."""
+    servers = [await start_server(spawn, cluster.url, f"node-{i}", INTERVAL) for i in range(2)]
+    watchers = {
+        f"w-{i}": await follow(session, events_of(s, f"w-{i}")) for i, s in enumerate(servers)
+    }
+    stable = stable or [f"user-{i}" for i in range(12)]
+    followers = [await follow(session, events_of(servers[i % 2], c)) for i, c in enumerate(stable)]
+    await _converged(session, servers, watchers, {*stable, *watchers}, timeout=10)
+    return servers, watchers, stable, followers
+
+
 async def _converged(
     session: aiohttp.ClientSession,
     servers: list[ServerProcess],
@@ -265,14 +280,8 @@ async def _sees(watcher: Follower, expected: set[str]) -> bool:
 async def test_a_primary_killed_mid_churn_converges_everywhere(
     cluster: Cluster, cluster_redis: Redis, spawn: Spawn, session: aiohttp.ClientSession
 ) -> None:
-    servers = [await start_server(spawn, cluster.url, f"node-{i}", INTERVAL) for i in range(2)]
-    watchers = {
-        f"w-{i}": await follow(session, events_of(s, f"w-{i}")) for i, s in enumerate(servers)
-    }
-    stable = [f"user-{i}" for i in range(12)]
-    followers = [await follow(session, events_of(servers[i % 2], c)) for i, c in enumerate(stable)]
+    servers, watchers, stable, followers = await _population(spawn, cluster, session)
     truth = {*stable, *watchers}
-    await _converged(session, servers, watchers, truth, timeout=10)
 
     opened: list[str] = []
     stop = asyncio.Event()
@@ -308,14 +317,8 @@ async def test_a_shard_failed_over_loses_nothing_and_resets_nobody(
 ) -> None:
     """``CLUSTER FAILOVER``: the replica takes over once it has every write, so
     every transition is seen exactly once, and no stream is reset."""
-    servers = [await start_server(spawn, cluster.url, f"node-{i}", INTERVAL) for i in range(2)]
-    watchers = {
-        f"w-{i}": await follow(session, events_of(s, f"w-{i}")) for i, s in enumerate(servers)
-    }
-    stable = [f"user-{i}" for i in range(12)]
-    followers = [await follow(session, events_of(servers[i % 2], c)) for i, c in enumerate(stable)]
+    servers, watchers, stable, followers = await _population(spawn, cluster, session)
     truth = {*stable, *watchers}
-    await _converged(session, servers, watchers, truth, timeout=10)
     opened: list[str] = []
     stop = asyncio.Event()
     churn = asyncio.create_task(_churn(session, servers, opened, stop))
@@ -348,16 +351,12 @@ async def test_a_shard_resharded_under_load_loses_nothing(
     """Shard 0's slot moves to another primary a few keys at a time while
     clients come and go: scripts meeting it half moved get ``ASK`` or
     ``TRYAGAIN``, and are retried; nothing is lost or seen twice."""
-    servers = [await start_server(spawn, cluster.url, f"node-{i}", INTERVAL) for i in range(2)]
-    watchers = {
-        f"w-{i}": await follow(session, events_of(s, f"w-{i}")) for i, s in enumerate(servers)
-    }
     # Stable clients of shard 0 itself, and others.
-    stable = [c for c in (f"user-{i}" for i in range(200)) if tag_of(c) == shard_tags(SHARDS)[0]]
-    stable = stable[:6] + [f"user-{i}" for i in range(6)]
-    followers = [await follow(session, events_of(servers[i % 2], c)) for i, c in enumerate(stable)]
+    of_shard_0 = [c for c in (f"u-{i}" for i in range(200)) if tag_of(c) == shard_tags(SHARDS)[0]]
+    servers, watchers, stable, followers = await _population(
+        spawn, cluster, session, of_shard_0[:6] + [f"user-{i}" for i in range(6)]
+    )
     truth = {*stable, *watchers}
-    await _converged(session, servers, watchers, truth, timeout=10)
     opened: list[str] = []
     stop = asyncio.Event()
     churn = asyncio.create_task(_churn(session, servers, opened, stop))
