@@ -31,7 +31,7 @@ from .positions import Positions
 from .redis_client import BLOCK_MS, Redis, check_version, open_redis, wait_for_redis
 from .redis_cluster import cluster_of, is_cluster
 from .settings import Settings
-from .shards import Router, shard_tags
+from .shards import Router, agree_on_shards, shard_tags
 from .supervise import MAX_BACKOFF, Outage, Worker
 from .transitions.cluster_keyspace import ClusterKeyspaceListener
 from .transitions.keyspace import KeyspaceListener
@@ -130,10 +130,10 @@ class Service:
         sharded = is_cluster(redis)
         shards = settings.sharded() if sharded else [settings]
         if sharded:
+            await agree_on_shards(redis, settings)
             log.info("Redis is a cluster: %d shards, tags %s", len(shards), shard_tags(len(shards)))
-        #: Each shard's scripts: on a cluster, a heartbeat with a room counts for
-        #: the room alone (the client's own heartbeat goes to its own shard).
-        # More than one shard: a room's is seldom its client's.
+        # More than one shard: a heartbeat with a room counts for the room
+        # alone (a room's shard is seldom its client's, which gets its own).
         alone = len(shards) > 1
         self.shards = Router([Transitions(redis, s, rooms_alone=alone) for s in shards])
         await self.shards[0].load()

@@ -14,9 +14,15 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from functools import cache
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from redis.crc import key_slot
+
+from .errors import RedisMisconfigured
+
+if TYPE_CHECKING:
+    from .redis_client import Redis
+    from .settings import Settings
 
 SLOTS = 16384
 MAX_SHARDS = 256
@@ -42,6 +48,19 @@ def _tag(index: int, shards: int) -> str:
     while not low <= key_slot(f"s{index}.{k}".encode()) < high:
         k += 1
     return f"s{index}.{k}"
+
+
+async def agree_on_shards(redis: Redis, settings: Settings) -> None:
+    """Record the number of shards in ``<namespace>shards`` on first start, and
+    refuse a server given another: its keys would be another population's."""
+    key = f"{settings.namespace}shards"
+    await redis.set(key, settings.shards, nx=True)
+    found = await redis.get(key)
+    if found is not None and int(found) != settings.shards:
+        raise RedisMisconfigured(
+            f"the servers on this cluster use {int(found)} shards ({key}); start every "
+            f"server with --shards {int(found)}, or delete {key} to move to {settings.shards}"
+        )
 
 
 class Router(Generic[T]):

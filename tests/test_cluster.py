@@ -446,3 +446,17 @@ async def test_one_shard_on_a_cluster_keeps_room_members_online(
     tag = shard_tags(1)[0]
     assert await cluster_redis.exists(f"{{{tag}}}.online.clients.alice")
     alice.close()
+
+
+async def test_a_server_given_another_number_of_shards_is_refused_in_one_line(
+    cluster: Cluster, cluster_redis: Redis, spawn: Spawn
+) -> None:
+    await start_server(spawn, cluster.url, "node-1", INTERVAL)
+    assert await cluster_redis.get("shards") == b"12"
+    other = spawn("--redis-url", cluster.url, "--server-id", "node-2", "--shards", "6")
+    assert other.process is not None
+    code = await asyncio.to_thread(other.process.wait, 30)
+    output = other.output().strip()
+    assert code == 1
+    assert "use 12 shards (shards); start every server with --shards 12" in output.splitlines()[-1]
+    assert "Traceback" not in output
