@@ -42,6 +42,13 @@ def _closed_under_use(exc: Exception) -> RedisConnectionError | None:
     return RedisConnectionError(f"a connection closed under a command: {exc}")
 
 
+_STREAM_READS = ("XREAD", "XREADGROUP")
+
+
+def _upper(value: str | bytes) -> str:
+    return (value.decode(errors="replace") if isinstance(value, bytes) else value).upper()
+
+
 class _Pipeline(ClusterPipeline):
     async def execute(
         self, raise_on_error: bool = True, allow_redirections: bool = True
@@ -70,6 +77,16 @@ class _Cluster(RedisCluster):
             if (lost := _closed_under_use(exc)) is not None:
                 raise lost from None
             raise
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        # A stream read's keys move (they follow STREAMS), so redis-py asks a
+        # node with COMMAND GETKEYS before every read. Presence's reads are
+        # of one slot each (a shard's streams): the first stream says which.
+        if isinstance(command, (str, bytes)) and _upper(command) in _STREAM_READS:
+            names = [_upper(a) if isinstance(a, (str, bytes)) else "" for a in args]
+            if "STREAMS" in names:
+                return self.keyslot(args[names.index("STREAMS") + 1])
+        return await super()._determine_slot(command, *args)
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
         if shard_hint:
