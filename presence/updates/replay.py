@@ -61,19 +61,24 @@ class Replayer:
         ids = split(position, len(shards))
         if ids is None:
             return None
-        # The shards' streams each from its own entry; a shard with none seen
-        # (0-0) from its start, when it never lost an entry.
-        read = await asyncio.gather(
-            *(
-                self._all(k.presence) if after == "0-0" else self._entries(k.presence, after)
-                for k, after in zip(shards, ids, strict=True)
+        # The shards' streams each from its own entry (one with none seen, 0-0,
+        # from its start, when it never lost an entry), in turn, with what the
+        # shards before left of one budget: a stale resume reads at most
+        # ``limit`` entries in all, as on one Redis.
+        read = []
+        left = self._limit
+        for k, after in zip(shards, ids, strict=True):
+            found = await (
+                self._all(k.presence, left)
+                if after == "0-0"
+                else self._entries(k.presence, after, left)
             )
-        )
-        if any(r is None for r in read) or sum(len(r[0]) for r in read if r) > self._limit:
-            return None
+            if found is None:
+                return None
+            read.append(found)
+            left -= len(found[0])
         deliveries: list[Delivery] = []
         for shard, found in enumerate(read):
-            assert found is not None
             for entry_id, fields in found[0]:
                 ids[shard] = entry_id
                 if (d := parse_delivery(entry_id, fields, shard, ",".join(ids))) is not None:
@@ -95,13 +100,17 @@ class Replayer:
         ]
         return RoomReplay(deliveries, position)
 
-    async def _all(self, stream: str) -> tuple[list[tuple[str, list[bytes]]], str] | None:
-        """Every entry of ``stream``, when it never lost one (Redis 7 counts them)."""
+    async def _all(
+        self, stream: str, limit: int | None = None
+    ) -> tuple[list[tuple[str, list[bytes]]], str] | None:
+        """Every entry of ``stream``, when it never lost one (Redis 7 counts
+        them) and there are at most ``limit`` (default: the replay limit)."""
+        limit = self._limit if limit is None else limit
         async with self._turns:
             pipe = self._redis.pipeline(transaction=False)
             pipe.xlen(stream)
             pipe.execute_command("XINFO", "STREAM", stream)
-            pipe.xrange(stream, "-", "+", count=self._limit + 1)
+            pipe.xrange(stream, "-", "+", count=limit + 1)
             length, info, missed = await pipe.execute(raise_on_error=False)
         if isinstance(info, ResponseError) and length == 0:
             return [], "0-0"  # no such stream: it has had no entry since
@@ -109,25 +118,26 @@ class Replayer:
             return None
         fields = info if isinstance(info, dict) else dict(zip(info[::2], info[1::2], strict=False))
         added = fields.get(b"entries-added", fields.get("entries-added"))
-        if added is None or int(added) != length or len(missed) > self._limit:
+        if added is None or int(added) != length or len(missed) > limit:
             return None
         entries = [(text(raw_id), f) for raw_id, f in missed]
         return entries, entries[-1][0] if entries else "0-0"
 
     async def _entries(
-        self, stream: str, entry_id: str
+        self, stream: str, entry_id: str, limit: int | None = None
     ) -> tuple[list[tuple[str, list[bytes]]], str] | None:
+        limit = self._limit if limit is None else limit
         if not valid_entry_id(entry_id) or entry_id == "0-0":
             return None
         async with self._turns:
             pipe = self._redis.pipeline(transaction=False)
             pipe.xrange(stream, entry_id, entry_id, count=1)
-            pipe.xrange(stream, f"({entry_id}", "+", count=self._limit + 1)
+            pipe.xrange(stream, f"({entry_id}", "+", count=limit + 1)
             try:
                 found, missed = await pipe.execute()
             except ResponseError:
                 return None  # an id Redis cannot parse (out of range): unknown
-        if not found or len(missed) > self._limit:
+        if not found or len(missed) > limit:
             return None
         entries = [(text(raw_id), fields) for raw_id, fields in missed]
         return entries, entries[-1][0] if entries else entry_id
