@@ -19,7 +19,7 @@ from .positions import stream_position
 from .redis_client import BLOCK_MS, REDIS_FAILURES, Redis, open_redis, unparsed_streams
 from .redis_cluster import cluster_of
 from .settings import Settings
-from .shards import shard_of
+from .shards import Router
 
 RETRY_MAX = 5.0
 
@@ -65,7 +65,8 @@ async def watch(
 
 
 def _shard(shards: list[Settings], room: str) -> Settings:
-    return shards[shard_of(room, len(shards))] if len(shards) > 1 else shards[0]
+    router = Router(shards)
+    return router[router.of(room)]
 
 
 async def _head(streams: Redis, stream: str) -> str:
