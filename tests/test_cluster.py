@@ -13,6 +13,8 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 
 import aiohttp
@@ -238,6 +240,22 @@ async def _churn(
         follower.close()
 
 
+@asynccontextmanager
+async def _churning(
+    session: aiohttp.ClientSession, servers: list[ServerProcess]
+) -> AsyncIterator[list[str]]:
+    """Clients come and go (``_churn``) while the block runs; the streams
+    that had their start, as they come."""
+    opened: list[str] = []
+    stop = asyncio.Event()
+    churn = asyncio.create_task(_churn(session, servers, opened, stop))
+    try:
+        yield opened
+    finally:
+        stop.set()
+        await churn
+
+
 async def _population(
     spawn: Spawn, cluster: Cluster, session: aiohttp.ClientSession, stable: list[str] | None = None
 ) -> tuple[list[ServerProcess], dict[str, Follower], list[str], list[Follower]]:
@@ -283,16 +301,10 @@ async def test_a_primary_killed_mid_churn_converges_everywhere(
     servers, watchers, stable, followers = await _population(spawn, cluster, session)
     truth = {*stable, *watchers}
 
-    opened: list[str] = []
-    stop = asyncio.Event()
-    churn = asyncio.create_task(_churn(session, servers, opened, stop))
-    try:
+    async with _churning(session, servers) as opened:
         await poll(lambda: truthy(len(opened) >= 10), what="churn under way")
         # The primary of shard 0's slot: a third of the shards go with it.
         victim = await asyncio.to_thread(cluster.kill_primary, SHARD_0)
-    finally:
-        stop.set()
-        await churn
     try:
         # Within two intervals of the promotion, and the churners' leave grace.
         await _converged(session, servers, watchers, truth, timeout=4 * INTERVAL + 6)
@@ -319,17 +331,11 @@ async def test_a_shard_failed_over_loses_nothing_and_resets_nobody(
     every transition is seen exactly once, and no stream is reset."""
     servers, watchers, stable, followers = await _population(spawn, cluster, session)
     truth = {*stable, *watchers}
-    opened: list[str] = []
-    stop = asyncio.Event()
-    churn = asyncio.create_task(_churn(session, servers, opened, stop))
-    try:
+    async with _churning(session, servers) as opened:
         await poll(lambda: truthy(len(opened) >= 10), what="churn under way")
         await asyncio.to_thread(cluster.fail_over, SHARD_0)
         count = len(opened)
         await poll(lambda: truthy(len(opened) >= count + 10), what="churn after the failover")
-    finally:
-        stop.set()
-        await churn
     await _converged(session, servers, watchers, truth, timeout=4 * INTERVAL + 6)
     for name, watcher in watchers.items():
         assert not contradictions(watcher), (name, contradictions(watcher))
@@ -357,17 +363,13 @@ async def test_a_shard_resharded_under_load_loses_nothing(
         spawn, cluster, session, of_shard_0[:6] + [f"user-{i}" for i in range(6)]
     )
     truth = {*stable, *watchers}
-    opened: list[str] = []
-    stop = asyncio.Event()
-    churn = asyncio.create_task(_churn(session, servers, opened, stop))
     source = None
     try:
-        await poll(lambda: truthy(len(opened) >= 5), what="churn under way")
-        source = await asyncio.to_thread(cluster.migrate, SHARD_0)
-        count = len(opened)
-        await poll(lambda: truthy(len(opened) >= count + 5), what="churn after the move")
-        stop.set()
-        await churn
+        async with _churning(session, servers) as opened:
+            await poll(lambda: truthy(len(opened) >= 5), what="churn under way")
+            source = await asyncio.to_thread(cluster.migrate, SHARD_0)
+            count = len(opened)
+            await poll(lambda: truthy(len(opened) >= count + 5), what="churn after the move")
         await _converged(session, servers, watchers, truth, timeout=4 * INTERVAL + 6)
         for name, watcher in watchers.items():
             assert not contradictions(watcher), (name, contradictions(watcher))
@@ -378,8 +380,6 @@ async def test_a_shard_resharded_under_load_loses_nothing(
             output = server.output()
             assert "Traceback" not in output, output[output.find("Traceback") - 300 :][:3000]
     finally:
-        stop.set()
-        await churn
         if source is not None:  # as the other tests expect the slots
             await asyncio.to_thread(cluster.move_back, SHARD_0, source)
     for f in followers:
