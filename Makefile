@@ -2,6 +2,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The JavaScript checks of make lint (typescript, @asyncapi/parser); no telemetry.
+NODE_STAMP := node_modules/.installed
+export SCARF_ANALYTICS := false
 ARGS ?=
 
 .PHONY: help install serve test screenshot bench bench-full lint format clean
@@ -33,7 +36,11 @@ bench: install ## Short benchmarks (under 3 minutes; needs redis-server, nginx a
 bench-full: install ## The whole benchmark matrix (long)
 	$(BIN)/python -m bench --full
 
-lint: install ## ruff and mypy --strict
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --quiet --no-audit --no-fund --ignore-scripts
+	@touch $(NODE_STAMP)
+
+lint: install $(NODE_STAMP) ## ruff, mypy --strict and the JavaScript checks (needs node and npm)
 	$(BIN)/ruff check presence tests examples bench
 	$(BIN)/ruff format --check presence tests examples bench
 	$(BIN)/mypy
@@ -43,5 +50,5 @@ format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff format presence tests examples bench
 
 clean: ## Remove .venv and caches
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
