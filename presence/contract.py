@@ -26,6 +26,13 @@ EMPTY_ROOM_TTL: Final = 3600
 
 #: Consumer group that applies heartbeats; shared by every server.
 CONSUMER_GROUP: Final = "presence"
+#: Consumer group that posts transitions to the webhook, on the presence
+#: stream and on each room stream; shared by every server with a webhook.
+WEBHOOKS_GROUP: Final = "webhooks"
+#: Member of ``rooms.due`` (score +inf: never due) present while webhooks
+#: are on; a room with webhook entries not yet posted is ``#<room>`` there
+#: (``#`` is in no id).
+WEBHOOKS_MARKER: Final = "#webhooks"
 
 ID_RULE: Final = "must be 1 to 128 letters, digits or ._:@-"
 ROOM_RULE: Final = ID_RULE

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ..contract import EMPTY_ROOM_TTL
+from ..contract import EMPTY_ROOM_TTL, WEBHOOKS_GROUP, WEBHOOKS_MARKER
 
 # Result codes, one per heartbeat (HEARTBEAT) or per leave (LEAVE).
 CAME_ONLINE: Final = 1
@@ -56,6 +56,7 @@ _CODES = (
     f"local CAME_ONLINE, REFRESHED, STALE, FAILED = {CAME_ONLINE}, {REFRESHED}, {STALE}, {FAILED}\n"
     f"local LEFT, KEPT = {LEFT}, {KEPT}\n"
     f"local EMPTY_ROOM_TTL = {EMPTY_ROOM_TTL * 1000}\n"
+    f"local WEBHOOKS_MARKER, WEBHOOKS_GROUP = '{WEBHOOKS_MARKER}', '{WEBHOOKS_GROUP}'\n"
 )
 
 PRELUDE: Final = (
@@ -135,12 +136,27 @@ local function publish(scope, client, status, server, data)
       'status', status, 'server', server)
     return
   end
+  -- Webhooks on (their marker in rooms.due, see presence/webhooks/index.py):
+  -- the room goes into their index, and a new stream gets their group.
+  local hooked = redis.call('ZSCORE', KEYS[5], WEBHOOKS_MARKER)
+  local fresh = hooked and redis.call('EXISTS', scope.stream) == 0
+  local id
   if data and data ~= '' then
-    redis.call('XADD', scope.stream, 'MAXLEN', '~', cfg.room_cap, '*', 'room', scope.room,
+    id = redis.call('XADD', scope.stream, 'MAXLEN', '~', cfg.room_cap, '*', 'room', scope.room,
       'client', client, 'status', status, 'server', server, 'data', data)
   else
-    redis.call('XADD', scope.stream, 'MAXLEN', '~', cfg.room_cap, '*', 'room', scope.room,
+    id = redis.call('XADD', scope.stream, 'MAXLEN', '~', cfg.room_cap, '*', 'room', scope.room,
       'client', client, 'status', status, 'server', server)
+  end
+  if hooked then
+    local indexed = redis.call('ZADD', KEYS[5], 'NX', '+inf', '#' .. scope.room)
+    if fresh or indexed == 1 then
+      -- From this entry on; a group already there (BUSYGROUP) keeps its place.
+      local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+      local before = seq ~= '0' and (ms .. '-' .. string.format('%d', tonumber(seq) - 1))
+        or (string.format('%d', tonumber(ms) - 1) .. '-18446744073709551615')
+      pcall(redis.call, 'XGROUP', 'CREATE', scope.stream, WEBHOOKS_GROUP, before)
+    end
   end
 end
 
