@@ -150,6 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--max-line-size", type=int, metavar="BYTES", help="request line cap (default 8190)")
     opt("--max-field-size", type=int, metavar="BYTES", help="header field cap (default 8190)")
     opt("--connect-retries", type=int, metavar="N", help="attempts to reach Redis (default 5)")
+    opt("--webhook-url", metavar="URL", help="POST transitions here, in batches (default: off)")
+    opt(
+        "--webhook-secret",
+        help="HMAC-SHA256 key signing webhook requests; prefer PRESENCE_WEBHOOK_SECRET",
+    )
+    opt(
+        "--webhook-events",
+        choices=("global", "rooms", "all"),
+        help="which transitions go to the webhook (default all)",
+    )
     opt("--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)")
     opt("--log-format", choices=("text", "json"), help="text, or json for log shippers")
 

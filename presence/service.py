@@ -48,6 +48,7 @@ from .updates.room_snapshot import RoomSnapshot, RoomSnapshotReader
 from .updates.scoped import Scope, ScopedSubscriber, Scopes
 from .updates.scoped_start import ScopedSources
 from .updates.snapshot import Snapshot, SnapshotReader
+from .webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class Service:
         self._snapshots: SnapshotReader | None = None
         self._replayer: Replayer | None = None
         self._room_snapshots: RoomSnapshotReader | None = None
+        #: The webhook sender, with ``webhook_url``.
+        self.webhooks: Webhooks | None = None
 
     @property
     def started(self) -> bool:
@@ -190,6 +193,10 @@ class Service:
         self.consumer, self.reader = self.consumers[0], self.readers[0]
         self.claimer, self.sweeper = self.claimers[0], self.sweepers[0]
         self.room_reader = self.room_readers[0]
+        if settings.webhook_url:
+            labels = [f" of shard {t}" for t in shard_tags(len(shards))] if sharded else [""]
+            self.webhooks = Webhooks(redis, shards, labels)
+            await self.webhooks.open()
 
     def _start_workers(self) -> None:
         assert self._snapshots is not None
@@ -208,6 +215,9 @@ class Service:
                 (f"presence reader{of}", self.readers[i].run, grace),
                 (f"room reader{of}", self.room_readers[i].run, grace),
             ]
+            if self.webhooks is not None:
+                # Grace: a post under way may end; if not, its batch stays pending.
+                per_shard.append((f"webhook sender{of}", self.webhooks.deliveries[i].run, 1.0))
         loops: list[Loop] = [
             ("heartbeat publisher", self.publisher.run, 0),  # first: close() relies on it
             *per_shard,
@@ -231,6 +241,8 @@ class Service:
             # The publisher first: no heartbeat leaves after close() begins.
             await workers[0].stop()
             await asyncio.gather(*(w.stop() for w in workers[1:]))
+        if self.webhooks is not None:
+            await self.webhooks.close()
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None

@@ -37,9 +37,12 @@ _BOOLS = {
     "off": False,
 }
 #: Fields never shown in full: in logs, errors or ``repr``.
-_SECRETS = ("auth_secret",)
+_SECRETS = ("auth_secret", "webhook_secret")
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 _SENTINEL_SECRET = re.compile(r"(sentinel_password=)[^&]*")
+_WEBHOOK_URL = re.compile(r"https?://[^\s/?#]+(/\S*)?")
+#: What ``webhook_events`` may choose: global transitions, room ones, or both.
+WEBHOOK_EVENTS = ("global", "rooms", "all")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -135,6 +138,13 @@ class Settings:
     max_field_size: int = 8190
     #: Attempts to reach Redis at start before giving up.
     connect_retries: int = 5
+    #: ``http(s)://`` URL presence POSTs transitions to, in batches (see
+    #: ``presence.webhooks``); empty turns webhooks off.
+    webhook_url: str = ""
+    #: HMAC-SHA256 key signing each webhook request; empty sends them unsigned.
+    webhook_secret: str = ""
+    #: Which transitions go to the webhook: ``global``, ``rooms`` or ``all``.
+    webhook_events: str = "all"
     log_level: str = "INFO"
     #: ``text`` or ``json`` (one object a line).
     log_format: str = "text"
@@ -213,6 +223,15 @@ class Settings:
         _check(self.max_rooms >= 1, "max rooms must be at least 1")
         _check(self.max_watch >= 1, "max watch must be at least 1")
         _check(self.connect_retries >= 1, "connect retries must be at least 1")
+        _check(
+            not self.webhook_url or _WEBHOOK_URL.fullmatch(self.webhook_url) is not None,
+            "webhook url must look like https://host[:port]/path, "
+            f"got {mask_url(self.webhook_url)!r}",
+        )
+        _check(
+            self.webhook_events in WEBHOOK_EVENTS,
+            f"webhook events must be one of {', '.join(WEBHOOK_EVENTS)}",
+        )
         _check(1 <= self.shards <= MAX_SHARDS, f"shards must be 1 to {MAX_SHARDS}")
         _check(
             _NAMESPACE.fullmatch(self.namespace) is not None,
@@ -310,7 +329,7 @@ class Settings:
 
 
 def _shown(name: str, value: Any) -> str:
-    if name == "redis_url":
+    if name in ("redis_url", "webhook_url"):
         return mask_url(value)
     if name in _SECRETS and value:
         return "'***'"

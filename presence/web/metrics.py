@@ -134,6 +134,23 @@ class PresenceCollector(Collector):
             "1 when Redis publishes the keyspace events of online keys, else 0",
             value=1 if s.keyspace_events else 0,
         )
+        if (hooks := p.webhooks) is not None:
+            deliveries = CounterMetricFamily(
+                "presence_webhook_deliveries",
+                "Transitions posted to the webhook (ok), in attempts that failed and are "
+                "retried (retry), trimmed from their stream before they were posted (dropped)",
+                labels=["result"],
+            )
+            deliveries.add_metric(["ok"], hooks.ok)
+            deliveries.add_metric(["retry"], hooks.retried)
+            deliveries.add_metric(["dropped"], hooks.dropped)
+            yield deliveries
+            yield GaugeMetricFamily(
+                "presence_webhook_lag_seconds",
+                "Age of the oldest transition this server took and has not posted yet; 0 "
+                "when caught up",
+                value=hooks.lag,
+            )
 
 
 class GuardCollector(Collector):

@@ -1,0 +1,219 @@
+"""The consumer-group side of webhooks: which entries this server posts next.
+
+Every server with a webhook reads the group ``webhooks`` on the ``presence``
+stream and on each room stream in the index (``#<room>`` members of
+``rooms.due``, which the room scripts add, see ``transitions.lua``). What it
+does differently from a plain ``XREADGROUP``: a stream has one batch in
+flight across all servers. ``TAKE`` gives a stream's new entries only when
+none is pending; a batch pending with another server is left to it while it
+keeps it fresh (``touch``), and taken over, whole and in order, once it has
+been idle for ``CLAIM_AFTER``. So each client's transitions go out in stream
+order even when a server dies mid-delivery.
+
+A room leaves the index in the same script that found its stream delivered,
+atomically with the room scripts that add it: an entry added meanwhile puts
+it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, cast
+
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError, ResponseError
+
+from ..contract import WEBHOOKS_GROUP, WEBHOOKS_MARKER
+from ..entries import text
+from ..redis_client import Redis
+from ..redis_cluster import Calls, is_cluster
+from ..settings import Settings
+from .payload import Source
+
+#: Seconds a batch pending with another server may go untouched before this
+#: one takes it over (its server stopped); servers touch theirs every second.
+CLAIM_AFTER: Final = 5.0
+TOUCH_EVERY: Final = 1.0
+
+# What TAKE found in a stream.
+TAKEN: Final = 1
+NOTHING: Final = 0
+BUSY: Final = 2
+GONE: Final = 3
+
+# KEYS[1] the stream   KEYS[2] rooms.due (the index)
+# ARGV[1] group  ARGV[2] this server  ARGV[3] entries at most
+# ARGV[4] claim after (ms)  ARGV[5] the room ('' for the presence stream)
+# Returns {state, dropped, entries}: dropped counts the entries trimmed from
+# the stream (its MAXLEN) before they were posted; they are acknowledged.
+TAKE: Final = """
+local stream, index = KEYS[1], KEYS[2]
+local group, me, room = ARGV[1], ARGV[2], ARGV[5]
+local count, claim = tonumber(ARGV[3]), tonumber(ARGV[4])
+local TAKEN, NOTHING, BUSY, GONE = 1, 0, 2, 3
+local function unindex()
+  if room ~= '' then redis.call('ZREM', index, '#' .. room) end
+end
+local function after(a, b)
+  local am, as = string.match(a, '^(%d+)%-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)%-(%d+)$')
+  am, bm = tonumber(am), tonumber(bm)
+  return am > bm or (am == bm and tonumber(as) > tonumber(bs))
+end
+if redis.call('EXISTS', stream) == 0 then
+  unindex()
+  return {GONE, 0, {}}
+end
+local ok, pending = pcall(redis.call, 'XPENDING', stream, group)
+if not ok then
+  if room == '' then return {GONE, 0, {}} end
+  -- A room stream indexed without the group: every entry is still to post.
+  redis.call('XGROUP', 'CREATE', stream, group, '0')
+  pending = {0}
+end
+if pending[1] > 0 then
+  local oldest = redis.call('XPENDING', stream, group, '-', '+', 1)[1]
+  if oldest[2] ~= me then
+    if oldest[3] < claim then return {BUSY, 0, {}} end
+    -- Its server stopped: its whole batch is this server's now, in order.
+    local ids = {}
+    for _, p in ipairs(redis.call('XPENDING', stream, group, '-', '+', count)) do
+      ids[#ids + 1] = p[1]
+    end
+    redis.call('XCLAIM', stream, group, me, 0, unpack(ids))
+  end
+  local read = redis.call('XREADGROUP', 'GROUP', group, me, 'COUNT', count, 'STREAMS', stream, '0')
+  local kept, gone = {}, {}
+  for _, e in ipairs(read[1][2]) do
+    if e[2] then kept[#kept + 1] = e else gone[#gone + 1] = e[1] end
+  end
+  if #gone > 0 then redis.call('XACK', stream, group, unpack(gone)) end
+  return {TAKEN, #gone, kept}
+end
+-- Entries trimmed before any server read them: the group's lag (Redis 7)
+-- counts them with those still in the stream, all unread once the first is.
+local dropped = 0
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+  local f = {}
+  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+  if f['name'] == group and f['lag'] then
+    local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+    if #first > 0 and after(first[1][1], f['last-delivered-id']) then
+      dropped = math.max(0, f['lag'] - redis.call('XLEN', stream))
+    end
+  end
+end
+local read = redis.call('XREADGROUP', 'GROUP', group, me, 'COUNT', count, 'STREAMS', stream, '>')
+if not read then
+  unindex()
+  return {NOTHING, dropped, {}}
+end
+return {TAKEN, dropped, read[1][2]}
+"""
+
+Entry = tuple[bytes, list[bytes]]
+
+
+@dataclass(slots=True)
+class Taken:
+    """What one ``take`` found in one stream."""
+
+    source: Source
+    state: int
+    dropped: int = 0
+    entries: list[Entry] = field(default_factory=list)
+
+
+class WebhookStreams:
+    """One shard's transition streams, as the webhook group reads them."""
+
+    def __init__(self, redis: Redis, settings: Settings, *, rooms: bool, presence: bool) -> None:
+        self._redis = redis
+        self._keys = settings.keys
+        self._me = settings.server_id
+        self._script = redis.register_script(TAKE)
+        self.rooms = rooms
+        self.presence = presence
+        self.global_source = Source(self._keys.presence)
+
+    async def prepare(self) -> None:
+        """The group on the presence stream (from now on, unless it exists) and
+        the marker that has the room scripts index rooms."""
+        if self.presence:
+            try:
+                await self._redis.xgroup_create(
+                    self._keys.presence, WEBHOOKS_GROUP, id="$", mkstream=True
+                )
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        if self.rooms:
+            await self._redis.zadd(self._keys.rooms_due, {WEBHOOKS_MARKER: "+inf"}, nx=True)
+
+    async def indexed(self, start: int, limit: int) -> list[Source]:
+        """Up to ``limit`` rooms of the index from ``start`` on, as sources. The
+        marker is put back first if it went (a Redis that lost its data)."""
+        due = self._keys.rooms_due
+        replies = await self._calls(
+            lambda pipe: [
+                pipe.execute_command("ZADD", due, "NX", "+inf", WEBHOOKS_MARKER),
+                pipe.execute_command("ZRANGEBYSCORE", due, "+inf", "+inf", "LIMIT", start, limit),
+            ]
+        )
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        rooms = [m[1:] for raw in replies[1] if (m := text(raw)) != WEBHOOKS_MARKER]
+        return [Source(self._keys.room(r).presence, r) for r in rooms]
+
+    async def take(self, sources: Sequence[Source], count: int) -> list[Taken]:
+        """Each source's batch: new entries, or one taken over; in one round trip."""
+        if not sources:
+            return []
+        for _ in range(2):
+            results = await self._calls(lambda pipe: self._queue(pipe, sources, count))
+            if not any(isinstance(r, NoScriptError) for r in results):
+                break
+            await self._redis.script_load(TAKE)
+        out: list[Taken] = []
+        for source, result in zip(sources, results, strict=True):
+            if isinstance(result, Exception):
+                raise result
+            state, dropped, entries = cast(list[Any], result)
+            out.append(Taken(source, int(state), int(dropped), list(entries)))
+        return out
+
+    def _queue(self, pipe: Pipeline, sources: Sequence[Source], count: int) -> None:
+        claim_ms = int(CLAIM_AFTER * 1000)
+        for s in sources:
+            pipe.evalsha(
+                self._script.sha, 2, s.stream, self._keys.rooms_due,
+                WEBHOOKS_GROUP, self._me, count, claim_ms, s.room,
+            )  # fmt: skip
+
+    async def touch(self, batch: dict[Source, list[bytes]]) -> None:
+        """Keep this server's batch fresh: another server takes over only
+        what has been idle for ``CLAIM_AFTER``."""
+        group, me = WEBHOOKS_GROUP, self._me
+        await self._calls(
+            lambda pipe: [
+                pipe.execute_command("XCLAIM", s.stream, group, me, 0, *ids, "JUSTID")
+                for s, ids in batch.items()
+            ]
+        )
+
+    async def ack(self, batch: dict[Source, list[bytes]]) -> None:
+        """The batch was posted: done, for every server."""
+        for result in await self._calls(
+            lambda pipe: [pipe.xack(s.stream, WEBHOOKS_GROUP, *ids) for s, ids in batch.items()]
+        ):
+            if isinstance(result, Exception):
+                raise result
+
+    async def _calls(self, fill: Any) -> list[Any]:
+        r = self._redis
+        pipe = Calls(r) if is_cluster(r) else r.pipeline(transaction=False)
+        fill(cast(Pipeline, pipe))
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies

@@ -1,0 +1,259 @@
+"""Webhooks: each transition POSTed once across servers, signed, retried, and
+taken over from a server killed mid-delivery.
+
+The receiver runs in the test process and records every request; what it
+answered 2xx is what was delivered. Delivered event ids are compared with
+the streams themselves (``XRANGE``): each entry exactly once, each stream's
+entries in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from presence import Settings
+from presence.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature, verify
+
+from .asyncapi import validate
+from .servers import Spawn
+from .support import (
+    Redis,
+    RedisServer,
+    Serve,
+    ServerProcess,
+    StartPresence,
+    metric,
+    open_events,
+    poll,
+)
+
+SECRET = "webhook-secret"
+
+
+@dataclass
+class Request:
+    headers: dict[str, str]
+    body: bytes
+    status: int = 0
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = json.loads(self.body)["events"]
+        return events
+
+
+@dataclass
+class Receiver:
+    """Answers ``status``; while ``hold`` is set, holds each request until it is cleared."""
+
+    status: int = 200
+    hold: asyncio.Event | None = None
+    requests: list[Request] = field(default_factory=list)
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        got = Request(dict(request.headers), await request.read())
+        self.requests.append(got)
+        while self.hold is not None and not self.hold.is_set():
+            await self.hold.wait()
+        got.status = self.status
+        return web.json_response({}, status=got.status)
+
+    @property
+    def delivered(self) -> list[dict[str, Any]]:
+        """The events of the requests answered 2xx, in the order they came."""
+        return [e for r in self.requests if 200 <= r.status < 300 for e in r.events]
+
+    def delivered_ids(self) -> set[str]:
+        return {e["id"] for e in self.delivered}
+
+
+async def receiver(serve: Serve) -> Receiver:
+    found = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", found.handle)
+    server = await serve(app)
+    found.url = str(server.make_url("/hook"))
+    return found
+
+
+async def hooked(
+    spawn: Spawn, redis_server: RedisServer, found: Receiver, count: int, *extra: str
+) -> list[ServerProcess]:
+    """``count`` healthy servers posting to ``found``, ids ``hook-<i>``."""
+    flags = ["--redis-url", redis_server.url, "--heartbeat-interval", "0.5"]
+    flags += ["--leave-grace", "0.2", "--webhook-url", found.url, *extra]
+    servers = [spawn(*flags, "--server-id", f"hook-{i}") for i in range(count)]
+    await asyncio.gather(*(s.wait_healthy() for s in servers))
+    return servers
+
+
+async def entries(redis: Redis, streams: Iterable[str]) -> dict[str, list[str]]:
+    """Each stream's entry ids, as Redis holds them."""
+    return {s: [e[0].decode() for e in await redis.xrange(s)] for s in streams}
+
+
+def check_exactly_once(found: Receiver, expected: dict[str, list[str]]) -> None:
+    """Every entry delivered once, nothing else; each stream's in order."""
+    ids = Counter(e["id"] for e in found.delivered)
+    wanted = {f"{s}/{entry}" for s, ids in expected.items() for entry in ids}
+    assert set(ids) == wanted
+    assert [i for i, n in ids.items() if n > 1] == []
+    for stream, ordered in expected.items():
+        assert [e["entry"] for e in found.delivered if e["stream"] == stream] == ordered
+
+
+async def all_delivered(found: Receiver, redis: Redis, streams: Iterable[str]) -> bool:
+    wanted = {f"{s}/{e}" for s, ids in (await entries(redis, streams)).items() for e in ids}
+    return bool(wanted) and wanted <= found.delivered_ids()
+
+
+def test_signature_matches_the_documented_recipe() -> None:
+    body = b'{"time_ms":1,"events":[]}'
+    signed = signature(SECRET, 1795364347, body)
+    import hashlib
+    import hmac
+
+    mac = hmac.new(SECRET.encode(), b"1795364347." + body, hashlib.sha256).hexdigest()
+    assert signed == f"sha256={mac}"
+    assert verify(SECRET, body, "1795364347", signed, now=1795364347 + 10)
+    assert not verify(SECRET, body + b" ", "1795364347", signed, now=1795364347)
+    assert not verify(SECRET, body, "1795364347", signed, now=1795364347 + 3600)  # replayed
+    assert not verify("other", body, "1795364347", signed, now=1795364347)
+
+
+async def test_three_servers_with_churn_post_each_transition_once(
+    spawn: Spawn, serve: Serve, redis: Redis, redis_server: RedisServer
+) -> None:
+    found = await receiver(serve)
+    servers = await hooked(spawn, redis_server, found, 3, "--webhook-secret", SECRET)
+    rooms = ["lobby", "den"]
+    rng = random.Random(7)
+
+    async def churn(session: aiohttp.ClientSession, client: str) -> None:
+        for _ in range(3):  # connects, leaves, and comes back elsewhere
+            server = rng.choice(servers)
+            room = rng.choice(rooms)
+            data = json.dumps({"n": rng.randrange(100)})
+            url = f"{server.url}/clients/{client}/events?room={room}&data={data}"
+            stream = await open_events(session, url)
+            await stream.until(lambda e: e.event == "snapshot")
+            await asyncio.sleep(rng.uniform(0.1, 0.6))
+            stream.close()
+            await asyncio.sleep(rng.uniform(0.0, 0.5))
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(churn(session, f"c{i}") for i in range(12)))
+        # A member's data changes: one UPDATE.
+        member = await open_events(session, f"{servers[0].url}/clients/z/events?room=lobby")
+        await member.until(lambda e: e.event == "snapshot")
+        async with session.put(
+            f"{servers[1].url}/rooms/lobby/clients/z/data", json={"status": "away"}
+        ) as response:
+            assert response.status in (200, 204), await response.text()
+        member.close()
+
+    async def everyone_offline() -> bool:
+        return await redis.hlen("online.servers") == 0 and not await redis.hlen(
+            "room.{lobby}.members"
+        )
+
+    await poll(everyone_offline, timeout=15, what="everyone offline")
+    streams = ["presence", *(f"room.{{{r}}}.presence" for r in rooms)]
+    await poll(lambda: all_delivered(found, redis, streams), timeout=15, what="all posted")
+    check_exactly_once(found, await entries(redis, streams))
+    assert {e["status"] for e in found.delivered if e["kind"] == "room"} >= {
+        "ONLINE",
+        "OFFLINE",
+        "UPDATE",
+    }
+    for request in found.requests:
+        headers = request.headers
+        assert verify(SECRET, request.body, headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER])
+        validate("WebhookBody", json.loads(request.body))
+        validate("WebhookHeaders", {k: headers[k] for k in ("Content-Type", "User-Agent")})
+    # Delivered rooms leave the index; only the marker stays.
+    assert await redis.zrangebyscore("rooms.due", "+inf", "+inf") == [b"#webhooks"]
+    async with aiohttp.ClientSession() as session:
+        for server in servers:
+            assert await metric(session, server.url, "presence_webhook_lag_seconds") == 0
+
+
+async def test_a_failing_receiver_is_retried_until_it_recovers(
+    start_presence: StartPresence, serve: Serve, redis: Redis, settings: Settings
+) -> None:
+    found = await receiver(serve)
+    found.status = 500
+    presence = await start_presence(
+        settings.replace(leave_grace=0.1, webhook_url=found.url, webhook_events="global")
+    )
+    async with presence.track("alice"):
+        await poll(lambda: asyncio.sleep(0, len(found.requests) >= 3), what="retries")
+    found.status = 200
+    await poll(lambda: all_delivered(found, redis, ["presence"]), timeout=10, what="delivered")
+    delivered = [(e["client"], e["status"]) for e in found.delivered]
+    assert delivered == [("alice", "ONLINE"), ("alice", "OFFLINE")]
+    hooks = presence._service.webhooks
+    assert hooks is not None
+    assert hooks.retried >= 3
+    assert hooks.ok == 2
+    assert TIMESTAMP_HEADER not in found.requests[0].headers  # no secret: unsigned
+    assert found.requests[0].headers["User-Agent"].startswith("presence/")
+
+
+async def test_a_server_killed_mid_delivery_loses_nothing(
+    spawn: Spawn, serve: Serve, redis: Redis, redis_server: RedisServer
+) -> None:
+    found = await receiver(serve)
+    found.hold = asyncio.Event()
+    servers = await hooked(spawn, redis_server, found, 2)
+    async with aiohttp.ClientSession() as session:
+        members = [
+            await open_events(session, f"{servers[i % 2].url}/clients/k{i}/events?room=hall")
+            for i in range(6)
+        ]
+
+        async def held() -> Any:
+            pending = await redis.xpending("presence", "webhooks")
+            return pending if pending["pending"] and found.requests else None
+
+        pending = await poll(held, what="a post held")
+        held_by = next(iter(c["name"].decode() for c in pending["consumers"]))
+        victim = servers[int(held_by.rsplit("-", 1)[1])]
+        in_flight = await redis.xpending_range("presence", "webhooks", "-", "+", 100, held_by)
+        assert in_flight
+        victim.kill()  # SIGKILL, its batch still in flight
+        after_kill = len(found.requests)
+        survivor = servers[1 - servers.index(victim)]
+        for member in members:
+            member.close()
+    found.hold.set()
+    await poll(lambda: _none_online(redis), timeout=15, what="everyone offline")
+    names = ["presence", "room.{hall}.presence"]
+    await poll(lambda: all_delivered(found, redis, names), timeout=20, what="all posted")
+    expected = await entries(redis, names)
+    wanted = {f"{s}/{e}" for s, ids in expected.items() for e in ids}
+    assert found.delivered_ids() == wanted
+    for stream, ordered in expected.items():
+        seen = [e["entry"] for e in found.delivered if e["stream"] == stream]
+        assert sorted(set(seen), key=seen.index) == ordered  # first deliveries in order
+    # The survivor took over the killed server's batch, and posted it.
+    taken_over = {f"presence/{p['message_id'].decode()}" for p in in_flight}
+    later = {e["id"] for r in found.requests[after_kill:] if r.status == 200 for e in r.events}
+    assert taken_over <= later
+    assert survivor.process is not None
+    assert survivor.process.poll() is None
+
+
+async def _none_online(redis: Redis) -> bool:
+    online: int = await redis.hlen("online.servers")
+    return online == 0
