@@ -21,7 +21,9 @@ import aiohttp
 from aiohttp import web
 
 from presence import Settings
+from presence.shards import shard_of, shard_tags
 from presence.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature, verify
+from presence.webhooks.streams import BUSY, TAKEN, WebhookStreams
 
 from .asyncapi import validate
 from .servers import Spawn
@@ -35,6 +37,7 @@ from .support import (
     open_events,
     poll,
 )
+from .topology import SHARDS, Cluster
 
 SECRET = "webhook-secret"
 
@@ -257,3 +260,61 @@ async def test_a_server_killed_mid_delivery_loses_nothing(
 async def _none_online(redis: Redis) -> bool:
     online: int = await redis.hlen("online.servers")
     return online == 0
+
+
+async def test_entries_trimmed_before_they_were_posted_are_counted(
+    redis: Redis, settings: Settings
+) -> None:
+    streams = WebhookStreams(redis, settings, rooms=True, presence=True)
+    await streams.prepare()
+    source = streams.global_source
+    for i in range(30):
+        await redis.xadd("presence", {"client": f"c{i}", "status": "ONLINE", "server": "s"})
+    (taken,) = await streams.take([source], 10)  # in flight, then trimmed under it
+    assert (taken.state, taken.dropped, len(taken.entries)) == (TAKEN, 0, 10)
+    await redis.xtrim("presence", maxlen=15, approximate=False)  # the 10 taken and 5 never read
+    (again,) = await streams.take([source], 10)
+    assert (again.state, again.dropped, again.entries) == (TAKEN, 10, [])
+    (rest,) = await streams.take([source], 100)
+    assert (rest.dropped, len(rest.entries)) == (5, 15)
+    assert rest.entries[0][1][1] == b"c15"
+    # Another server's batch is left to it until it has been idle CLAIM_AFTER.
+    other = WebhookStreams(redis, settings.replace(server_id="test-2"), rooms=True, presence=True)
+    (busy,) = await other.take([source], 100)
+    assert busy.state == BUSY
+
+
+async def test_on_a_cluster_each_shard_posts_its_streams(
+    cluster: Cluster, cluster_redis: Redis, spawn: Spawn, serve: Serve
+) -> None:
+    found = await receiver(serve)
+    server = spawn(
+        "--redis-url", cluster.url, "--server-id", "hook-c", "--heartbeat-interval", "0.5",
+        "--leave-grace", "0.2", "--webhook-url", found.url,
+    )  # fmt: skip
+    await server.wait_healthy()
+    clients, rooms = ["ann", "bo", "cy"], ["lobby", "den"]
+    async with aiohttp.ClientSession() as session:
+        members = [
+            await open_events(session, f"{server.url}/clients/{c}/events?room={r}")
+            for c in clients
+            for r in rooms
+        ]
+        for member in members:
+            member.close()
+
+    def tag(id: str) -> str:
+        return shard_tags(SHARDS)[shard_of(id, SHARDS)]
+
+    streams = {f"{{{tag(c)}}}.presence" for c in clients}
+    streams |= {f"{{{tag(r)}}}.room.{{{r}}}.presence" for r in rooms}
+
+    async def delivered() -> bool:
+        expected = await entries(cluster_redis, streams)
+        return all(len(ids) >= 2 for ids in expected.values()) and await all_delivered(
+            found, cluster_redis, streams
+        )
+
+    await poll(delivered, timeout=15, what="every shard's transitions posted")
+    check_exactly_once(found, await entries(cluster_redis, streams))
+    server.terminate()
