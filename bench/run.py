@@ -21,6 +21,8 @@ side in one run, next to the absolute numbers, which drift between machines.
    CPU of memberships heartbeated in rooms against global heartbeats as many,
    Redis's per heartbeat included; UPDATE latency under that load; and the
    fan-out of a room's events with and without idle connections in other rooms.
+8. Webhooks (bench/webhooks.py): transitions per second posted to a local
+   receiver, and the latency from a transition's entry to its POST's arrival.
 
 Shared: bench/procs.py (the processes), bench/stats.py (numbers and the result
 file), bench/redis_load.py and bench/sse_load.py (load generators), bench/lua.py
@@ -43,6 +45,7 @@ from .rooms import bench_rooms
 from .scale import FULL, SHORT, Scale
 from .stats import ROOT, header, write_results
 from .storm import bench_storm
+from .webhooks import bench_webhooks
 
 BENCHES: list[tuple[str, Callable[[Scale], Any]]] = [
     ("ingest", bench_ingest),
@@ -50,6 +53,7 @@ BENCHES: list[tuple[str, Callable[[Scale], Any]]] = [
     ("offline", bench_offline),
     ("storm", bench_storm),
     ("rooms", bench_rooms),
+    ("webhooks", lambda _: bench_webhooks(burst=20_000, rate=250, seconds=10.0)),
 ]
 
 

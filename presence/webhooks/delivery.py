@@ -28,7 +28,7 @@ from .streams import GONE, TOUCH_EVERY, Taken, WebhookStreams
 log = logging.getLogger(__name__)
 
 #: Entries taken from one stream at a time.
-PER_STREAM: Final = 100
+PER_STREAM: Final = 250
 #: Streams one round trip takes from; rooms one pass visits at most.
 STREAMS_PER_CALL: Final = 10
 ROOMS_PER_PASS: Final = 500
