@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from presence import Settings
+from presence.cli import main
+from presence.errors import ConfigError
 from presence.shards import shard_of, shard_tags
 from presence.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature, verify
 from presence.webhooks.streams import BUSY, TAKEN, WebhookStreams
@@ -318,3 +321,23 @@ async def test_on_a_cluster_each_shard_posts_its_streams(
     await poll(delivered, timeout=15, what="every shard's transitions posted")
     check_exactly_once(found, await entries(cluster_redis, streams))
     server.terminate()
+
+
+def test_bad_webhook_flags_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    for flags, message in [
+        (["--webhook-url", "ftp://x"], "webhook url must look like https://host[:port]/path"),
+        (["--webhook-events", "some"], "invalid choice: 'some'"),
+    ]:
+        try:
+            code = main(["serve", *flags])
+        except SystemExit as exited:  # argparse's own errors
+            code = int(exited.code or 0)
+        assert code == 2
+        err = capsys.readouterr().err
+        assert message in err
+        assert "Traceback" not in err
+    with pytest.raises(ConfigError, match="webhook events must be one of global, rooms, all"):
+        Settings.from_env({"PRESENCE_WEBHOOK_EVENTS": "both"})
+    shown = repr(Settings(webhook_url="https://u:pw@hooks.example/p", webhook_secret=SECRET))
+    assert SECRET not in shown
+    assert "pw" not in shown
