@@ -341,3 +341,20 @@ def test_bad_webhook_flags_are_one_line_errors(capsys: pytest.CaptureFixture[str
     shown = repr(Settings(webhook_url="https://u:pw@hooks.example/p", webhook_secret=SECRET))
     assert SECRET not in shown
     assert "pw" not in shown
+
+
+async def test_embedded_in_memory_posts_global_and_room_transitions(
+    start_presence: StartPresence, serve: Serve
+) -> None:
+    found = await receiver(serve)
+    fast = Settings(heartbeat_interval=0.4, leave_grace=0.1, webhook_url=found.url)
+    presence = await start_presence(fast)
+    async with presence.track("alice", rooms=["lobby"], data={"status": "here"}):
+        await poll(lambda: asyncio.sleep(0, len(found.delivered) >= 2), what="ONLINEs")
+    await poll(lambda: asyncio.sleep(0, len(found.delivered) >= 4), what="OFFLINEs")
+    assert sorted((e["kind"], e["status"], e.get("data")) for e in found.delivered) == [
+        ("global", "OFFLINE", None),
+        ("global", "ONLINE", None),
+        ("room", "OFFLINE", None),
+        ("room", "ONLINE", {"status": "here"}),
+    ]

@@ -61,6 +61,14 @@ local function after(a, b)
   am, bm = tonumber(am), tonumber(bm)
   return am > bm or (am == bm and tonumber(as) > tonumber(bs))
 end
+-- A read's entries: {{stream, entries}} from Redis, {stream, entries} from
+-- fakeredis (memory://); nothing new is nil.
+local function read_entries(...)
+  local read = redis.call('XREADGROUP', 'GROUP', group, me, 'COUNT', count, 'STREAMS', stream, ...)
+  if not read or #read == 0 then return {} end
+  if type(read[1]) == 'table' then return read[1][2] end
+  return read[2] or {}
+end
 if redis.call('EXISTS', stream) == 0 then
   unindex()
   return {GONE, 0, {}}
@@ -83,9 +91,8 @@ if pending[1] > 0 then
     end
     redis.call('XCLAIM', stream, group, me, 0, unpack(ids))
   end
-  local read = redis.call('XREADGROUP', 'GROUP', group, me, 'COUNT', count, 'STREAMS', stream, '0')
   local kept, gone = {}, {}
-  for _, e in ipairs(read[1][2]) do
+  for _, e in ipairs(read_entries('0')) do
     if e[2] then kept[#kept + 1] = e else gone[#gone + 1] = e[1] end
   end
   if #gone > 0 then redis.call('XACK', stream, group, unpack(gone)) end
@@ -104,12 +111,12 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
     end
   end
 end
-local read = redis.call('XREADGROUP', 'GROUP', group, me, 'COUNT', count, 'STREAMS', stream, '>')
-if not read then
+local new = read_entries('>')
+if #new == 0 then
   unindex()
   return {NOTHING, dropped, {}}
 end
-return {TAKEN, dropped, read[1][2]}
+return {TAKEN, dropped, new}
 """
 
 Entry = tuple[bytes, list[bytes]]
