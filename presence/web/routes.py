@@ -1,6 +1,7 @@
-"""HTTP routes: the read endpoints, ``/healthz``, ``/metrics``, the demo page,
-and the JSON error middleware (every error leaves as ``{"error": ...}``; no
-traceback reaches a client). The SSE stream itself is in ``sse``.
+"""HTTP routes: the read endpoints, ``/healthz``, ``/metrics``, the demo page
+and the browser client, and the JSON error middleware (every error leaves as
+``{"error": ...}``; no traceback reaches a client). The SSE stream itself is
+in ``sse``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,15 @@ _ID_PATH = "{client_id:[^/]*}"
 
 
 STATIC = Path(__file__).parent.parent / "static"
-#: The demo page's files and their types: served by name, nothing else from
-#: the directory. Small, so sent from memory (a sendfile() shows no progress
-#: to the guard's watch of unread responses).
-_ASSETS = {"demo.js": "text/javascript", "demo.css": "text/css"}
+#: The demo page's files and the browser client, with their types: served by
+#: name, nothing else from the directory. Small, so sent from memory (a
+#: sendfile() shows no progress to the guard's watch of unread responses).
+_ASSETS = {
+    "demo.js": "text/javascript",
+    "demo.css": "text/css",
+    "presence-client.js": "text/javascript",
+    "presence-client.d.ts": "text/javascript",
+}
 
 
 def add_routes(app: web.Application) -> None:
