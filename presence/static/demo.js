@@ -1,10 +1,8 @@
-// The demo page: one EventSource, a list rebuilt from `snapshot` events and
-// updated by `presence` events. EventSource reconnects by itself and sends
-// Last-Event-ID, so the server replays what was missed.
+// The demo page: presence-client.js keeps the list; this page only renders it.
 //
 // With ?room=<name> the stream is scoped to that room: the list is the room's
-// members with their status, which the user sets with PUT .../data.
-"use strict";
+// members with their status, which the user sets with setData (PUT .../data).
+import { PresenceClient } from "./presence-client.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -12,16 +10,12 @@ const ID = /^[A-Za-z0-9._:@-]{1,128}$/;
 // With authentication on, open the page as /?name=alice&token=<token for alice>.
 const token = params.get("token");
 const room = params.get("room") || null;
-const online = new Map(); // client -> {server, data}
-let source = null;
+// Where presence is: the page's own directory, so that a mount prefix works too.
+const base = new URL(".", location.href).href;
+let presence = null;
 let name = null;
-// The member data the page wants (JSON text), null until a status is set; and
-// the data the open stream's URL carries, which a reconnect would apply again.
+// The status chosen before connecting: it goes with the join.
 let wanted = null;
-let joinedWith = null;
-let lastId = "";
-let reopen = null;
-let putting = 0; // the latest PUT: an older one still retrying gives up
 
 function setState(kind, text) {
   const state = $("state");
@@ -30,6 +24,7 @@ function setState(kind, text) {
 }
 
 function render() {
+  const online = presence ? presence.members(room ?? undefined) : new Map();
   const list = $("online");
   list.replaceChildren(
     ...[...online.keys()].sort().map((client) => {
@@ -38,7 +33,7 @@ function render() {
       item.dataset.client = client;
       const label = document.createElement("span");
       label.textContent = client;
-      if (data && typeof data.status === "string" && data.status) {
+      if (statusOf(data)) {
         const status = document.createElement("span");
         status.className = "status";
         status.textContent = ` — ${data.status}`;
@@ -51,7 +46,7 @@ function render() {
     }),
   );
   $("count").textContent = String(online.size);
-  $("empty").hidden = online.size > 0 || source === null;
+  $("empty").hidden = online.size > 0 || presence === null;
 }
 
 function note(text, kind) {
@@ -65,66 +60,13 @@ function statusOf(data) {
   return data && typeof data.status === "string" ? data.status : "";
 }
 
-function eventsUrl() {
-  const query = new URLSearchParams();
-  if (token) query.set("token", token);
-  if (room) {
-    query.set("room", room);
-    if (wanted !== null) query.set("data", wanted);
-    if (lastId) query.set("lastEventId", lastId);
-  }
-  const search = query.toString();
-  // Relative, so that the page works mounted under a prefix too.
-  return `clients/${encodeURIComponent(name)}/events${search ? `?${search}` : ""}`;
-}
-
-function open() {
-  joinedWith = wanted;
-  source = new EventSource(eventsUrl());
-  setState("connecting", "connecting…");
-  source.onopen = () => setState("open", `online as ${name}${room ? ` in ${room}` : ""}`);
-  source.onerror = () => {
-    if (source && source.readyState === EventSource.CLOSED) {
-      setState("closed", "disconnected");
-      return;
-    }
-    setState("connecting", "reconnecting…");
-    if (room && wanted !== joinedWith) {
-      // The browser would reconnect with the URL's old data and undo the
-      // status set since: reconnect with the current one instead.
-      source.close();
-      reopen = setTimeout(open, 1000);
-    }
-  };
-  source.addEventListener("snapshot", (message) => {
-    lastId = message.lastEventId;
-    const snapshot = JSON.parse(message.data);
-    const members = room ? snapshot.rooms[room] : snapshot.clients;
-    online.clear();
-    for (const { client, server, data } of members) online.set(client, { server, data });
-    if (snapshot.reset) note("resynchronised", "muted");
-    render();
-  });
-  source.addEventListener("presence", (message) => {
-    lastId = message.lastEventId;
-    const { client, status, server, data } = JSON.parse(message.data);
-    if (status === "ONLINE") {
-      online.set(client, { server, data });
-      note(`${client} joined`, "joined");
-    } else if (status === "UPDATE") {
-      const before = statusOf(online.get(client)?.data);
-      online.set(client, { server, data });
-      const now = statusOf(data);
-      if (now !== before) {
-        note(now ? `${client} is ${now}` : `${client} cleared their status`, "muted");
-      }
-    } else {
-      online.delete(client);
-      note(`${client} left`, "left");
-    }
-    render();
-  });
-}
+const STATES = {
+  idle: ["idle", () => "not connected"],
+  connecting: ["connecting", () => "connecting…"],
+  reconnecting: ["connecting", () => "reconnecting…"],
+  open: ["open", () => `online as ${name}${room ? ` in ${room}` : ""}`],
+  closed: ["closed", () => "disconnected"],
+};
 
 function connect(wantedName) {
   disconnect();
@@ -134,19 +76,43 @@ function connect(wantedName) {
     return;
   }
   name = wantedName;
-  lastId = "";
-  open();
+  const options = { url: base, client: name };
+  if (room) options.rooms = [room];
+  if (room && wanted !== null) options.data = wanted;
+  // A token given in the URL cannot be renewed: once refused, the page stops.
+  if (token) options.getToken = async ({ reason }) => (reason === "initial" ? token : null);
+  presence = new PresenceClient(options);
+  presence.on("state", ({ to, error }) => {
+    const [kind, text] = STATES[to];
+    setState(kind, text());
+    if (error && to === "closed") note(`disconnected: ${error.message}`, "left");
+  });
+  presence.on("sync", ({ reset }) => {
+    if (reset) note("resynchronised", "muted");
+    render();
+  });
+  presence.on("online", ({ client, synthetic }) => {
+    if (!synthetic) note(`${client} joined`, "joined");
+    render();
+  });
+  presence.on("update", ({ client, data, synthetic }) => {
+    const now = statusOf(data);
+    if (!synthetic) note(now ? `${client} is ${now}` : `${client} cleared their status`, "muted");
+    render();
+  });
+  presence.on("offline", ({ client, synthetic }) => {
+    if (!synthetic) note(`${client} left`, "left");
+    render();
+  });
+  presence.connect();
   $("connect").hidden = true;
   $("disconnect").hidden = false;
   $("name").disabled = true;
 }
 
 function disconnect() {
-  clearTimeout(reopen);
-  if (source) source.close();
-  source = null;
-  putting += 1;
-  online.clear();
+  if (presence) presence.close();
+  presence = null;
   render();
   setState("idle", "not connected");
   $("connect").hidden = false;
@@ -155,29 +121,13 @@ function disconnect() {
 }
 
 async function setStatus(status) {
-  wanted = JSON.stringify(status ? { status } : {});
-  if (!source) return; // sent with the next connect
-  const attempt = ++putting;
-  const headers = { "Content-Type": "application/json" };
-  if (token) headers.Authorization = `Bearer ${token}`;
-  const url = `rooms/${encodeURIComponent(room)}/clients/${encodeURIComponent(name)}/data`;
-  // Right after connecting the membership may not be in Redis yet (404): retry a while.
-  for (let tries = 0; tries < 20 && attempt === putting; tries += 1) {
-    let response;
-    try {
-      response = await fetch(url, { method: "PUT", headers, body: wanted });
-    } catch {
-      response = null; // offline: the next reconnect sends it
-    }
-    if (response && response.ok) return;
-    if (response && response.status !== 404) {
-      const body = await response.json().catch(() => ({}));
-      note(`status not set: ${body.error || response.status}`, "left");
-      return;
-    }
-    await new Promise((resolve) => setTimeout(resolve, 250));
+  wanted = status ? { status } : {};
+  if (!presence) return; // sent with the next connect
+  try {
+    await presence.setData(room, wanted);
+  } catch (error) {
+    note(`status not set: ${error.message}`, "left");
   }
-  if (attempt === putting) note(`status not set: ${name} is not in ${room} yet`, "left");
 }
 
 $("join").addEventListener("submit", (event) => {
