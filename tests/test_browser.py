@@ -77,6 +77,18 @@ async def emptied(redis_server: RedisServer) -> AsyncIterator[Redis]:
         await client.aclose()
 
 
+@asynccontextmanager
+async def users(browser: Browser, count: int) -> AsyncIterator[list[Page]]:
+    """Pages of their own browser contexts: each in the foreground, as two
+    users' would be (a background tab's timers are throttled)."""
+    contexts = [await browser.new_context() for _ in range(count)]
+    try:
+        yield [await context.new_page() for context in contexts]
+    finally:
+        for context in contexts:
+            await context.close()
+
+
 def serve(redis_server: RedisServer, spawn: Spawn, *args: str) -> ServerProcess:
     return spawn(
         "--redis-url", redis_server.url,
@@ -185,11 +197,8 @@ async def test_two_pages_see_each_other_come_and_go(
     async with emptied(redis_server):
         server = serve(redis_server, spawn, "--leave-grace", "0.5")
         await server.wait_healthy()
-        context = await browser.new_context()
-        try:
-            alice = await context.new_page()
+        async with users(browser, 2) as (alice, bob):
             await alice.set_viewport_size({"width": 720, "height": 640})
-            bob = await context.new_page()
             await alice.goto(f"{server.url}/")
             await alice.fill("#name", "alice")
             await alice.click("#connect")
@@ -206,8 +215,6 @@ async def test_two_pages_see_each_other_come_and_go(
                 '#online li[data-client="bob"]', state="detached", timeout=5_000
             )
             assert "bob left" in (await alice.text_content("#activity") or "")
-        finally:
-            await context.close()
 
 
 async def test_the_minimal_browser_client_example_follows_presence(
@@ -256,47 +263,44 @@ async def test_two_pages_in_a_room_see_each_others_status_under_a_prefix(
         server = TestServer(app)
         await server.start_server()
         page_url = str(server.make_url("/presence/"))
-        context = await browser.new_context()
         try:
-            alice = await context.new_page()
-            bob = await context.new_page()
-            await alice.goto(f"{page_url}?room=lobby")
-            # Set before connecting: it goes with the join (?data=).
-            await alice.fill("#status", "typing")
-            await alice.click("#set-status")
-            await alice.fill("#name", "alice")
-            await alice.click("#connect")
-            await bob.goto(f"{page_url}?name=bob&room=lobby")
-            await bob.wait_for_selector(
-                '#online li[data-client="alice"]:has-text("alice — typing")', timeout=WAIT
-            )
-            await alice.wait_for_selector('#online li[data-client="bob"]', timeout=WAIT)
-            assert await alice.text_content("#state") == "online as alice in lobby"
-            assert await alice.text_content("#list-title") == "In lobby"
-            # Set while connected: PUT .../data, an UPDATE for the others.
-            await alice.fill("#status", "away")
-            await alice.click("#set-status")
-            await bob.wait_for_selector(
-                '#online li[data-client="alice"]:has-text("alice — away")', timeout=WAIT
-            )
-            assert await redis.hget("room.{lobby}.data", "alice") == b'{"status":"away"}'
-            assert "alice is away" in (await bob.text_content("#activity") or "")
-            await bob.close()
-            await alice.wait_for_selector(
-                '#online li[data-client="bob"]', state="detached", timeout=5_000
-            )
-            assert "bob left" in (await alice.text_content("#activity") or "")
-            # Reconnecting with the first URL would set "typing" again.
-            async with alice.expect_request(
-                lambda r: "/events?" in r.url, timeout=WAIT
-            ) as reconnect:
-                presence._service.connections.close_all("closed")
-            request = await reconnect.value
-            assert "data=%7B%22status%22%3A%22away%22%7D" in request.url
-            assert (await request.all_headers())["last-event-id"]
-            await alice.wait_for_selector("#state.open", timeout=WAIT)
+            async with users(browser, 2) as (alice, bob):
+                await alice.goto(f"{page_url}?room=lobby")
+                # Set before connecting: it goes with the join (?data=).
+                await alice.fill("#status", "typing")
+                await alice.click("#set-status")
+                await alice.fill("#name", "alice")
+                await alice.click("#connect")
+                await bob.goto(f"{page_url}?name=bob&room=lobby")
+                await bob.wait_for_selector(
+                    '#online li[data-client="alice"]:has-text("alice — typing")', timeout=WAIT
+                )
+                await alice.wait_for_selector('#online li[data-client="bob"]', timeout=WAIT)
+                assert await alice.text_content("#state") == "online as alice in lobby"
+                assert await alice.text_content("#list-title") == "In lobby"
+                # Set while connected: PUT .../data, an UPDATE for the others.
+                await alice.fill("#status", "away")
+                await alice.click("#set-status")
+                await bob.wait_for_selector(
+                    '#online li[data-client="alice"]:has-text("alice — away")', timeout=WAIT
+                )
+                assert await redis.hget("room.{lobby}.data", "alice") == b'{"status":"away"}'
+                assert "alice is away" in (await bob.text_content("#activity") or "")
+                await bob.close()
+                await alice.wait_for_selector(
+                    '#online li[data-client="bob"]', state="detached", timeout=5_000
+                )
+                assert "bob left" in (await alice.text_content("#activity") or "")
+                # Reconnecting with the first URL would set "typing" again.
+                async with alice.expect_request(
+                    lambda r: "/events?" in r.url, timeout=WAIT
+                ) as reconnect:
+                    presence._service.connections.close_all("closed")
+                request = await reconnect.value
+                assert "data=%7B%22status%22%3A%22away%22%7D" in request.url
+                assert (await request.all_headers())["last-event-id"]
+                await alice.wait_for_selector("#state.open", timeout=WAIT)
         finally:
-            await context.close()
             await server.close()
 
 
