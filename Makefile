@@ -45,6 +45,7 @@ lint: install $(NODE_STAMP) ## ruff, mypy --strict and the JavaScript checks (ne
 	$(BIN)/ruff format --check presence tests examples bench
 	$(BIN)/mypy
 	node tools/check_asyncapi.mjs docs/asyncapi.yaml
+	node_modules/.bin/tsc --noEmit -p tsconfig.json
 
 format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix presence tests examples bench
