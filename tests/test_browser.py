@@ -92,7 +92,7 @@ async def users(browser: Browser, count: int) -> AsyncIterator[list[Page]]:
 def serve(redis_server: RedisServer, spawn: Spawn, *args: str) -> ServerProcess:
     return spawn(
         "--redis-url", redis_server.url,
-        "--server-id", "web-1",
+        "--server-id", "demo-1",
         "--heartbeat-interval", "5",
         "--keepalive-interval", "1",
         *args,
@@ -545,7 +545,10 @@ async def test_sse_parsing_and_ids_follow_the_server(
     browser: Browser, redis_server: RedisServer, settings: Settings
 ) -> None:
     """Frames as the specification reads them, split anywhere, and a
-    duplicated event dropped: a fake server writes them byte by byte."""
+    duplicated event dropped: a fake server writes them byte by byte, then
+    ends the stream. The client reconnects after ``retry:``, not its own
+    minimum delay, and a stream that then sends nothing is dropped after
+    ``idleTimeout``."""
     frames = (
         b"\xef\xbb\xbfretry: 150\r\n"
         b'id: 5-0\r\nevent: snapshot\r\ndata: {"clients":[{"client":"a","server":"s"}]}\r\n\r\n'
@@ -554,15 +557,19 @@ async def test_sse_parsing_and_ids_follow_the_server(
         b'id: 6-0\nevent: presence\ndata: {"client":"b","status":"OFFLINE","server":"s"}\n\n'
         b'event: presence\ndata: {"client":"a","status":"OFFLINE","server":"s","at":7}\n\n'
     )
-    seen: list[str | None] = []
+    seen: list[tuple[str | None, float]] = []
+    done = asyncio.Event()
 
     async def events(request: web.Request) -> web.StreamResponse:
-        seen.append(request.headers.get("Last-Event-ID"))
+        seen.append((request.headers.get("Last-Event-ID"), time.monotonic()))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         if len(seen) == 1:
             for i in range(len(frames)):
                 await response.write(frames[i : i + 1])
+        elif len(seen) == 2:  # silent, until the client gives up on it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 10)
         return response
 
     app = web.Application()
@@ -580,20 +587,27 @@ async def test_sse_parsing_and_ids_follow_the_server(
             base = str(server.make_url("/"))[:-1]
             await page.evaluate(
                 HARNESS.replace("${base}/static/", "${base}/p/static/"),
-                {"base": base, "name": "c", "options": {"minDelay": 60_000}, "tokens": None},
+                {
+                    "base": base,
+                    "name": "c",
+                    "options": {"minDelay": 60_000, "idleTimeout": 1000},
+                    "tokens": None,
+                },
             )
             await page.wait_for_function(
                 "() => window.presence.c.log.filter((e) => e.type === 'offline').length === 1",
                 timeout=WAIT,
             )
-            await poll(lambda: truthy(len(seen) >= 2), what="a reconnect within retry:")
-            assert seen[0] is None
-            assert set(seen[1:]) == {"6-0"}
+            await poll(lambda: truthy(len(seen) >= 3), what="two reconnects")
+            assert [last for last, _ in seen] == [None] + ["6-0"] * (len(seen) - 1)
+            # The silent stream was given up after idleTimeout (1 s), and only then.
+            assert 0.9 <= seen[2][1] - seen[1][1] <= 3
             log = await log_of(page, "c")
             changes = [(e["type"], e["client"], e.get("at")) for e in log if "client" in e]
             # The second 6-0 is dropped: b stays.
             assert changes == [("online", "b", None), ("offline", "a", 7)]
             assert set(await members(page, "c")) == {"b"}
         finally:
+            done.set()
             await context.close()
             await server.close()

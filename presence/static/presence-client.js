@@ -81,9 +81,9 @@ export class PresenceClient {
   connect() {
     if (this._state !== "idle" && this._state !== "closed") return;
     const run = ++this._run;
-    if (typeof addEventListener === "function") {
-      addEventListener("online", this._onWake);
-      addEventListener("visibilitychange", this._onWake);
+    if (typeof addEventListener === "function") addEventListener("online", this._onWake);
+    if (typeof document !== "undefined") {
+      document.addEventListener("visibilitychange", this._onWake);
     }
     this._setState(this._synced ? "reconnecting" : "connecting");
     this._loop(run).catch((error) => this._finish(run, error));
@@ -272,9 +272,9 @@ export class PresenceClient {
     this._run += 1;
     if (this._abort) this._abort.abort();
     if (this._wake) this._wake();
-    if (typeof removeEventListener === "function") {
-      removeEventListener("online", this._onWake);
-      removeEventListener("visibilitychange", this._onWake);
+    if (typeof removeEventListener === "function") removeEventListener("online", this._onWake);
+    if (typeof document !== "undefined") {
+      document.removeEventListener("visibilitychange", this._onWake);
     }
     this._setState("closed", error);
   }
