@@ -415,6 +415,12 @@ async def test_a_trimmed_stream_gives_a_reset_with_exactly_the_differences(
         await server.wait_healthy()
         for client in ("stays", "leaves"):
             await redis.xadd("heartbeat", {"client": client, "server": "ext"})
+
+        async def online(expected: set[str]) -> bool:
+            return await online_ids(session, server) == expected
+
+        # Online before alice connects: her snapshot lists them, no event does.
+        await poll(lambda: online({"stays", "leaves"}), what="the first two online")
         context = await browser.new_context()
         try:
             async with Link(server.port) as link:
@@ -429,11 +435,7 @@ async def test_a_trimmed_stream_gives_a_reset_with_exactly_the_differences(
                 await redis.xadd("heartbeat", {"client": "comes", "server": "ext"})
                 await redis.delete("online.clients.leaves")
                 expected = {"alice", "stays", "comes"}
-
-                async def changed() -> bool:
-                    return await online_ids(session, server) == expected
-
-                await poll(changed, timeout=10, what="the server's view after the changes")
+                await poll(lambda: online(expected), timeout=10, what="the view after the changes")
                 await redis.xtrim("presence", maxlen=0)
                 link.restore()
                 await context.set_offline(False)
