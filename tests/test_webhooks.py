@@ -186,12 +186,18 @@ async def test_three_servers_with_churn_post_each_transition_once(
         headers = request.headers
         assert verify(SECRET, request.body, headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER])
         validate("WebhookBody", json.loads(request.body))
-        validate("WebhookHeaders", {k: headers[k] for k in ("Content-Type", "User-Agent")})
+        named = ("Content-Type", "User-Agent", TIMESTAMP_HEADER, SIGNATURE_HEADER)
+        validate("WebhookHeaders", {k: headers[k] for k in named})
     # Delivered rooms leave the index; only the marker stays.
     assert await redis.zrangebyscore("rooms.due", "+inf", "+inf") == [b"#webhooks"]
     async with aiohttp.ClientSession() as session:
+        ok = 0.0
         for server in servers:
             assert await metric(session, server.url, "presence_webhook_lag_seconds") == 0
+            deliveries = r'presence_webhook_deliveries_total\{result="%s"\}'
+            assert await metric(session, server.url, deliveries % "dropped") == 0
+            ok += await metric(session, server.url, deliveries % "ok")
+        assert ok == len(found.delivered)
 
 
 async def test_a_failing_receiver_is_retried_until_it_recovers(

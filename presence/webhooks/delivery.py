@@ -64,9 +64,9 @@ class ShardDelivery:
         streams = self._streams
         sources: list[Source] = [streams.global_source] if streams.presence else []
         if streams.rooms:
-            rooms = await streams.indexed(self._room_start, ROOMS_PER_PASS)
+            rooms, read = await streams.indexed(self._room_start, ROOMS_PER_PASS)
             # The next pass goes on from here; the index shrinks as rooms are delivered.
-            self._room_start = 0 if len(rooms) < ROOMS_PER_PASS else self._room_start + len(rooms)
+            self._room_start = 0 if read < ROOMS_PER_PASS else self._room_start + read
             sources += rooms
         posted = False
         for i in range(0, len(sources), STREAMS_PER_CALL):

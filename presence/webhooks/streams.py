@@ -158,9 +158,10 @@ class WebhookStreams:
         if self.rooms:
             await self._redis.zadd(self._keys.rooms_due, {WEBHOOKS_MARKER: "+inf"}, nx=True)
 
-    async def indexed(self, start: int, limit: int) -> list[Source]:
-        """Up to ``limit`` rooms of the index from ``start`` on, as sources. The
-        marker is put back first if it went (a Redis that lost its data)."""
+    async def indexed(self, start: int, limit: int) -> tuple[list[Source], int]:
+        """The rooms among ``limit`` members of the index from ``start`` on, as
+        sources, and how many members that read. The marker is put back first
+        if it went (a Redis that lost its data)."""
         due = self._keys.rooms_due
         replies = await self._calls(
             lambda pipe: [
@@ -172,7 +173,7 @@ class WebhookStreams:
             if isinstance(reply, Exception):
                 raise reply
         rooms = [m[1:] for raw in replies[1] if (m := text(raw)) != WEBHOOKS_MARKER]
-        return [Source(self._keys.room(r).presence, r) for r in rooms]
+        return [Source(self._keys.room(r).presence, r) for r in rooms], len(replies[1])
 
     async def take(self, sources: Sequence[Source], count: int) -> list[Taken]:
         """Each source's batch: new entries, or one taken over; in one round trip."""
