@@ -307,7 +307,8 @@ async def test_two_pages_in_a_room_see_each_others_status_under_a_prefix(
 async def test_room_join_update_and_leave_and_occupancy(
     browser: Browser, redis_server: RedisServer, settings: Settings
 ) -> None:
-    """Room events as the client emits them, embedded under ``/presence``."""
+    """Room events as the client emits them, and a watch list's, embedded
+    under ``/presence``."""
     app = web.Application()
     setup(app, settings.replace(heartbeat_interval=30, leave_grace=0.3))
     async with emptied(redis_server):
@@ -319,9 +320,12 @@ async def test_room_join_update_and_leave_and_occupancy(
             page = await context.new_page()
             await page.goto(f"{base}/")
             await start(page, base, "alice", rooms=["lobby"], occupancy=["lobby"])
+            await start(page, base, "carol", watch=["bob"])
             await state_is(page, "alice", "open")
+            await state_is(page, "carol", "open")
             await start(page, base, "bob", rooms=["lobby"], data={"status": "here"})
             await lists(page, "alice", {"bob"}, "lobby")
+            await lists(page, "carol", {"bob"})
             assert (await members(page, "alice", "lobby"))["bob"]["data"] == {"status": "here"}
             await page.wait_for_function(
                 "() => window.presence.alice.p.count('lobby') === 2", timeout=WAIT
@@ -336,6 +340,7 @@ async def test_room_join_update_and_leave_and_occupancy(
             )
             await page.evaluate("() => window.presence.bob.p.close()")
             await lists(page, "alice", set(), "lobby")
+            await lists(page, "carol", set())  # globally offline too, after the grace
             await page.wait_for_function(
                 "() => window.presence.alice.p.count('lobby') === 1", timeout=WAIT
             )
@@ -348,6 +353,12 @@ async def test_room_join_update_and_leave_and_occupancy(
             ]
             assert all(e["room"] == "lobby" and not e["synthetic"] for e in log if "client" in e)
             assert added_up(log, "lobby") == {}
+            watched = await log_of(page, "carol")
+            assert [(e["type"], "room" in e) for e in watched if "client" in e] == [
+                ("online", False),
+                ("offline", False),
+            ]
+            assert added_up(watched) == {}
         finally:
             await context.close()
             await server.close()
@@ -559,6 +570,19 @@ async def test_sse_parsing_and_ids_follow_the_server(
         b'id: 6-0\nevent: presence\ndata: {"client":"b","status":"OFFLINE","server":"s"}\n\n'
         b'event: presence\ndata: {"client":"a","status":"OFFLINE","server":"s","at":7}\n\n'
     )
+    # Then ids of a scoped stream on a cluster (a tag, the watch list's part
+    # with one id per shard, a room's part), compared part by part, as numbers.
+    scoped = b"".join(
+        b'id: %b\nevent: presence\ndata: {"client":"%b","status":"ONLINE","server":"s"}\n\n' % pair
+        for pair in (
+            (b"ab12cd34.3-0,2-0.9-0", b"x"),
+            (b"ab12cd34.3-0,1-0.9-0", b"y"),  # at or before: dropped
+            (b"ab12cd34.3-0,2-0.10-0", b"z"),
+            (b"ab12cd34.2-0,2-0.9-5", b"v"),  # before in every part: dropped
+            (b"other.1-0", b"w"),  # not comparable: taken
+        )
+    )
+    reset = b'id: ab12cd34.3-0,1-0.9-0\nevent: snapshot\ndata: {"clients":[],"rooms":{}}\n\n'
     seen: list[tuple[str | None, float]] = []
     done = asyncio.Event()
 
@@ -572,6 +596,8 @@ async def test_sse_parsing_and_ids_follow_the_server(
         elif len(seen) == 2:  # silent, until the client gives up on it
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), 10)
+        elif len(seen) == 3:
+            await response.write(reset + scoped)
         return response
 
     app = web.Application()
@@ -597,18 +623,28 @@ async def test_sse_parsing_and_ids_follow_the_server(
                 },
             )
             await page.wait_for_function(
-                "() => window.presence.c.log.filter((e) => e.type === 'offline').length === 1",
-                timeout=WAIT,
+                "() => window.presence.c.p.members().has('w')", timeout=WAIT
             )
-            await poll(lambda: truthy(len(seen) >= 3), what="two reconnects")
-            assert [last for last, _ in seen] == [None] + ["6-0"] * (len(seen) - 1)
+            await poll(lambda: truthy(len(seen) >= 4), what="three reconnects")
+            ids = [last for last, _ in seen]
+            assert ids[:3] == [None, "6-0", "6-0"]
+            assert set(ids[3:]) == {"other.1-0"}
             # The silent stream was given up after idleTimeout (1 s), and only then.
             assert 0.9 <= seen[2][1] - seen[1][1] <= 3
             log = await log_of(page, "c")
-            changes = [(e["type"], e["client"], e.get("at")) for e in log if "client" in e]
-            # The second 6-0 is dropped: b stays.
-            assert changes == [("online", "b", None), ("offline", "a", 7)]
-            assert set(await members(page, "c")) == {"b"}
+            changes = [
+                (e["type"], e["client"], e.get("at"), e["synthetic"]) for e in log if "client" in e
+            ]
+            # The second 6-0 is dropped: b stays, until the reset.
+            assert changes == [
+                ("online", "b", None, False),
+                ("offline", "a", 7, False),
+                ("offline", "b", None, True),
+                ("online", "x", None, False),
+                ("online", "z", None, False),
+                ("online", "w", None, False),
+            ]
+            assert set(await members(page, "c")) == {"x", "z", "w"}
         finally:
             done.set()
             await context.close()
