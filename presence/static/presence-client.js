@@ -29,6 +29,8 @@ const DEFAULTS = { minDelay: 1000, maxDelay: 30000, idleTimeout: 45000 };
 const EXPIRY_MARGIN_MS = 5000;
 // Statuses that no retry can fix: the stream is closed with the error.
 const FINAL = new Set([400, 403, 404, 405, 413]);
+// States in which the client's memberships are held, or about to be.
+const JOINING = new Set(["connecting", "open", "reconnecting"]);
 
 export class PresenceClient {
   constructor(options) {
@@ -125,7 +127,7 @@ export class PresenceClient {
         this._token = token;
         continue;
       }
-      const joining = this._rooms.includes(room) && this._state !== "closed";
+      const joining = this._rooms.includes(room) && JOINING.has(this._state);
       if (response.status !== 404 || !joining || tries >= 20) throw error;
       await sleep(250);
     }
@@ -161,7 +163,7 @@ export class PresenceClient {
         }
         reason = "unauthorized";
       }
-      this._setState("reconnecting", outcome.error);
+      this._setState("reconnecting", outcome.error ?? outcome.unauthorized);
       await this._backoff(run, outcome.retryAfter);
       if (run !== this._run) return;
     }
@@ -205,6 +207,7 @@ export class PresenceClient {
       cache: "no-store",
       signal: abort.signal,
     });
+    if (run !== this._run) return { ended: true }; // closed meanwhile
     if (response.status === 401) return { unauthorized: await errorOf(response, UnauthorizedError) };
     if (!response.ok) {
       const error = await errorOf(response);
