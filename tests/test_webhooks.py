@@ -162,6 +162,12 @@ async def test_three_servers_with_churn_post_each_transition_once(
         # A member's data changes: one UPDATE.
         member = await open_events(session, f"{servers[0].url}/clients/z/events?room=lobby")
         await member.until(lambda e: e.event == "snapshot")
+
+        async def member_of_lobby() -> bool:
+            joined: bool = await redis.hexists("room.{lobby}.members", "z")
+            return joined
+
+        await poll(member_of_lobby, what="z in the lobby")
         async with session.put(
             f"{servers[1].url}/rooms/lobby/clients/z/data", json={"status": "away"}
         ) as response:
