@@ -26,6 +26,7 @@ from presence.cli import main
 from presence.errors import ConfigError
 from presence.shards import shard_of, shard_tags
 from presence.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature, verify
+from presence.webhooks.payload import Source
 from presence.webhooks.streams import BUSY, TAKEN, WebhookStreams
 
 from .asyncapi import validate
@@ -293,6 +294,15 @@ async def test_entries_trimmed_before_they_were_posted_are_counted(
     (rest,) = await streams.take([source], 100)
     assert (rest.dropped, len(rest.entries)) == (5, 15)
     assert rest.entries[0][1][1] == b"c15"
+    # An empty room's stream is kept while its entries wait.
+    await redis.zadd("rooms.due", {"#webhooks": "+inf"})
+    hall = "room.{hall}.presence"
+    await redis.xadd(hall, {"room": "hall", "client": "a", "status": "OFFLINE", "server": "s"})
+    await redis.xgroup_create(hall, "webhooks", id="0")
+    await redis.pexpire(hall, 1000)
+    (room,) = await streams.take([Source(hall, "hall")], 10)
+    assert (room.state, len(room.entries)) == (TAKEN, 1)
+    assert await redis.pttl(hall) > 3_000_000
     # Another server's batch is left to it until it has been idle CLAIM_AFTER.
     other = WebhookStreams(redis, settings.replace(server_id="test-2"), rooms=True, presence=True)
     (busy,) = await other.take([source], 100)

@@ -46,6 +46,10 @@ class ShardDelivery:
         self._room_start = 0
         #: Entries trimmed from their stream before they were posted.
         self.dropped = 0
+        #: Indexed room streams found gone (expired, or deleted) before their
+        #: entries were all posted: how many entries is unknown.
+        self.vanished = 0
+        self._vanished_logged = 0
         self._dropped_logged = 0
         self._drop_log_at = 0.0
         #: Unix ms of the oldest entry taken and not posted yet; None when none is.
@@ -109,16 +113,23 @@ class ShardDelivery:
     def _count_dropped(self, taken: list[Taken]) -> None:
         for t in taken:
             self.dropped += t.dropped
-            if t.state == GONE and t.source.room == "" and self._streams.presence:
+            if t.state == GONE and t.source.room:
+                self.vanished += 1
+            elif t.state == GONE and self._streams.presence:
                 # The presence stream or its group went (a Redis that lost its data).
                 raise RedisError("the webhook group on the presence stream is gone")
         now = time.monotonic()
-        if self.dropped > self._dropped_logged and now - self._drop_log_at >= DROP_LOG_EVERY:
+        news = self.dropped > self._dropped_logged or self.vanished > self._vanished_logged
+        if news and now - self._drop_log_at >= DROP_LOG_EVERY:
             log.warning(
                 "webhook%s: %d transitions trimmed from their streams before they were "
-                "posted (%d in all); raise the streams' caps, or mend the receiver",
+                "posted (%d in all), %d room streams gone before they were all posted "
+                "(%d in all); raise the streams' caps, or mend the receiver",
                 self._label,
                 self.dropped - self._dropped_logged,
                 self.dropped,
+                self.vanished - self._vanished_logged,
+                self.vanished,
             )
-            self._dropped_logged, self._drop_log_at = self.dropped, now
+            self._dropped_logged, self._vanished_logged = self.dropped, self.vanished
+            self._drop_log_at = now

@@ -12,7 +12,9 @@ order even when a server dies mid-delivery.
 
 A room leaves the index in the same script that found its stream delivered,
 atomically with the room scripts that add it: an entry added meanwhile puts
-it back.
+it back. An empty room's stream, which expires an hour after its last
+member left, is kept an hour after the last look that found it behind, so
+a receiver down for longer loses none of it while any server looks.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, Final, cast
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, ResponseError
 
-from ..contract import WEBHOOKS_GROUP, WEBHOOKS_MARKER
+from ..contract import EMPTY_ROOM_TTL, WEBHOOKS_GROUP, WEBHOOKS_MARKER
 from ..entries import text
 from ..redis_client import Redis
 from ..redis_cluster import Calls, is_cluster
@@ -45,6 +47,7 @@ GONE: Final = 3
 # KEYS[1] the stream   KEYS[2] rooms.due (the index)
 # ARGV[1] group  ARGV[2] this server  ARGV[3] entries at most
 # ARGV[4] claim after (ms)  ARGV[5] the room ('' for the presence stream)
+# ARGV[6] ms an empty room's stream is kept
 # Returns {state, dropped, entries}: dropped counts the entries trimmed from
 # the stream (its MAXLEN) before they were posted; they are acknowledged.
 TAKE: Final = """
@@ -73,6 +76,12 @@ if redis.call('EXISTS', stream) == 0 then
   unindex()
   return {GONE, 0, {}}
 end
+-- Behind: an empty room's stream (it expires) is kept while entries wait.
+local function keep()
+  if room ~= '' and redis.call('PTTL', stream) > 0 then
+    redis.call('PEXPIRE', stream, ARGV[6])
+  end
+end
 local ok, pending = pcall(redis.call, 'XPENDING', stream, group)
 if not ok then
   if room == '' then return {GONE, 0, {}} end
@@ -83,7 +92,10 @@ end
 if pending[1] > 0 then
   local oldest = redis.call('XPENDING', stream, group, '-', '+', 1)[1]
   if oldest[2] ~= me then
-    if oldest[3] < claim then return {BUSY, 0, {}} end
+    if oldest[3] < claim then
+      keep()
+      return {BUSY, 0, {}}
+    end
     -- Its server stopped: its whole batch is this server's now, in order.
     local ids = {}
     for _, p in ipairs(redis.call('XPENDING', stream, group, '-', '+', count)) do
@@ -96,6 +108,7 @@ if pending[1] > 0 then
     if e[2] then kept[#kept + 1] = e else gone[#gone + 1] = e[1] end
   end
   if #gone > 0 then redis.call('XACK', stream, group, unpack(gone)) end
+  keep()
   return {TAKEN, #gone, kept}
 end
 -- Entries trimmed before any server read them: the group's lag (Redis 7)
@@ -116,6 +129,7 @@ if #new == 0 then
   unindex()
   return {NOTHING, dropped, {}}
 end
+keep()
 return {TAKEN, dropped, new}
 """
 
@@ -197,7 +211,7 @@ class WebhookStreams:
         for s in sources:
             pipe.evalsha(
                 self._script.sha, 2, s.stream, self._keys.rooms_due,
-                WEBHOOKS_GROUP, self._me, count, claim_ms, s.room,
+                WEBHOOKS_GROUP, self._me, count, claim_ms, s.room, EMPTY_ROOM_TTL * 1000,
             )  # fmt: skip
 
     async def touch(self, batch: dict[Source, list[bytes]]) -> None:
