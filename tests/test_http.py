@@ -158,7 +158,11 @@ async def test_the_demo_page_and_its_files_are_served_and_nothing_else(
         assert 'src="static/demo.js"' in await response.text()
     async with session.get(server.make_url("/static/demo.js")) as response:
         assert response.status == 200
-        assert "EventSource" in await response.text()
+        assert "PresenceClient" in await response.text()
+    async with session.get(server.make_url("/static/presence-client.js")) as response:
+        assert response.status == 200
+        assert response.content_type == "text/javascript"
+        assert "export class PresenceClient" in await response.text()
     for path in ("/static/../http.py", "/static/%2e%2e/http.py", "/static/nope.js"):
         async with session.get(server.make_url(path)) as response:
             assert response.status in (403, 404), path
