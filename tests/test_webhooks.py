@@ -217,6 +217,8 @@ async def test_a_failing_receiver_is_retried_until_it_recovers(
     )
     async with presence.track("alice"):
         await poll(lambda: asyncio.sleep(0, len(found.requests) >= 3), what="retries")
+        assert await presence.status("alice") is not None  # presence never waits for it
+    await poll(lambda: _none_online(redis), what="alice's OFFLINE, the receiver still down")
     found.status = 200
     await poll(lambda: all_delivered(found, redis, ["presence"]), timeout=10, what="delivered")
     delivered = [(e["client"], e["status"]) for e in found.delivered]
