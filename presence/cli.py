@@ -146,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     opt("--max-watch", type=int, metavar="N", help="ids one stream may watch (default 1000)")
     opt("--room-maxlen", type=int, metavar="N", help="each room stream's cap (default 10000)")
+    opt(
+        "--last-seen-retention",
+        type=float,
+        metavar="SECONDS",
+        help="keep each client's last OFFLINE time this long; 0: none (default 2592000, 30 days)",
+    )
     opt("--cors-origins", metavar="LIST", help="comma-separated origins allowed (default none)")
     opt("--max-line-size", type=int, metavar="BYTES", help="request line cap (default 8190)")
     opt("--max-field-size", type=int, metavar="BYTES", help="header field cap (default 8190)")
@@ -178,10 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="list the online clients (or a room's members), with counts per server",
         description="The online clients as a table, then how many each server holds. "
-        "With --room, the room's members and their data.",
+        "With --room, the room's members and their data. With a client id, that client "
+        "alone (in --room, if given): ONLINE and its server, or OFFLINE and when it was "
+        "last seen.",
     )
     _redis_options(status)
-    status.add_argument("--room", help="list this room's members instead")
+    status.add_argument(
+        "client", nargs="?", help="show this client alone: its server, or when it was last seen"
+    )
+    status.add_argument("--room", help="list this room's members instead (with a client: in it)")
     token = commands.add_parser(
         "token",
         help="mint a client token (HS256) for development",
@@ -218,10 +229,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.pop("command")
     last = args.pop("last", 0)
     room = args.pop("room", None)
+    client = args.pop("client", None) if command == "status" else None
     if command == "token":
         return _token(args["client"], args["ttl"], args["auth_secret"], args["rooms"])
     if room is not None and not is_valid_id(room):
         print(f"presence: error: room {ROOM_RULE}", file=sys.stderr)
+        return 2
+    if client is not None and not is_valid_id(client):
+        print(f"presence: error: client id {ID_RULE}", file=sys.stderr)
         return 2
     try:
         settings = Settings.from_env(**args)
@@ -234,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "watch":
             asyncio.run(_watch(settings, room, last))
+        elif client is not None:
+            asyncio.run(terminal.client_status(settings, client, room))
         elif room is not None:
             asyncio.run(terminal.room_status(settings, room))
         else:

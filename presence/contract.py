@@ -102,6 +102,12 @@ class Keys:
         return f"{self.holders_prefix}{client}"
 
     @property
+    def last_seen(self) -> str:
+        """Sorted set: client -> Unix ms of its last OFFLINE (its ``presence``
+        entry's time), kept for the last-seen retention."""
+        return f"{self.namespace}last_seen"
+
+    @property
     def rooms_due(self) -> str:
         """Sorted set: room -> a time (Unix ms) no later than its earliest
         member deadline; the sweeper's index of rooms to visit."""
@@ -143,6 +149,12 @@ class RoomKeys:
         (``ONLINE``, ``UPDATE``, ``OFFLINE``), ``server`` and, with ONLINE and
         UPDATE of a member that has data, ``data``."""
         return f"{self.base}presence"
+
+    @property
+    def last_seen(self) -> str:
+        """Sorted set, as ``last_seen`` but for the room's OFFLINEs; it expires
+        one retention after its last write."""
+        return f"{self.base}last_seen"
 
     def holders(self, client: str) -> str:
         """Sorted set, as ``online.holders.<id>`` but for the membership."""

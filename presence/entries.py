@@ -226,7 +226,7 @@ def parse_delivery(
         return None
     client, status, server = valid
     event_id = event_id or entry_id
-    frame = presence_frame(event_id.encode(), client, status, server)
+    frame = presence_frame(event_id.encode(), client, status, server, entry_id.encode())
     return Delivery(
         entry_id, client.decode(), _STATUSES[status], server.decode(), frame, shard, event_id
     )

@@ -21,11 +21,21 @@ from .positions import later, valid_entry_id
 SEPARATOR = "\n"
 
 _PRESENCE = b'id: %b\nevent: presence\ndata: {"client":"%b","status":"%b","server":"%b"}\n\n'
+_LEFT = (
+    b'id: %b\nevent: presence\ndata: {"client":"%b","status":"OFFLINE","server":"%b","at":%b}\n\n'
+)
 
 
-def presence_frame(entry_id: bytes, client: bytes, status: bytes, server: bytes) -> bytes:
-    """The ``presence`` frame of a global stream's event (ids valid)."""
-    return _PRESENCE % (entry_id, client, status, server)
+def presence_frame(
+    event_id: bytes, client: bytes, status: bytes, server: bytes, entry_id: bytes = b""
+) -> bytes:
+    """The ``presence`` frame of a global stream's event (ids valid). An
+    OFFLINE's carries ``at``, the Unix ms of its entry ``entry_id`` (default
+    ``event_id``): when the client was last seen."""
+    if status == b"OFFLINE":
+        at = (entry_id or event_id).partition(b"-")[0]
+        return _LEFT % (event_id, client, server, at)
+    return _PRESENCE % (event_id, client, status, server)
 
 
 def room_event_data(

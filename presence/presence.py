@@ -151,6 +151,12 @@ class Presence:
         """The client and its server when it is online, else None."""
         return await self._service.status(client_id)
 
+    async def last_seen(self, client_id: str, room: str | None = None) -> int | None:
+        """Unix ms of the client's last OFFLINE (in ``room``, if given), kept
+        for ``last_seen_retention``; None when presence has not seen it leave
+        since. Meaningful while ``status`` says it is offline."""
+        return await self._service.last_seen(client_id, room)
+
     async def room(self, room: str) -> RoomSnapshot:
         """The members of ``room``, on any server; ``RoomUnreadable`` when Redis
         fails to read it (a key of the wrong type)."""

@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .contract import check_id
 from .entries import encode_data
 from .errors import RedisMisconfigured, RedisUnavailable
-from .events import OnlineClient
+from .events import Member, OnlineClient
 from .heartbeats.claims import Claimer
 from .heartbeats.consumer import HeartbeatConsumer
 from .heartbeats.held import HeldClients
@@ -378,6 +378,21 @@ class Service:
     async def status(self, client_id: str) -> OnlineClient | None:
         """The client and its server when it is online, else None."""
         return await self.state.status(client_id)
+
+    async def last_seen(self, client_id: str, room: str | None = None) -> int | None:
+        """Unix ms of the client's last OFFLINE (in ``room``, if given) within
+        the retention, else None."""
+        if room is None:
+            return await self.state.last_seen(client_id)
+        check_id(client_id)
+        check_id(room)
+        return await self.shards[self.shards.of(room)].last_seen(client_id, room)
+
+    async def member(self, room: str, client_id: str) -> Member | None:
+        """``client_id`` in ``room`` with its server and data, or None."""
+        check_id(client_id)
+        check_id(room)
+        return await self.shards[self.shards.of(room)].member(room, client_id)
 
     async def problems(self) -> list[str]:
         """Why this process is unhealthy; empty when Redis answers and every worker runs."""

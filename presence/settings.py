@@ -82,6 +82,9 @@ class Settings:
     presence_maxlen: int = 100_000
     #: Approximate cap (``XADD MAXLEN ~``) of each room's transition stream.
     room_maxlen: int = 10_000
+    #: Seconds a client's (or room member's) last OFFLINE time is kept, for
+    #: ``last_seen``; 0 keeps none.
+    last_seen_retention: float = 30 * 86_400
     #: Rooms (``room`` and ``occupancy``) one stream may ask for; more get a 400.
     max_rooms_per_connection: int = 100
     #: Distinct rooms (``room`` and ``occupancy``) this server's streams may
@@ -219,6 +222,10 @@ class Settings:
             "stall timeout must be a positive number of seconds",
         )
         _check(self.room_maxlen >= 1, "room stream cap must be at least 1")
+        _check(
+            math.isfinite(self.last_seen_retention) and self.last_seen_retention >= 0,
+            "last seen retention must be zero (off) or a positive number of seconds",
+        )
         _check(self.max_rooms_per_connection >= 1, "max rooms per connection must be at least 1")
         _check(self.max_rooms >= 1, "max rooms must be at least 1")
         _check(self.max_watch >= 1, "max watch must be at least 1")
@@ -274,6 +281,11 @@ class Settings:
             dataclasses.replace(self, namespace=f"{self.namespace}{{{tag}}}.")
             for tag in shard_tags(self.shards)
         ]
+
+    @property
+    def last_seen_ms(self) -> int:
+        """``last_seen_retention`` in milliseconds (0: none kept)."""
+        return round(self.last_seen_retention * 1000)
 
     @property
     def ttl_ms(self) -> int:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TextIO
 
+from . import last_seen
 from .entries import parse_event, parse_room_delivery, stream_entries, text
 from .errors import PresenceError, RedisUnavailable
 from .positions import stream_position
@@ -140,6 +142,47 @@ async def room_status(settings: Settings, room: str, out: TextIO = sys.stdout) -
     per_server = Counter(server for _, server, _ in rows)
     counts = ", ".join(f"{server} {n}" for server, n in sorted(per_server.items()))
     print(f"\n{len(rows)} in {room}" + (f": {counts}" if counts else ""), file=out)
+
+
+async def client_status(
+    settings: Settings, client: str, room: str | None = None, out: TextIO = sys.stdout
+) -> None:
+    """Print one client (or room member): ONLINE with its server (and data),
+    or OFFLINE with when it was last seen."""
+    redis, shards = await _connect(settings)
+    shard = _shard(shards, client if room is None else room)
+    keys = shard.keys
+    try:
+        if room is None:
+            server, data = await redis.hget(keys.servers, client), None
+            seen = await redis.zscore(keys.last_seen, client)
+        else:
+            r = keys.room(room)
+            server, data = await redis.hget(r.members, client), await redis.hget(r.data, client)
+            seen = await redis.zscore(r.last_seen, client)
+    except REDIS_FAILURES as exc:
+        raise RedisUnavailable(f"cannot read Redis: {exc}") from None
+    finally:
+        await redis.aclose()
+    where = "" if room is None else f" in {room}"
+    if server is not None:
+        line = f"{client}{where}  ONLINE  {text(server)}"
+        print(line + ("" if data is None else f"  {text(data)}"), file=out)
+    elif seen is None:
+        print(f"{client}{where}  OFFLINE  last seen: unknown", file=out)
+    else:
+        ms = int(seen)
+        ago = _ago(time.time() - ms / 1000)
+        print(f"{client}{where}  OFFLINE  last seen {last_seen.iso(ms)} ({ago})", file=out)
+
+
+def _ago(seconds: float) -> str:
+    """``4 s ago``, ``3 min ago``, ``2 h ago``, ``5 days ago``."""
+    seconds = max(0, seconds)
+    for unit, size in (("days", 86_400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit} ago"
+    return f"{int(seconds)} s ago"
 
 
 async def _connect(settings: Settings) -> tuple[Redis, list[Settings]]:

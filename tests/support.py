@@ -367,3 +367,9 @@ async def poll(
 def entry_ms(entry_id: bytes | str) -> int:
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     return int(text.split("-")[0])
+
+
+def at(event: Event) -> int:
+    """The ``at`` a global OFFLINE event must carry: its entry's Unix ms."""
+    assert event.id is not None
+    return entry_ms(event.id)

@@ -23,7 +23,16 @@ from redis.crc import key_slot
 from presence.shards import shard_of, shard_tags
 
 from .servers import Spawn, events_of, health, listed, settled, start_server
-from .support import Follower, Redis, ServerProcess, follow, open_events, poll, truthy
+from .support import (
+    Follower,
+    Redis,
+    ServerProcess,
+    entry_ms,
+    follow,
+    open_events,
+    poll,
+    truthy,
+)
 from .test_sentinel import contradictions
 from .topology import SHARDS, Cluster
 
@@ -85,6 +94,11 @@ async def test_servers_on_a_cluster_see_everyone_exactly_once(
         stream = await cluster_redis.xrange(f"{{{tag_of(c)}}}.presence")
         statuses = [f[b"status"] for _, f in stream if f[b"client"] == c.encode()]
         assert statuses == [b"ONLINE", b"OFFLINE"]
+        # Last seen at that entry, in the shard's own last_seen, from any server.
+        left = max(entry_ms(i) for i, f in stream if f[b"client"] == c.encode())
+        async with session.get(f"{servers[1].url}/clients/{c}") as response:
+            assert (await response.json())["last_seen"] == left
+        assert await cluster_redis.zscore(f"{{{tag_of(c)}}}.last_seen", c) == left
 
 
 async def test_a_resume_on_a_cluster_replays_every_shard_gaplessly(
@@ -194,6 +208,9 @@ async def test_rooms_on_a_cluster_join_update_and_leave_once(
             if e.event == "presence" and e.data["client"] == "ben"
         )
         assert statuses == Counter({"ONLINE": 1, "OFFLINE": 1}), (room, statuses)
+        async with session.get(f"{servers[2].url}/rooms/{room}/clients/ben") as response:
+            body = await response.json()
+        assert (body["status"], type(body["last_seen"])) == ("OFFLINE", int), body
 
 
 async def test_status_and_watch_read_every_shard(

@@ -15,6 +15,7 @@ from .support import (
     Redis,
     RedisServer,
     ServerProcess,
+    at,
     entry_ms,
     exists,
     metric,
@@ -65,7 +66,7 @@ async def test_two_clients_see_each_other_online_then_offline(
     )
     bob.close()
     left = await alice.until(lambda e: e.data["status"] == "OFFLINE", timeout=5)
-    assert left.data == {"client": "bob", "status": "OFFLINE", "server": "e2e-1"}
+    assert left.data == {"client": "bob", "status": "OFFLINE", "server": "e2e-1", "at": at(left)}
     alice.close()
     await poll(lambda: _statuses_for(redis, "alice", 2), timeout=5, what="alice OFFLINE")
     # Exactly one ONLINE and one OFFLINE per session.
@@ -89,8 +90,9 @@ async def test_external_heartbeats_make_a_client_online_then_offline_on_time(
     online = await watcher.next()
     assert online.data == {"client": "ext", "status": "ONLINE", "server": "node-7"}
     offline = await watcher.next(timeout=5)
-    assert offline.data == {"client": "ext", "status": "OFFLINE", "server": "node-7"}
     assert offline.id is not None
+    left = {"client": "ext", "status": "OFFLINE", "server": "node-7", "at": at(offline)}
+    assert offline.data == left
     # Redis's own clock on both ends: the OFFLINE entry is due TTL after the last heartbeat.
     assert entry_ms(offline.id) - entry_ms(last) <= TTL_MS + 250
     assert [(c, s) for c, s, _ in await sessions(redis) if c == "ext"] == [
@@ -140,10 +142,12 @@ async def test_embedded_default_runs_the_whole_pipeline(
     await bob.next()
     assert (await alice.next()).data["status"] == "ONLINE"
     bob.close()
-    assert (await alice.next(timeout=5)).data == {
+    left = await alice.next(timeout=5)
+    assert left.data == {
         "client": "bob",
         "status": "OFFLINE",
         "server": f"{_hostname()}:{server.port}",
+        "at": at(left),
     }
     alice.close()
     assert server.terminate() == 0
@@ -227,8 +231,8 @@ async def test_a_killed_server_takes_only_its_own_clients_offline_on_time(
     assert doomed.process is not None
     doomed.process.kill()  # SIGKILL: no shutdown, no goodbye
     gone = await bob.until(lambda e: e.data["status"] == "OFFLINE", timeout=5)
-    assert gone.data == {"client": "alice", "status": "OFFLINE", "server": "doomed"}
     assert gone.id is not None
+    assert gone.data == {"client": "alice", "status": "OFFLINE", "server": "doomed", "at": at(gone)}
     last = max(entry_ms(i) for i, f in await redis.xrange("heartbeat") if f[b"client"] == b"alice")
     assert entry_ms(gone.id) - last <= TTL_MS + 250
     # bob, on the survivor, is untouched for several more TTLs.

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from presence import PRESENCE, Presence, Settings, create_app, setup
 
-from .support import Redis, Serve, StartRedis, exists, open_events, poll
+from .support import Redis, Serve, StartRedis, at, exists, open_events, poll
 
 
 async def test_clients_see_each_other_come_and_go(
@@ -36,7 +36,7 @@ async def test_clients_see_each_other_come_and_go(
 
     bob.close()
     left = await alice.next(timeout=5)
-    assert left.data == {"client": "bob", "status": "OFFLINE", "server": "test-1"}
+    assert left.data == {"client": "bob", "status": "OFFLINE", "server": "test-1", "at": at(left)}
     alice.close()
 
 
@@ -91,7 +91,13 @@ async def test_client_status(
     server = await serve(create_app(settings.replace(heartbeat_interval=30)))
     async with session.get(server.make_url("/clients/carol")) as response:
         assert response.status == 200
-        assert await response.json() == {"client": "carol", "status": "OFFLINE", "server": None}
+        assert await response.json() == {
+            "client": "carol",
+            "status": "OFFLINE",
+            "server": None,
+            "last_seen": None,
+            "last_seen_iso": None,
+        }
     await redis.xadd("heartbeat", {"client": "carol", "server": "n1"})
 
     async def online() -> bool:

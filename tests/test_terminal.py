@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from presence import Presence, Settings
+from presence.last_seen import iso
 
 from .support import Redis, RedisServer, StartPresence, free_port, poll
 
@@ -132,6 +133,34 @@ async def test_status_of_a_room_lists_its_members_with_their_data(
     ]
     empty = await asyncio.to_thread(run, "status", "--redis-url", redis_server.url, "--room", "x")
     assert empty.stdout.splitlines() == ["CLIENT  SERVER  DATA", "", "0 in x"]
+    member = await asyncio.to_thread(
+        run, "status", "alice", "--redis-url", redis_server.url, "--room", "lobby"
+    )
+    assert member.stdout == 'alice in lobby  ONLINE  node-1  {"status":"away"}\n'
+
+
+async def test_status_of_one_client_says_when_it_was_last_seen(
+    redis: Redis, settings: Settings, start_presence: StartPresence, redis_server: RedisServer
+) -> None:
+    presence = await start_presence(settings)
+    await redis.xadd("heartbeat", {"client": "alice", "server": "node-1"})
+    await poll(lambda: presence.status("alice"), what="alice online")
+    online = await asyncio.to_thread(run, "status", "alice", "--redis-url", redis_server.url)
+    assert (online.returncode, online.stdout) == (0, "alice  ONLINE  node-1\n")
+    # No more heartbeats: OFFLINE at her deadline, a TTL (0.6 s) later.
+    seen = await poll(lambda: presence.last_seen("alice"), what="alice last seen")
+    assert seen is not None
+    offline = await asyncio.to_thread(run, "status", "alice", "--redis-url", redis_server.url)
+    assert offline.returncode == 0, offline.stderr
+    assert offline.stdout.startswith(f"alice  OFFLINE  last seen {iso(seen)} (")
+    assert offline.stdout.endswith(" s ago)\n")
+    never = await asyncio.to_thread(run, "status", "nobody", "--redis-url", redis_server.url)
+    assert never.stdout == "nobody  OFFLINE  last seen: unknown\n"
+    bad = await asyncio.to_thread(run, "status", "no spaces", "--redis-url", redis_server.url)
+    assert (bad.returncode, bad.stderr) == (
+        2,
+        "presence: error: client id must be 1 to 128 letters, digits or ._:@-\n",
+    )
 
 
 async def _members(presence: Presence, room: str, n: int) -> bool:

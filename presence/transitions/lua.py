@@ -65,8 +65,9 @@ PRELUDE: Final = (
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Set by each script from its ARGV: ttl (ms), cap (presence stream),
--- room_cap (room streams), group (the consumer group).
-local cfg = {}
+-- room_cap (room streams), group (the consumer group), retention (ms a last
+-- OFFLINE time is kept; 0 keeps none).
+local cfg = {retention = 0}
 
 local function expect(key, kind)
   local found = redis.call('TYPE', key)['ok']
@@ -109,16 +110,17 @@ local function expect_shared()
   expect(KEYS[5], 'zset')
 end
 
-local function global_scope(online, holders)
+-- seen: the scope's last_seen key, given where the script can end a client.
+local function global_scope(online, holders, seen)
   return {deadlines = KEYS[1], servers = KEYS[2], stream = KEYS[3],
-    online = online, holders = holders}
+    online = online, holders = holders, seen = seen}
 end
 
 -- The room's keys from KEYS[at] on, in their order (deadlines, members, data,
 -- presence, then holders.<id> where the script is about one membership).
-local function room_scope(room, at)
+local function room_scope(room, at, seen)
   return {deadlines = KEYS[at], servers = KEYS[at + 1], data = KEYS[at + 2],
-    stream = KEYS[at + 3], holders = KEYS[at + 4], room = room}
+    stream = KEYS[at + 3], holders = KEYS[at + 4], room = room, seen = seen}
 end
 
 -- A room's own keys, checked before any write (the holders are checked
@@ -128,15 +130,15 @@ local function expect_room(scope)
   expect(scope.servers, 'hash')
   expect(scope.stream, 'stream')
   expect(scope.data, 'hash')
+  if scope.seen then expect(scope.seen, 'zset') end
 end
 
 local function publish(scope, client, status, server, data)
   if not scope.room then
-    redis.call('XADD', scope.stream, 'MAXLEN', '~', cfg.cap, '*', 'client', client,
+    return redis.call('XADD', scope.stream, 'MAXLEN', '~', cfg.cap, '*', 'client', client,
       'status', status, 'server', server)
-    return
   end
-  -- Webhooks on (their marker in rooms.due, see presence/webhooks/index.py):
+  -- Webhooks on (their marker in rooms.due, see presence/webhooks/streams.py):
   -- the room goes into their index, and a new stream gets their group.
   local hooked = redis.call('ZSCORE', KEYS[5], WEBHOOKS_MARKER)
   local fresh = hooked and redis.call('EXISTS', scope.stream) == 0
@@ -158,6 +160,7 @@ local function publish(scope, client, status, server, data)
       pcall(redis.call, 'XGROUP', 'CREATE', scope.stream, WEBHOOKS_GROUP, before)
     end
   end
+  return id
 end
 
 -- The only way a client (or member) stops being announced.
@@ -165,7 +168,15 @@ local function offline(scope, client, server)
   redis.call('ZREM', scope.deadlines, client)
   redis.call('HDEL', scope.servers, client)
   if scope.room then redis.call('HDEL', scope.data, client) end
-  publish(scope, client, 'OFFLINE', server)
+  local id = publish(scope, client, 'OFFLINE', server)
+  if scope.seen and cfg.retention > 0 then
+    -- Last seen at the OFFLINE entry's time; what is older than the retention
+    -- goes, each entry once, so the set holds the clients of one retention.
+    local at = ms_of(id)
+    redis.call('ZADD', scope.seen, at, client)
+    redis.call('ZREMRANGEBYSCORE', scope.seen, '-inf', '(' .. (at - cfg.retention))
+    if scope.room then redis.call('PEXPIRE', scope.seen, cfg.retention) end
+  end
   if scope.room and redis.call('ZCARD', scope.deadlines) == 0 then
     -- Empty: out of the sweeper's index; its stream stays a while, for
     -- streams resuming after its last transitions.

@@ -19,7 +19,7 @@ from redis.exceptions import NoScriptError
 
 from ..contract import CONSUMER_GROUP, ID_PATTERN, Keys
 from ..entries import text
-from ..events import OnlineClient
+from ..events import Member, OnlineClient
 from ..redis_client import Redis
 from ..redis_cluster import Calls, is_cluster
 from ..settings import Settings
@@ -84,6 +84,7 @@ class Transitions:
         self._ttl_ms = settings.ttl_ms
         self._maxlen = settings.presence_maxlen
         self._room_maxlen = settings.room_maxlen
+        self._retention_ms = settings.last_seen_ms
         # The heartbeat keys' names, as bytes, around the id that completes them.
         self._online = k.online("").encode()
         self._holders = k.holders("").encode()
@@ -187,20 +188,21 @@ class Transitions:
 
     def leave(self, pipe: Pipeline, client: str, server: str) -> None:
         """This server stops holding ``client``: ``LEFT`` or ``KEPT``."""
-        args = (client, server, self._ttl_ms, self._maxlen, CONSUMER_GROUP)
-        keys = (self._keys.online(client), self._keys.holders(client))
+        args = (client, server, self._ttl_ms, self._maxlen, CONSUMER_GROUP, self._retention_ms)
+        keys = (self._keys.online(client), self._keys.holders(client), self._keys.last_seen)
         self._queue(pipe, LEAVE, *args, keys=keys)
 
     def leave_room(self, pipe: Pipeline, room: str, client: str, server: str) -> None:
         """This server stops holding ``client`` in ``room``: ``LEFT`` or ``KEPT``."""
         args = (room, client, server, self._ttl_ms, self._room_maxlen, CONSUMER_GROUP)
-        keys = (*self._room_keys(room), self._keys.room(room).holders(client))
-        self._queue(pipe, ROOM_LEAVE, *args, keys=keys)
+        r = self._keys.room(room)
+        keys = (*self._room_keys(room), r.holders(client), r.last_seen)
+        self._queue(pipe, ROOM_LEAVE, *args, self._retention_ms, keys=keys)
 
     def offline(self, pipe: Pipeline, clients: Sequence[str]) -> None:
         """OFFLINE checks of ``clients``: ``[published, failed, last failure or ""]``."""
-        keys = tuple(self._keys.online(c) for c in clients)
-        self._queue(pipe, OFFLINE, self._maxlen, *clients, keys=keys)
+        keys = (self._keys.last_seen, *(self._keys.online(c) for c in clients))
+        self._queue(pipe, OFFLINE, self._maxlen, self._retention_ms, *clients, keys=keys)
 
     def claim(
         self, pipe: Pipeline, consumer: str, idle_ms: int, count: int, found: Sequence[bytes]
@@ -285,8 +287,9 @@ class Transitions:
                 pipe: Pipeline, visiting: list[str] = visiting, shares: list[int] = shares
             ) -> None:
                 for room, share in zip(visiting, shares, strict=True):
-                    args = (room, self._room_maxlen, horizon, share)
-                    self._queue(pipe, ROOM_SWEEP, *args, keys=self._room_keys(room))
+                    args = (room, self._room_maxlen, horizon, share, self._retention_ms)
+                    keys = (*self._room_keys(room), self._keys.room(room).last_seen)
+                    self._queue(pipe, ROOM_SWEEP, *args, keys=keys)
 
             more = []
             for room, reply in zip(visiting, await self.execute(fill), strict=True):
@@ -324,6 +327,22 @@ class Transitions:
             OnlineClient(c, text(s)) for c, s in zip(clients, servers, strict=True) if s is not None
         ]
         return text(position), online
+
+    async def last_seen(self, client: str, room: str | None = None) -> int | None:
+        """Unix ms of ``client``'s last OFFLINE (in ``room``, if given) within
+        the retention, else None."""
+        key = self._keys.last_seen if room is None else self._keys.room(room).last_seen
+        score = await self._redis.zscore(key, client)
+        return None if score is None else int(score)
+
+    async def member(self, room: str, client: str) -> Member | None:
+        """``client`` in ``room`` if it is an announced member, else None."""
+        r = self._keys.room(room)
+        server = await self._redis.hget(r.members, client)
+        if server is None:
+            return None
+        data = await self._redis.hget(r.data, client)
+        return Member(client, text(server), None if data is None else text(data))
 
     async def online(self) -> list[OnlineClient]:
         """Every announced-online client (unsorted)."""

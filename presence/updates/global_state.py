@@ -51,6 +51,11 @@ class GlobalState:
         server = await self._shards[self._shards.of(client_id)].server_of(client_id)
         return None if server is None else OnlineClient(client_id, server)
 
+    async def last_seen(self, client_id: str) -> int | None:
+        """Unix ms of the client's last OFFLINE within the retention, else None."""
+        check_id(client_id)
+        return await self._shards[self._shards.of(client_id)].last_seen(client_id)
+
 
 def _union(found: Sequence[tuple[str, list[OnlineClient]]]) -> tuple[str, list[OnlineClient]]:
     position = ",".join(p for p, _ in found)

@@ -1,4 +1,5 @@
-"""Room endpoints: ``GET /rooms/{room}`` and ``PUT /rooms/{room}/clients/{id}/data``."""
+"""Room endpoints: ``GET /rooms/{room}``, ``GET /rooms/{room}/clients/{id}`` and
+``PUT /rooms/{room}/clients/{id}/data``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import json
 
 from aiohttp import web
 
-from ..contract import MAX_DATA_BYTES
+from .. import last_seen
+from ..contract import MAX_DATA_BYTES, OFFLINE, ONLINE
 from ..entries import member_data
 from ..errors import RoomUnreadable
 from .protocol import count_timeout
@@ -30,6 +32,23 @@ async def get_room(request: web.Request) -> web.Response:
         fail(web.HTTPServiceUnavailable, str(exc))
     clients = [m.to_dict() for m in snapshot.members]
     return web.json_response({"room": room, "clients": clients, "count": len(clients)})
+
+
+async def get_member(request: web.Request) -> web.Response:
+    """``{"room", "client", "status", "server", "data"?}``; an offline member's
+    has ``last_seen`` and ``last_seen_iso`` in place of data."""
+    room = room_of(request)
+    client_id = client_id_of(request)
+    claims = authorize_read(request)
+    if claims is not None and not claims.may_join(room):
+        fail(web.HTTPForbidden, f"the token does not allow room {room}")
+    service = service_of(request)
+    found = await service.member(room, client_id)
+    if found is None:
+        seen = last_seen.fields(await service.last_seen(client_id, room))
+        body = {"room": room, "client": client_id, "status": OFFLINE, "server": None, **seen}
+        return web.json_response(body)
+    return web.json_response({"room": room, "status": ONLINE, **found.to_dict()})
 
 
 async def put_data(request: web.Request) -> web.Response:

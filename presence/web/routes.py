@@ -14,10 +14,11 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .. import last_seen
 from ..contract import OFFLINE, ONLINE
 from ..redis_client import REDIS_FAILURES
 from .requests import METRICS, SERVICE, authorize_read, client_id_of, fail, service_of
-from .rooms import get_room, put_data
+from .rooms import get_member, get_room, put_data
 from .streams import client_events
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"/clients/{_ID_PATH}", get_client)
     app.router.add_get(f"/clients/{_ID_PATH}/events", client_events, allow_head=False)
     app.router.add_get("/rooms/{room:[^/]*}", get_room)
+    app.router.add_get(f"/rooms/{{room:[^/]*}}/clients/{_ID_PATH}", get_member)
     app.router.add_put(f"/rooms/{{room:[^/]*}}/clients/{_ID_PATH}/data", put_data)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -78,9 +80,11 @@ async def list_clients(request: web.Request) -> web.Response:
 async def get_client(request: web.Request) -> web.Response:
     client_id = client_id_of(request)
     authorize_read(request)
-    found = await service_of(request).status(client_id)
+    service = service_of(request)
+    found = await service.status(client_id)
     if found is None:
-        return web.json_response({"client": client_id, "status": OFFLINE, "server": None})
+        seen = last_seen.fields(await service.last_seen(client_id))
+        return web.json_response({"client": client_id, "status": OFFLINE, "server": None, **seen})
     return web.json_response({"client": client_id, "status": ONLINE, "server": found.server})
 
 
