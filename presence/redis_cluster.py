@@ -42,6 +42,11 @@ def _closed_under_use(exc: Exception) -> RedisConnectionError | None:
     return RedisConnectionError(f"a connection closed under a command: {exc}")
 
 
+def _unsent(exc: Exception) -> bool:
+    """Whether a connection closed under a command failed at its write."""
+    return "'writelines'" in str(exc) or "'write'" in str(exc)
+
+
 _STREAM_READS = ("XREAD", "XREADGROUP")
 
 
@@ -69,14 +74,26 @@ class _Cluster(RedisCluster):
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            if self.turns is None or "BLOCK" in args or b"BLOCK" in args:
-                return await super().execute_command(*args, **kwargs)
-            async with self.turns:
-                return await super().execute_command(*args, **kwargs)
+            return await self._turn(*args, **kwargs)
+        except Exception as exc:
+            if (lost := _closed_under_use(exc)) is None:
+                raise
+            if not _unsent(exc):
+                raise lost from None
+        # Closed before it was written (redis-py reconnecting the cluster
+        # under it): nothing reached Redis, so once more at once.
+        try:
+            return await self._turn(*args, **kwargs)
         except Exception as exc:
             if (lost := _closed_under_use(exc)) is not None:
                 raise lost from None
             raise
+
+    async def _turn(self, *args: Any, **kwargs: Any) -> Any:
+        if self.turns is None or "BLOCK" in args or b"BLOCK" in args:
+            return await super().execute_command(*args, **kwargs)
+        async with self.turns:
+            return await super().execute_command(*args, **kwargs)
 
     async def _determine_slot(self, command: str, *args: Any) -> int:
         # A stream read's keys move (they follow STREAMS), so redis-py asks a

@@ -113,6 +113,25 @@ async def test_offline_is_published_once_and_only_when_key_is_gone(
     assert await redis.hget("online.servers", "alice") is None
 
 
+async def test_a_deleted_keys_offline_counts_only_before_its_deadline(
+    redis: Redis, settings: Settings
+) -> None:
+    """The listeners' check: a key gone past its deadline expired, and its
+    OFFLINE is the sweeper's (which waits out outages first)."""
+    t = Transitions(redis, settings)
+    await heartbeat(t, "alice", "s1")
+    await heartbeat(t, "bob", "s1")
+    await redis.delete("online.clients.alice", "online.clients.bob")
+    await redis.zadd("online.deadlines", {"bob": 1})  # long past
+    assert await offline(t, ["alice", "bob"], deleted=True) == 1
+    assert await statuses(redis) == [
+        ("alice", "ONLINE", "s1"),
+        ("bob", "ONLINE", "s1"),
+        ("alice", "OFFLINE", "s1"),
+    ]
+    assert await offline(t, ["bob"]) == 1
+
+
 async def test_offline_for_a_client_never_online_publishes_nothing(
     redis: Redis, settings: Settings
 ) -> None:

@@ -437,6 +437,53 @@ async def test_data_whose_heartbeat_could_not_be_sent_goes_with_the_next(
     assert held.take_data(("alice", "lobby")) == '{"s":"here"}'
 
 
+class _FlakyTransitions:
+    """Redis away for the first ``failures`` calls, then back."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    def publish(self, *args: object) -> None:
+        pass
+
+    async def execute(self, fill: object) -> list[object]:
+        self.calls += 1
+        if self.calls <= self.failures:
+            from redis.exceptions import ConnectionError as RedisConnectionError
+
+            raise RedisConnectionError("a primary failing over")
+        return [1]
+
+
+async def test_a_tick_that_cannot_reach_redis_is_tried_again_within_the_interval(
+    settings: Settings,
+) -> None:
+    """Not after the supervisor's growing backoff: on a cluster with one
+    primary away, the other shards' keys must still be refreshed in time."""
+    held = HeldClients(leave_grace=2)
+    held.hold("alice")
+    flaky: Any = _FlakyTransitions(failures=8)
+    outage = Outage()
+    publisher = HeartbeatPublisher(settings.replace(heartbeat_interval=1), held, flaky, outage)
+    worker = Worker("heartbeats", outage=outage)
+    worker.start(publisher.run)
+    try:
+        # Retried at most a quarter interval apart: about 1.6 s for 8 failures,
+        # where the supervisor's backoff (0.1 s doubling up to 5 s) takes 16 s.
+        await poll(lambda: _true(publisher.published >= 1), timeout=8, what="the retried tick")
+        assert flaky.calls >= 9
+        assert worker.error is None
+        assert not outage.active
+        assert outage.count == 1
+    finally:
+        await worker.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
 def test_a_sharded_event_is_never_sent_with_an_id_behind_the_start() -> None:
     """Shard 1's event, read while shard 0's reader was still behind a
     snapshot: a stream started at that snapshot gets the later id of the two

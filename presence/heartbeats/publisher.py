@@ -24,7 +24,7 @@ from redis.asyncio.client import Pipeline
 
 from ..settings import Settings
 from ..shards import Router
-from ..supervise import Outage, Worker
+from ..supervise import UNREACHABLE, Outage, Worker
 from ..transitions.scripts import LEFT, Transitions
 from .held import HeldClients, Member
 
@@ -36,6 +36,9 @@ PUBLISH_BATCH = 1000
 #: of 100,000 prepared at once held the loop, and every stream on it, for half
 #: a second.
 PREPARE_BATCH = 5000
+#: First delay before a tick that failed to reach Redis runs again; it
+#: doubles up to a quarter of the interval.
+RETRY = 0.05
 
 
 class HeartbeatPublisher:
@@ -64,6 +67,8 @@ class HeartbeatPublisher:
         self.max_tick_lag = 0.0
         self._outage = outage
         self._outages = outage.count
+        #: Seconds until a failed tick is tried again (see ``run``).
+        self._retry = RETRY
 
     async def run(self, worker: Worker) -> None:
         loop = asyncio.get_running_loop()
@@ -100,7 +105,18 @@ class HeartbeatPublisher:
             else:
                 batch = self._held.take_fresh()
             if batch:
-                await self.publish(batch)
+                try:
+                    await self.publish(batch)
+                except UNREACHABLE as exc:
+                    # Retried here, soon, rather than after the supervisor's
+                    # growing backoff: on a cluster with one primary down, the
+                    # other shards' keys must still be refreshed within their TTL.
+                    worker.failed(exc)
+                    next_tick = min(next_tick, loop.time() + self._retry)
+                    self._retry = min(self._retry * 2, self._interval / 4)
+                    await self._pause(next_tick)
+                    continue
+                self._retry = RETRY
             if leaves := self._held.take_leaves():
                 try:
                     await self.leave(leaves)
@@ -113,11 +129,15 @@ class HeartbeatPublisher:
             if (leave_at := self._held.next_leave()) is not None:
                 # next_leave is on the monotonic clock, which the loop's clock is too.
                 wake_at = min(wake_at, leave_at)
-            try:
-                async with asyncio.timeout(max(0.0, wake_at - loop.time())):
-                    await self._held.wake.wait()
-            except TimeoutError:
-                pass
+            await self._pause(wake_at)
+
+    async def _pause(self, until: float) -> None:
+        """Until the loop's clock reads ``until``, or a client is held."""
+        try:
+            async with asyncio.timeout(max(0.0, until - asyncio.get_running_loop().time())):
+                await self._held.wake.wait()
+        except TimeoutError:
+            pass
 
     async def publish(self, members: list[Member]) -> None:
         """XADD one heartbeat per membership, in script calls of ``PUBLISH_BATCH``

@@ -64,7 +64,7 @@ class ClusterKeyspaceListener:
                         count += 1
                     note = await notes.get_message(timeout=0)
                 for transitions, clients in found.items():
-                    self.published += await offline(transitions, clients)
+                    self.published += await offline(transitions, clients, deleted=True)
                 worker.ok()
         finally:
             await notes.aclose()  # type: ignore[no-untyped-call]

@@ -108,7 +108,7 @@ class KeyspaceListener:
                         break
                     message = await pubsub.get_message(timeout=0)
                 if clients:
-                    self.published += await offline(self._transitions, clients)
+                    self.published += await offline(self._transitions, clients, deleted=True)
                 worker.ok()
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -139,7 +139,7 @@ async def reconcile(redis: Redis, keys: Keys, transitions: Transitions) -> int:
             text(c) for c, deadline in found if isinstance(c, bytes | str) and float(deadline) > now
         ]
         if clients:
-            published += await offline(transitions, clients)
+            published += await offline(transitions, clients, deleted=True)
         if cursor == 0:
             break
     if published:

@@ -199,10 +199,12 @@ class Transitions:
         keys = (*self._room_keys(room), r.holders(client), r.last_seen)
         self._queue(pipe, ROOM_LEAVE, *args, self._retention_ms, keys=keys)
 
-    def offline(self, pipe: Pipeline, clients: Sequence[str]) -> None:
-        """OFFLINE checks of ``clients``: ``[published, failed, last failure or ""]``."""
+    def offline(self, pipe: Pipeline, clients: Sequence[str], *, deleted: bool = False) -> None:
+        """OFFLINE checks of ``clients``: ``[published, failed, last failure or ""]``.
+        With ``deleted``, only for keys gone before their deadline."""
         keys = (self._keys.last_seen, *(self._keys.online(c) for c in clients))
-        self._queue(pipe, OFFLINE, self._maxlen, self._retention_ms, *clients, keys=keys)
+        args: tuple[str | int, ...] = (self._maxlen, self._retention_ms, int(deleted), *clients)
+        self._queue(pipe, OFFLINE, *args, keys=keys)
 
     def claim(
         self, pipe: Pipeline, consumer: str, idle_ms: int, count: int, found: Sequence[bytes]

@@ -139,24 +139,29 @@ return results
 # KEYS[7...] online.clients.<id> of each client, in their order
 # ARGV[1] presence stream cap
 # ARGV[2] last-seen retention ms
-# ARGV[3...] clients
+# ARGV[3] 1: only keys deleted before their deadline count (a key that expired
+#         is the sweeper's, which waits out outages); 0: any key gone
+# ARGV[4...] clients
 # A client gets its OFFLINE when its key is gone and its OFFLINE is not out yet.
 # Returns {how many were published, how many Redis failed, the last failure or ''}.
 OFFLINE: Final = (
     PRELUDE
     + """
 cfg.cap, cfg.retention = ARGV[1], tonumber(ARGV[2])
+local deleted = ARGV[3] == '1'
 local published, failed, failure = 0, 0, ''
 local function check(client, online)
   if redis.call('EXISTS', online) == 1 then return 0 end
-  if not redis.call('ZSCORE', KEYS[1], client) then return 0 end
+  local deadline = redis.call('ZSCORE', KEYS[1], client)
+  if not deadline then return 0 end
+  if deleted and tonumber(deadline) <= now then return 0 end
   offline(global_scope(nil, nil, KEYS[6]), client, redis.call('HGET', KEYS[2], client) or '')
   return 1
 end
 expect_shared()
 expect(KEYS[6], 'zset')
-for i = 3, #ARGV do
-  local ok, result = pcall(check, ARGV[i], KEYS[i + 4])
+for i = 4, #ARGV do
+  local ok, result = pcall(check, ARGV[i], KEYS[i + 3])
   if ok then
     published = published + result
   else

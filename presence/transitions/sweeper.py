@@ -137,12 +137,17 @@ class Sweeper:
         self._late = True
 
 
-async def offline(transitions: Transitions, clients: list[str]) -> int:
-    """Run the OFFLINE script for each client; returns how many were published."""
+async def offline(transitions: Transitions, clients: list[str], *, deleted: bool = False) -> int:
+    """Run the OFFLINE script for each client; returns how many were published.
+
+    ``deleted`` (the keyspace listeners): only keys gone before their deadline
+    count. A key that expired while the listener's calls were retried (a
+    cluster failing over) is the sweeper's, which waits for heartbeats first.
+    """
 
     def fill(pipe: Pipeline) -> None:
         for start in range(0, len(clients), SCRIPT_BATCH):
-            transitions.offline(pipe, clients[start : start + SCRIPT_BATCH])
+            transitions.offline(pipe, clients[start : start + SCRIPT_BATCH], deleted=deleted)
 
     published, failed, failure = 0, 0, ""
     for reply in await transitions.execute(fill):
