@@ -26,7 +26,8 @@ from contextlib import ExitStack
 from aiohttp import web
 
 from presence import logs
-from presence.cli import build_parser, tune_gc
+from presence.cli import build_parser
+from presence.serve import tune_gc
 from presence.settings import Settings
 from presence.web import server
 from presence.web.app import create_app

@@ -1,5 +1,7 @@
 """Presence: who is online, in real time, through Redis and Server-Sent Events."""
 
+__version__ = "0.1.0"
+
 from .contract import OFFLINE, ONLINE, UPDATE, Keys, RoomStatus, Status
 from .errors import (
     ConfigError,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -12,12 +11,12 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import logs, terminal
+from . import __version__, terminal, workers
 from .contract import ID_RULE, ROOM_RULE, is_valid_id
 from .errors import PresenceError
+from .serve import serve
 from .settings import Settings
-from .web import auth, open_files, server
-from .web.app import create_app
+from .web import auth
 
 log = logging.getLogger("presence")
 
@@ -29,6 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="presence", description="Presence server: who is online, live.")
+    parser.add_argument("--version", action="version", version=f"presence {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     serve = commands.add_parser(
         "serve",
@@ -166,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("global", "rooms", "all"),
         help="which transitions go to the webhook (default all)",
     )
+    opt(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="server processes on one port, each its own server id <id>.w<k> "
+        "(default 1; 0: one per core; needs --redis-url)",
+    )
     opt("--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)")
     opt("--log-format", choices=("text", "json"), help="text, or json for log shippers")
 
@@ -245,7 +252,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if command == "serve":
         given = args["max_connections"] is not None or "PRESENCE_MAX_CONNECTIONS" in os.environ
-        return serve(settings, explicit_max_connections=given)
+        if settings.workers == 1:
+            return serve(settings, explicit_max_connections=given)
+        try:
+            count = workers.worker_count(settings.workers)
+            return workers.serve_workers(settings, count, explicit_max_connections=given)
+        except PresenceError as exc:
+            print(f"presence: error: {exc}", file=sys.stderr)
+            return 2
     try:
         if command == "watch":
             asyncio.run(_watch(settings, room, last))
@@ -284,59 +298,3 @@ async def _watch(settings: Settings, room: str | None, last: int) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await terminal.watch(settings, room=room, last=last, stop=stop)
-
-
-#: Allocations between young collections (CPython's default is 700).
-GC_THRESHOLD = 20_000
-#: Young collections between two middle ones (CPython's default is 10).
-GC_MIDDLE = 100
-
-
-def tune_gc() -> None:
-    """Collect cycles less often: a full collection walks every object, and with
-    10,000 connections that pauses the event loop for hundreds of
-    milliseconds, heartbeats included. What is loaded at start is frozen out
-    of collections altogether. (Only for ``serve``: an application embedding
-    presence keeps its own policy.)"""
-    gc.collect()
-    gc.freeze()
-    _, _, old = gc.get_threshold()
-    # Middle collections ten times rarer too: in a storm, every one of them
-    # moves the connections' objects on to the old generation, whose full
-    # collections then come sooner.
-    gc.set_threshold(GC_THRESHOLD, GC_MIDDLE, old)
-
-
-def serve(settings: Settings, *, explicit_max_connections: bool = True) -> int:
-    logs.configure(settings)
-    tune_gc()
-    try:
-        settings = open_files.fit(settings, explicit=explicit_max_connections)
-    except PresenceError as exc:
-        print(f"presence: error: {exc}", file=sys.stderr)
-        return 2
-    log.info("starting with %r", settings)
-    if settings.in_memory:
-        log.info(
-            "using an in-process Redis (memory://): state lives in this process only; "
-            "pass --redis-url to share it with other servers"
-        )
-    try:
-        server.run(
-            create_app(settings),
-            settings,
-            on_listening=lambda: log.info(
-                "listening on http://%s:%d", settings.host, settings.port
-            ),
-        )
-    except PresenceError as exc:
-        print(f"presence: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(
-            f"presence: error: cannot listen on {settings.host}:{settings.port}: "
-            f"{exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0

@@ -15,6 +15,8 @@ from aiohttp.web import BaseRequest, StreamResponse
 from .settings import Settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: A worker's lines (``serve --workers``) name it: they share one output.
+WORKER_FORMAT = "%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s"
 _TOKEN = re.compile(r"(token=)[^&\s'\"]+")
 
 
@@ -70,6 +72,9 @@ class LibraryOneLine(logging.Filter):
 class JsonFormatter(logging.Formatter):
     """One JSON object a line, for log shippers."""
 
+    #: Whether lines carry ``worker``, the worker's server id.
+    worker = False
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
@@ -77,6 +82,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker:
+            entry["worker"] = record.processName or ""
         if record.exc_info:
             entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -96,12 +103,16 @@ class PathOnlyAccessLogger(AbstractAccessLogger):
         )
 
 
-def configure(settings: Settings) -> None:
+def configure(settings: Settings, *, worker: bool = False) -> None:
+    """Log to stderr; a ``worker``'s lines name it (its process is named
+    after its server id)."""
     handler = logging.StreamHandler(sys.stderr)
     if settings.log_format == "json":
-        handler.setFormatter(JsonFormatter())
+        formatter = JsonFormatter()
+        formatter.worker = worker
+        handler.setFormatter(formatter)
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(logging.Formatter(WORKER_FORMAT if worker else TEXT_FORMAT))
     handler.addFilter(LibraryOneLine())
     handler.addFilter(RedactTokens())
     logging.basicConfig(level=settings.log_level, handlers=[handler])

@@ -148,6 +148,9 @@ class Settings:
     webhook_secret: str = ""
     #: Which transitions go to the webhook: ``global``, ``rooms`` or ``all``.
     webhook_events: str = "all"
+    #: Server processes ``serve`` runs on one port (``SO_REUSEPORT``); 0 is one
+    #: per core. Each has the server id ``<server_id>.w<k>``; needs a shared Redis.
+    workers: int = 1
     log_level: str = "INFO"
     #: ``text`` or ``json`` (one object a line).
     log_format: str = "text"
@@ -157,6 +160,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port must be between 0 and 65535")
+        _check(0 <= self.workers <= 256, "workers must be between 0 (one per core) and 256")
         _check(
             math.isfinite(self.heartbeat_interval) and self.heartbeat_interval > 0,
             "heartbeat interval must be a positive number of seconds",

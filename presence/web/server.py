@@ -41,13 +41,21 @@ LINGERING_TIME = 1.0
 SHUTDOWN_TIMEOUT = 5.0
 
 
-def run(app: web.Application, settings: Settings, *, on_listening: Callable[[], None]) -> None:
-    """Serve ``app`` until SIGINT or SIGTERM. Raises ``OSError`` when it cannot listen."""
+def run(
+    app: web.Application,
+    settings: Settings,
+    *,
+    on_listening: Callable[[], None],
+    reuse_port: bool = False,
+) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM. Raises ``OSError`` when it cannot
+    listen. With ``reuse_port``, other processes listen on the same port and
+    the kernel spreads the connections over them."""
     guard = Guard(settings, connection_cap(settings.max_connections))
     app[METRICS].register(GuardCollector(guard))
     loop = asyncio.new_event_loop()
     loop.set_exception_handler(guard.loop_exception)
-    main = loop.create_task(_serve(app, settings, guard, on_listening))
+    main = loop.create_task(_serve(app, settings, guard, on_listening, reuse_port))
     try:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(main)
@@ -67,7 +75,11 @@ def run(app: web.Application, settings: Settings, *, on_listening: Callable[[], 
 
 
 async def _serve(
-    app: web.Application, settings: Settings, guard: Guard, on_listening: Callable[[], None]
+    app: web.Application,
+    settings: Settings,
+    guard: Guard,
+    on_listening: Callable[[], None],
+    reuse_port: bool,
 ) -> None:
     # What aiohttp's runner would pass each connection's protocol.
     handler_args: dict[str, Any] = {
@@ -83,7 +95,7 @@ async def _serve(
     )
     await runner.setup()
     try:
-        for sock in _listen(settings.host, settings.port):
+        for sock in listen(settings.host, settings.port, reuse_port=reuse_port):
             await GuardedSite(runner, sock, guard, handler_args).start()
         on_listening()
         await asyncio.Event().wait()
@@ -120,7 +132,7 @@ class GuardedSite(web.SockSite):
         self._sock.listen(LISTEN_BACKLOG)
 
 
-def _listen(host: str, port: int) -> list[socket.socket]:
+def listen(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
     """Bound listening sockets for every address ``host`` resolves to."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
@@ -129,6 +141,8 @@ def _listen(host: str, port: int) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if port == 0 and len(sockets) > 1:  # one port for all of them
