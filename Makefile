@@ -7,7 +7,7 @@ NODE_STAMP := node_modules/.installed
 export SCARF_ANALYTICS := false
 ARGS ?=
 
-.PHONY: help install serve test screenshot bench bench-full lint format clean
+.PHONY: help install serve test screenshot bench bench-full lint package format clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ lint: install $(NODE_STAMP) ## ruff, mypy --strict and the JavaScript checks (ne
 	$(BIN)/mypy
 	node tools/check_asyncapi.mjs docs/asyncapi.yaml
 	node_modules/.bin/tsc --noEmit -p tsconfig.json
+
+package: install ## Build the sdist and wheel, check them, smoke-test the wheel in a new venv
+	PYTHON=$(BIN)/python tools/check_package.sh
 
 format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix presence tests examples bench
