@@ -173,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="server processes on one port, each its own server id <id>.w<k> "
         "(default 1; 0: one per core; needs --redis-url)",
     )
+    opt(
+        "--worker-ports",
+        type=int,
+        metavar="BASE",
+        help="worker k also listens on BASE+k-1 alone, for its own /healthz and /metrics "
+        "(default none)",
+    )
     opt("--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)")
     opt("--log-format", choices=("text", "json"), help="text, or json for log shippers")
 

@@ -37,10 +37,14 @@ def tune_gc() -> None:
 
 
 def serve(
-    settings: Settings, *, explicit_max_connections: bool = True, worker: bool = False
+    settings: Settings,
+    *,
+    explicit_max_connections: bool = True,
+    worker: bool = False,
+    own_port: int = 0,
 ) -> int:
     """Run one server; its exit status. A ``worker`` shares its port with the
-    other workers (``SO_REUSEPORT``)."""
+    other workers (``SO_REUSEPORT``), and listens on ``own_port`` alone."""
     logs.configure(settings, worker=worker)
     tune_gc()
     try:
@@ -48,6 +52,7 @@ def serve(
     except PresenceError as exc:
         print(f"presence: error: {exc}", file=sys.stderr)
         return 2
+    own_port = own_port or (0 if worker else settings.worker_ports)
     log.info("starting with %r", settings)
     if settings.in_memory:
         log.info(
@@ -59,14 +64,13 @@ def serve(
             create_app(settings),
             settings,
             reuse_port=worker,
-            on_listening=lambda: log.info(
-                "listening on http://%s:%d", settings.host, settings.port
-            ),
+            own_port=own_port,
+            on_listening=lambda: _listening(settings, own_port),
         )
     except PresenceError as exc:
         print(f"presence: error: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
+    except OSError as exc:  # the shared port, or its own
         print(
             f"presence: error: cannot listen on {settings.host}:{settings.port}: "
             f"{exc.strerror or exc}",
@@ -74,3 +78,9 @@ def serve(
         )
         return 1
     return 0
+
+
+def _listening(settings: Settings, own_port: int) -> None:
+    log.info("listening on http://%s:%d", settings.host, settings.port)
+    if own_port:
+        log.info("and on http://%s:%d, this worker alone", settings.host, own_port)

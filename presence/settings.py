@@ -151,6 +151,10 @@ class Settings:
     #: Server processes ``serve`` runs on one port (``SO_REUSEPORT``); 0 is one
     #: per core. Each has the server id ``<server_id>.w<k>``; needs a shared Redis.
     workers: int = 1
+    #: With ``workers``, worker k also listens on ``worker_ports + k - 1`` by
+    #: itself, so that each one's ``/healthz`` and ``/metrics`` can be reached
+    #: (a scrape of the shared port reaches one worker at random); 0: none.
+    worker_ports: int = 0
     log_level: str = "INFO"
     #: ``text`` or ``json`` (one object a line).
     log_format: str = "text"
@@ -161,6 +165,7 @@ class Settings:
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port must be between 0 and 65535")
         _check(0 <= self.workers <= 256, "workers must be between 0 (one per core) and 256")
+        _check(0 <= self.worker_ports <= 65535, "worker ports must be between 0 and 65535")
         _check(
             math.isfinite(self.heartbeat_interval) and self.heartbeat_interval > 0,
             "heartbeat interval must be a positive number of seconds",

@@ -65,13 +65,15 @@ def worker_settings(settings: Settings, count: int) -> list[Settings]:
     port = settings.port or _free_port(settings.host)
     # Refused here, in one line, rather than by every worker in turn: a port
     # another program holds without SO_REUSEPORT.
-    try:
-        for sock in listen(settings.host, port, reuse_port=True):
-            sock.close()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot listen on {settings.host}:{port}: {exc.strerror or exc}"
-        ) from None
+    alone = [settings.worker_ports + k for k in range(count)] if settings.worker_ports else []
+    for probe, reuse in [(port, True), *((p, False) for p in alone)]:
+        try:
+            for sock in listen(settings.host, probe, reuse_port=reuse):
+                sock.close()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {settings.host}:{probe}: {exc.strerror or exc}"
+            ) from None
     try:
         return [
             dataclasses.replace(
@@ -84,6 +86,11 @@ def worker_settings(settings: Settings, count: int) -> list[Settings]:
         raise ConfigError(f"worker server id {last!r}: {exc}") from None
 
 
+def own_port(settings: Settings, index: int) -> int:
+    """The port worker ``index`` (from 0) listens on alone; 0 for none."""
+    return settings.worker_ports + index if settings.worker_ports else 0
+
+
 def _free_port(host: str) -> int:
     # Port 0 would give each worker a port of its own: one is picked for all.
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
@@ -92,14 +99,15 @@ def _free_port(host: str) -> int:
     return port
 
 
-def _run_worker(settings: Settings, explicit: bool, parent: int) -> None:
+def _run_worker(settings: Settings, explicit: bool, parent: int, alone: int) -> None:
     from .serve import serve  # in the worker: the parent needs none of the server
 
     # Only the parent answers SIGINT (a terminal's Ctrl-C reaches the whole
     # group): it stops the workers in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _stop_with_parent(parent)
-    raise SystemExit(serve(settings, explicit_max_connections=explicit, worker=True))
+    code = serve(settings, explicit_max_connections=explicit, worker=True, own_port=alone)
+    raise SystemExit(code)
 
 
 def _stop_with_parent(parent: int) -> None:
@@ -172,7 +180,7 @@ class Workers:
         settings = self._settings[index]
         proc = self._context.Process(
             target=_run_worker,
-            args=(settings, self._explicit, os.getpid()),
+            args=(settings, self._explicit, os.getpid(), own_port(settings, index)),
             name=settings.server_id,
             daemon=False,
         )

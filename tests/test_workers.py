@@ -27,6 +27,7 @@ from .support import (
     RedisServer,
     ServerProcess,
     follow,
+    free_port,
     open_events,
     poll,
     redis_ms,
@@ -37,7 +38,7 @@ from .support import (
 WORKERS = ("n.w1", "n.w2")
 
 
-async def _workers(spawn: Spawn, redis_url: str) -> ServerProcess:
+async def _workers(spawn: Spawn, redis_url: str, *flags: str) -> ServerProcess:
     server = spawn(
         "--redis-url", redis_url,
         "--server-id", "n",
@@ -45,6 +46,7 @@ async def _workers(spawn: Spawn, redis_url: str) -> ServerProcess:
         "--heartbeat-interval", "1",
         "--leave-grace", "0.3",
         "--keepalive-interval", "0.25",
+        *flags,
     )  # fmt: skip
     await server.wait_healthy()
     seen: set[str] = set()
@@ -85,7 +87,14 @@ async def fresh() -> AsyncIterator[aiohttp.ClientSession]:
 async def test_streams_spread_over_the_workers_which_see_the_same_clients(
     redis: Redis, redis_server: RedisServer, spawn: Spawn, fresh: aiohttp.ClientSession
 ) -> None:
-    server = await _workers(spawn, redis_server.url)
+    base = _two_free_ports()
+    server = await _workers(spawn, redis_server.url, "--worker-ports", str(base))
+    # Each worker also listens alone, on its own port.
+    for k, name in enumerate(WORKERS):
+        async with fresh.get(f"http://127.0.0.1:{base + k}/healthz") as response:
+            assert (await response.json())["server"] == name
+        async with fresh.get(f"http://127.0.0.1:{base + k}/metrics") as response:
+            assert response.status == 200
     observer = await follow(fresh, events_of(server, "observer"))
     clients = [f"c{n}" for n in range(16)]
     streams = [await follow(fresh, events_of(server, c)) for c in clients]
@@ -252,6 +261,19 @@ def test_workers_need_a_shared_redis_and_a_free_port(redis_server: RedisServer) 
     done = serve("--workers", "-1")
     assert done.returncode == 2
     assert "workers must be between 0" in done.stderr
+
+
+def _two_free_ports() -> int:
+    """A port free, with the next one free too."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two free ports in a row")
 
 
 @contextlib.contextmanager

@@ -47,15 +47,17 @@ def run(
     *,
     on_listening: Callable[[], None],
     reuse_port: bool = False,
+    own_port: int = 0,
 ) -> None:
     """Serve ``app`` until SIGINT or SIGTERM. Raises ``OSError`` when it cannot
     listen. With ``reuse_port``, other processes listen on the same port and
-    the kernel spreads the connections over them."""
+    the kernel spreads the connections over them; ``own_port``, if not 0, is
+    a port of this process alone, where it can be told apart from them."""
     guard = Guard(settings, connection_cap(settings.max_connections))
     app[METRICS].register(GuardCollector(guard))
     loop = asyncio.new_event_loop()
     loop.set_exception_handler(guard.loop_exception)
-    main = loop.create_task(_serve(app, settings, guard, on_listening, reuse_port))
+    main = loop.create_task(_serve(app, settings, guard, on_listening, reuse_port, own_port))
     try:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(main)
@@ -80,6 +82,7 @@ async def _serve(
     guard: Guard,
     on_listening: Callable[[], None],
     reuse_port: bool,
+    own_port: int,
 ) -> None:
     # What aiohttp's runner would pass each connection's protocol.
     handler_args: dict[str, Any] = {
@@ -95,7 +98,10 @@ async def _serve(
     )
     await runner.setup()
     try:
-        for sock in listen(settings.host, settings.port, reuse_port=reuse_port):
+        sockets = listen(settings.host, settings.port, reuse_port=reuse_port)
+        if own_port:
+            sockets += listen(settings.host, own_port)
+        for sock in sockets:
             await GuardedSite(runner, sock, guard, handler_args).start()
         on_listening()
         await asyncio.Event().wait()
