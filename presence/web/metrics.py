@@ -30,9 +30,39 @@ class PresenceCollector(Collector):
         yield GaugeMetricFamily(
             "presence_sse_connections", "Open SSE connections", value=p.connections.open
         )
+        # The settings the lag gauges are judged against, for alerting rules:
+        # a tick later than TTL - interval lets connected clients' keys expire.
+        settings = p.settings
+        yield GaugeMetricFamily(
+            "presence_heartbeat_interval_seconds",
+            "Seconds between two heartbeats of a connected client (--heartbeat-interval)",
+            value=settings.heartbeat_interval,
+        )
+        yield GaugeMetricFamily(
+            "presence_heartbeat_ttl_seconds",
+            "TTL of a connected client's online key (--ttl-factor x --heartbeat-interval)",
+            value=settings.ttl_ms / 1000,
+        )
         if not p.started:
             return
         s = stats_of(p)
+        # The supervised loops /healthz reports on; the service keeps its
+        # list private, and reading it costs nothing at scrape time.
+        workers = p._workers
+        yield GaugeMetricFamily(
+            "presence_workers", "Supervised background loops of this process", value=len(workers)
+        )
+        yield GaugeMetricFamily(
+            "presence_workers_failing",
+            "Supervised loops failing now (retried with backoff) or not running, as /healthz "
+            "lists them",
+            value=sum(1 for w in workers if w.problem is not None),
+        )
+        yield GaugeMetricFamily(
+            "presence_redis_unreachable",
+            "1 while some worker of this process cannot reach Redis (an outage under way), else 0",
+            value=1 if p.outage.active else 0,
+        )
         yield _counter(
             "heartbeats_published", "Heartbeats XADDed for local clients", s.heartbeats_published
         )
@@ -60,6 +90,13 @@ class PresenceCollector(Collector):
             "failed them, or this server was stalled)",
             s.heartbeats_retried,
         )
+        yield GaugeMetricFamily(
+            "presence_heartbeats_pending_overdue",
+            "Heartbeat entries found pending over the claim delay at the last check, "
+            "claimed at the next (at most 1000 a shard)",
+            # The claimer's last sighting: what it claims next if still pending.
+            value=sum(len(c._found) for c in p.claimers),
+        )
         transitions = CounterMetricFamily(
             "presence_transitions_published",
             "Transitions this process published to the presence stream",
@@ -72,6 +109,12 @@ class PresenceCollector(Collector):
             "presence_sweeper_lag_seconds",
             "Now minus the oldest overdue deadline at the last sweep",
             value=s.sweeper_lag,
+        )
+        yield _counter(
+            "sweeper_held_back",
+            "Sweeps that read what was due too late to act on it (Redis held the call "
+            "over half the TTL slack) and waited a heartbeat interval instead",
+            sum(w.held_back for w in p.sweepers),
         )
         yield GaugeMetricFamily(
             "presence_heartbeat_tick_lag_seconds",
