@@ -105,7 +105,7 @@ class Keys:
     def last_seen(self) -> str:
         """Sorted set: client -> Unix ms of its last OFFLINE (its ``presence``
         entry's time), kept for the last-seen retention."""
-        return f"{self.namespace}last_seen"
+        return f"{self.namespace}online.last_seen"
 
     @property
     def rooms_due(self) -> str:

@@ -163,8 +163,9 @@ class Calls:
     or a slot still moving, are raised: they are Redis away, not a call's
     own failure."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, partial: bool = False) -> None:
         self._redis = redis
+        self._partial = partial
         self._calls: list[tuple[Any, ...]] = []
         turns = getattr(redis, "turns", None)
         self._turns: asyncio.Semaphore = (
@@ -187,6 +188,8 @@ class Calls:
         )
         lost = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, OSError)
         for reply in replies:
-            if isinstance(reply, lost) or (raise_on_error and isinstance(reply, BaseException)):
+            if isinstance(reply, lost) and not self._partial:
+                raise reply
+            if raise_on_error and isinstance(reply, BaseException):
                 raise reply
         return replies

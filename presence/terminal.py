@@ -155,11 +155,11 @@ async def client_status(
     try:
         if room is None:
             server, data = await redis.hget(keys.servers, client), None
-            seen = await redis.zscore(keys.last_seen, client)
+            seen = await last_seen.read(redis, keys.last_seen, client, settings.last_seen_ms)
         else:
             r = keys.room(room)
             server, data = await redis.hget(r.members, client), await redis.hget(r.data, client)
-            seen = await redis.zscore(r.last_seen, client)
+            seen = await last_seen.read(redis, r.last_seen, client, settings.last_seen_ms)
     except REDIS_FAILURES as exc:
         raise RedisUnavailable(f"cannot read Redis: {exc}") from None
     finally:
@@ -171,9 +171,8 @@ async def client_status(
     elif seen is None:
         print(f"{client}{where}  OFFLINE  last seen: unknown", file=out)
     else:
-        ms = int(seen)
-        ago = _ago(time.time() - ms / 1000)
-        print(f"{client}{where}  OFFLINE  last seen {last_seen.iso(ms)} ({ago})", file=out)
+        ago = _ago(time.time() - seen / 1000)
+        print(f"{client}{where}  OFFLINE  last seen {last_seen.iso(seen)} ({ago})", file=out)
 
 
 def _ago(seconds: float) -> str:

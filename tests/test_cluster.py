@@ -98,7 +98,7 @@ async def test_servers_on_a_cluster_see_everyone_exactly_once(
         left = max(entry_ms(i) for i, f in stream if f[b"client"] == c.encode())
         async with session.get(f"{servers[1].url}/clients/{c}") as response:
             assert (await response.json())["last_seen"] == left
-        assert await cluster_redis.zscore(f"{{{tag_of(c)}}}.last_seen", c) == left
+        assert await cluster_redis.zscore(f"{{{tag_of(c)}}}.online.last_seen", c) == left
 
 
 async def test_a_resume_on_a_cluster_replays_every_shard_gaplessly(

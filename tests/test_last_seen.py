@@ -62,7 +62,7 @@ async def test_an_offline_clients_last_seen_is_its_offline_entrys_time(
     await poll(lambda: redis.exists("online.clients.bob"), what="bob back")
     body = await _json(session, server.make_url("/clients/bob"))
     assert body == {"client": "bob", "status": "ONLINE", "server": "n1"}
-    assert await redis.zscore("last_seen", "bob") == gone
+    assert await redis.zscore("online.last_seen", "bob") == gone
 
 
 async def test_a_room_members_last_seen(
@@ -117,7 +117,7 @@ async def test_the_retention_bounds_what_is_kept(
     await redis.xadd("heartbeat", {"client": "new", "server": "n1"})
     gone = await poll(lambda: _offline_ms(redis, "presence", "new"), what="new OFFLINE")
     # The newer OFFLINE trimmed the older one, a millisecond past the retention.
-    assert await redis.zrange("last_seen", 0, -1, withscores=True) == [(b"new", gone)]
+    assert await redis.zrange("online.last_seen", 0, -1, withscores=True) == [(b"new", gone)]
 
 
 async def test_a_zero_retention_keeps_nothing(
@@ -128,7 +128,7 @@ async def test_a_zero_retention_keeps_nothing(
     await poll(lambda: _offline_ms(redis, "room.{r}.presence", "dan"), what="dan out of r")
     await poll(lambda: _offline_ms(redis, "presence", "dan"), what="dan OFFLINE")
     assert (await _json(session, server.make_url("/clients/dan")))["last_seen"] is None
-    assert not await redis.exists("last_seen", "room.{r}.last_seen")
+    assert not await redis.exists("online.last_seen", "room.{r}.last_seen")
 
 
 async def test_embedded_on_the_in_process_redis() -> None:
@@ -139,3 +139,39 @@ async def test_embedded_on_the_in_process_redis() -> None:
             await poll(lambda: presence.status("eve"), what="eve online")
         await poll(lambda: presence.last_seen("eve"), what="eve seen")
         assert await presence.status("eve") is None
+
+
+async def test_a_time_past_the_retention_is_not_answered(
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession, redis: Redis
+) -> None:
+    """Older entries are trimmed only by a later OFFLINE: reads check the
+    retention themselves, and a retention of 0 answers none of what an earlier
+    setting kept."""
+    server = await serve(create_app(settings.replace(last_seen_retention=60)))
+    old = entry_ms(await redis.xadd("clock", {"x": "1"})) - 61_000
+    await redis.zadd("online.last_seen", {"frank": old, "gina": old + 2_000})
+    assert (await _json(session, server.make_url("/clients/frank")))["last_seen"] is None
+    assert (await _json(session, server.make_url("/clients/gina")))["last_seen"] == old + 2_000
+    await server.close()
+    server = await serve(create_app(settings.replace(last_seen_retention=0)))
+    assert (await _json(session, server.make_url("/clients/gina")))["last_seen"] is None
+
+
+async def test_someone_elses_key_in_its_place_holds_no_offline_back(
+    serve: Serve, settings: Settings, session: aiohttp.ClientSession, redis: Redis
+) -> None:
+    """Last seen is an extra: a key of another type named like it goes
+    unwritten, and every OFFLINE still goes out."""
+    await redis.hset("online.last_seen", "theirs", "1")
+    await redis.set("room.{r}.last_seen", "theirs")
+    server = await serve(create_app(settings.replace(leave_grace=0.05)))
+    await redis.xadd("heartbeat", {"client": "hal", "server": "n1", "room": "r"})
+    await poll(lambda: _offline_ms(redis, "room.{r}.presence", "hal"), what="hal out of r")
+    await poll(lambda: _offline_ms(redis, "presence", "hal"), what="hal OFFLINE")
+    ivy = await open_events(session, str(server.make_url("/clients/ivy/events")))
+    await ivy.next()
+    await poll(lambda: redis.exists("online.clients.ivy"), what="ivy online")
+    ivy.close()
+    await poll(lambda: _offline_ms(redis, "presence", "ivy"), what="ivy's leave OFFLINE")
+    assert (await _json(session, server.make_url("/clients/hal")))["last_seen"] is None
+    assert await redis.hgetall("online.last_seen") == {b"theirs": b"1"}

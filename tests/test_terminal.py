@@ -143,9 +143,18 @@ async def test_status_of_one_client_says_when_it_was_last_seen(
     redis: Redis, settings: Settings, start_presence: StartPresence, redis_server: RedisServer
 ) -> None:
     presence = await start_presence(settings)
-    await redis.xadd("heartbeat", {"client": "alice", "server": "node-1"})
-    await poll(lambda: presence.status("alice"), what="alice online")
-    online = await asyncio.to_thread(run, "status", "alice", "--redis-url", redis_server.url)
+
+    async def node_1() -> None:  # heartbeating alice while the command starts
+        while True:
+            await redis.xadd("heartbeat", {"client": "alice", "server": "node-1"})
+            await asyncio.sleep(settings.heartbeat_interval / 2)
+
+    beating = asyncio.create_task(node_1())
+    try:
+        await poll(lambda: presence.status("alice"), what="alice online")
+        online = await asyncio.to_thread(run, "status", "alice", "--redis-url", redis_server.url)
+    finally:
+        beating.cancel()
     assert (online.returncode, online.stdout) == (0, "alice  ONLINE  node-1\n")
     # No more heartbeats: OFFLINE at her deadline, a TTL (0.6 s) later.
     seen = await poll(lambda: presence.last_seen("alice"), what="alice last seen")

@@ -419,7 +419,7 @@ class _FailingTransitions:
     def publish(self, *args: object) -> None:
         pass
 
-    async def execute(self, fill: object) -> list[object]:
+    async def execute(self, fill: object, **options: object) -> list[object]:
         raise ConnectionError("redis went away")
 
 
@@ -447,7 +447,7 @@ class _FlakyTransitions:
     def publish(self, *args: object) -> None:
         pass
 
-    async def execute(self, fill: object) -> list[object]:
+    async def execute(self, fill: object, **options: object) -> list[object]:
         self.calls += 1
         if self.calls <= self.failures:
             from redis.exceptions import ConnectionError as RedisConnectionError

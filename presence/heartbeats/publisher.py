@@ -67,7 +67,12 @@ class HeartbeatPublisher:
         self.max_tick_lag = 0.0
         self._outage = outage
         self._outages = outage.count
-        #: Seconds until a failed tick is tried again (see ``run``).
+        #: Memberships whose heartbeats could not reach Redis, tried again at
+        #: ``_retry_at`` (see ``run``), ``_retry`` seconds after the last try.
+        self._unsent: list[Member] = []
+        #: The memberships of the calls the last ``publish`` could not send.
+        self.failed: list[Member] = []
+        self._retry_at = 0.0
         self._retry = RETRY
 
     async def run(self, worker: Worker) -> None:
@@ -102,20 +107,22 @@ class HeartbeatPublisher:
                 # which costs a refresh.
                 batch = self._held.heartbeated()
                 batch += [m for m in self._held.take_fresh() if m not in self._held]
+                self._unsent = []  # all in the tick
             else:
                 batch = self._held.take_fresh()
-            if batch:
-                try:
-                    await self.publish(batch)
-                except UNREACHABLE as exc:
-                    # Retried here, soon, rather than after the supervisor's
-                    # growing backoff: on a cluster with one primary down, the
-                    # other shards' keys must still be refreshed within their TTL.
-                    worker.failed(exc)
-                    next_tick = min(next_tick, loop.time() + self._retry)
-                    self._retry = min(self._retry * 2, self._interval / 4)
-                    await self._pause(next_tick)
-                    continue
+                if self._unsent and now >= self._retry_at:
+                    batch += [m for m in self._unsent if m in self._held]
+                    self._unsent = []
+            failure = await self._publish(batch) if batch else None
+            if failure is not None:
+                # Tried again here, soon, rather than after the supervisor's
+                # growing backoff, and only what failed: on a cluster with one
+                # primary away, the other shards are refreshed on time, and
+                # leaves go on.
+                worker.failed(failure)
+                self._retry_at = loop.time() + self._retry
+                self._retry = min(self._retry * 2, self._interval / 4)
+            elif batch:
                 self._retry = RETRY
             if leaves := self._held.take_leaves():
                 try:
@@ -124,8 +131,9 @@ class HeartbeatPublisher:
                     self._held.retry_leaves(leaves)
                     self._held.postpone_leaves(self._interval)
                     raise
-            worker.ok()
-            wake_at = next_tick
+            if not self._unsent:
+                worker.ok()
+            wake_at = min(next_tick, self._retry_at) if self._unsent else next_tick
             if (leave_at := self._held.next_leave()) is not None:
                 # next_leave is on the monotonic clock, which the loop's clock is too.
                 wake_at = min(wake_at, leave_at)
@@ -139,6 +147,16 @@ class HeartbeatPublisher:
         except TimeoutError:
             pass
 
+    async def _publish(self, members: list[Member]) -> BaseException | None:
+        """``publish``, keeping what Redis could not be reached for in
+        ``_unsent``; the failure, if so."""
+        try:
+            await self.publish(members)
+        except UNREACHABLE as exc:
+            self._unsent = self._unsent + (self.failed or members)
+            return exc
+        return None
+
     async def publish(self, members: list[Member]) -> None:
         """XADD one heartbeat per membership, in script calls of ``PUBLISH_BATCH``
         sent in one round trip; prepared ``PREPARE_BATCH`` at a time, the event
@@ -146,8 +164,11 @@ class HeartbeatPublisher:
         goes with the next ones."""
         take = self._held.take_data
         shards = self._shards
-        # Per shard: its lines, and the data in them with its line's index.
+        self.failed = []
+        # Per shard: its lines, the membership of each, and the data in them
+        # with its line's index.
         lines: list[list[str]] = [[] for _ in shards.items]
+        of_line: list[list[Member]] = [[] for _ in shards.items]
         sent_data: list[list[tuple[int, tuple[str, str, str]]]] = [[] for _ in shards.items]
         try:
             await asyncio.sleep(0)  # after the tick's memberships were listed
@@ -159,9 +180,11 @@ class HeartbeatPublisher:
                 for client, room in members[start : start + PREPARE_BATCH]:
                     if not room:
                         if client not in in_rooms:
-                            lines[shards.of(client)].append(client)
+                            lines[shard := shards.of(client)].append(client)
+                            of_line[shard].append((client, room))
                         continue
                     shard = shards.of(room)
+                    of_line[shard].append((client, room))
                     if data := take((client, room)):
                         sent_data[shard].append((len(lines[shard]), (client, room, data)))
                         # Initial data: it never replaces data set since.
@@ -179,7 +202,7 @@ class HeartbeatPublisher:
                     batch = "\n".join(lines[shard][start : start + PUBLISH_BATCH])
                     shards[shard].publish(pipe, self._server, batch, self._maxlen)
 
-            replies = await self._transitions.execute(fill)
+            replies = await self._transitions.execute(fill, partial=True)
         except BaseException:
             # Whether Redis took any of it is unknown: the data goes again.
             self._held.keep_data(beat for found in sent_data for _, beat in found)
@@ -195,6 +218,8 @@ class HeartbeatPublisher:
                 for index, beat in found
                 if (shard, index - index % PUBLISH_BATCH) in lost
             )
+            end = PUBLISH_BATCH
+            self.failed = [m for shard, at in sorted(lost) for m in of_line[shard][at : at + end]]
             raise replies[failed[0]]
         self.published += sum(map(len, lines))
 

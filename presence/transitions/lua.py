@@ -130,7 +130,6 @@ local function expect_room(scope)
   expect(scope.servers, 'hash')
   expect(scope.stream, 'stream')
   expect(scope.data, 'hash')
-  if scope.seen then expect(scope.seen, 'zset') end
 end
 
 local function publish(scope, client, status, server, data)
@@ -164,12 +163,19 @@ local function publish(scope, client, status, server, data)
 end
 
 -- The only way a client (or member) stops being announced.
+-- Last seen is an extra: a key of another type in its place (someone else's)
+-- goes unwritten rather than holding every OFFLINE back.
+local function recordable(key)
+  local kind = redis.call('TYPE', key)['ok']
+  return kind == 'zset' or kind == 'none'
+end
+
 local function offline(scope, client, server)
   redis.call('ZREM', scope.deadlines, client)
   redis.call('HDEL', scope.servers, client)
   if scope.room then redis.call('HDEL', scope.data, client) end
   local id = publish(scope, client, 'OFFLINE', server)
-  if scope.seen and cfg.retention > 0 then
+  if scope.seen and cfg.retention > 0 and recordable(scope.seen) then
     -- Last seen at the OFFLINE entry's time; what is older than the retention
     -- goes, each entry once, so the set holds the clients of one retention.
     local at = ms_of(id)

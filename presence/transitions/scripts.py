@@ -17,6 +17,7 @@ from typing import Any, cast
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
+from .. import last_seen
 from ..contract import CONSUMER_GROUP, ID_PATTERN, Keys
 from ..entries import text
 from ..events import Member, OnlineClient
@@ -216,15 +217,22 @@ class Transitions:
         """Remove consumers idle for ``idle_ms`` with nothing pending, but ``consumer``."""
         self._queue(pipe, FORGET, CONSUMER_GROUP, consumer, idle_ms)
 
-    async def execute(self, fill: Callable[[Pipeline], None]) -> list[Any]:
+    async def execute(
+        self, fill: Callable[[Pipeline], None], *, partial: bool = False
+    ) -> list[Any]:
         """Run the calls ``fill`` queues, in one round trip (on a cluster, one
         per call, all at once).
 
-        A call's error is its result, so one bad key cannot fail a batch.
+        A call's error is its result, so one bad key cannot fail a batch. A
+        lost connection is raised, unless ``partial`` (on a cluster, the calls
+        to the other nodes went through: each call's error is its result).
         """
         results: list[Any] = []
         for _ in range(2):
-            pipe = Calls(r) if is_cluster(r := self._redis) else r.pipeline(transaction=False)
+            if is_cluster(r := self._redis):
+                pipe: Any = Calls(r, partial=partial)
+            else:
+                pipe = r.pipeline(transaction=False)
             fill(cast(Pipeline, pipe))
             results = await pipe.execute(raise_on_error=False)
             if not any(isinstance(r, NoScriptError) for r in results):
@@ -334,8 +342,7 @@ class Transitions:
         """Unix ms of ``client``'s last OFFLINE (in ``room``, if given) within
         the retention, else None."""
         key = self._keys.last_seen if room is None else self._keys.room(room).last_seen
-        score = await self._redis.zscore(key, client)
-        return None if score is None else int(score)
+        return await last_seen.read(self._redis, key, client, self._retention_ms)
 
     async def member(self, room: str, client: str) -> Member | None:
         """``client`` in ``room`` if it is an announced member, else None."""

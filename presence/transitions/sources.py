@@ -159,7 +159,6 @@ local function check(client, online)
   return 1
 end
 expect_shared()
-expect(KEYS[6], 'zset')
 for i = 4, #ARGV do
   local ok, result = pcall(check, ARGV[i], KEYS[i + 3])
   if ok then
@@ -190,7 +189,6 @@ cfg.retention = tonumber(ARGV[6])
 expect_shared()
 expect(KEYS[6], 'string')
 expect(KEYS[7], 'zset')
-expect(KEYS[8], 'zset')
 return leave(global_scope(KEYS[6], KEYS[7], KEYS[8]), ARGV[1], ARGV[2])
 """
 )
