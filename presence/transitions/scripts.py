@@ -106,6 +106,16 @@ class Transitions:
         every = self._shared + keys
         pipe.evalsha(self._scripts[source].sha, len(every), *every, *args)
 
+    def register(self, source: str) -> None:
+        """Another stage's script, called with ``call``: loaded with these, so
+        ``execute`` runs it again after Redis lost its scripts."""
+        if source not in self._scripts:
+            self._scripts[source] = self._redis.register_script(source)
+
+    def call(self, pipe: Pipeline, source: str, *args: Arg, keys: tuple[str, ...] = ()) -> None:
+        """Queue a registered script: the shared keys, then ``keys``, then ``args``."""
+        self._queue(pipe, source, *args, keys=keys)
+
     def _room_keys(self, room: str) -> tuple[str, str, str, str]:
         """A room's keys in the scripts' order (``lua.room_scope``)."""
         r = self._keys.room(room)
@@ -213,9 +223,19 @@ class Transitions:
         """Claim the entries ``found`` last time if still pending; find the next."""
         self._queue(pipe, CLAIM, CONSUMER_GROUP, consumer, idle_ms, count, *found)
 
-    def forget(self, pipe: Pipeline, consumer: str, idle_ms: int) -> None:
-        """Remove consumers idle for ``idle_ms`` with nothing pending, but ``consumer``."""
-        self._queue(pipe, FORGET, CONSUMER_GROUP, consumer, idle_ms)
+    def forget(
+        self,
+        pipe: Pipeline,
+        consumer: str,
+        idle_ms: int,
+        *,
+        group: str = CONSUMER_GROUP,
+        stream: str | None = None,
+    ) -> None:
+        """Remove consumers idle for ``idle_ms`` with nothing pending, but
+        ``consumer``, from ``group`` of ``stream`` (the heartbeat stream's)."""
+        keys = () if stream is None else (stream,)
+        self._queue(pipe, FORGET, group, consumer, idle_ms, keys=keys)
 
     async def execute(
         self, fill: Callable[[Pipeline], None], *, partial: bool = False
@@ -347,10 +367,13 @@ class Transitions:
     async def member(self, room: str, client: str) -> Member | None:
         """``client`` in ``room`` if it is an announced member, else None."""
         r = self._keys.room(room)
-        server = await self._redis.hget(r.members, client)
+        # One transaction (one slot): the data is the member's, not a later one's.
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hget(r.members, client)
+            pipe.hget(r.data, client)
+            server, data = await pipe.execute()
         if server is None:
             return None
-        data = await self._redis.hget(r.data, client)
         return Member(client, text(server), None if data is None else text(data))
 
     async def online(self) -> list[OnlineClient]:

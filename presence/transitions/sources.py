@@ -374,6 +374,7 @@ cfg.room_cap = ARGV[4]
 local client, data = ARGV[2], ARGV[3]
 local scope = room_scope(ARGV[1], 6)
 expect_room(scope)
+expect(KEYS[5], 'zset')  -- the UPDATE may index the room for webhooks
 if not redis.call('ZSCORE', scope.deadlines, client) then return -1 end
 if redis.call('HGET', scope.data, client) == data then return 0 end
 redis.call('HSET', scope.data, client, data)
@@ -423,20 +424,22 @@ return {entries, deleted, found}
 
 # Removes the consumers idle for longer than ARGV[3] ms with nothing pending,
 # in one step: a consumer that comes back and reads meanwhile keeps what it read.
+# KEYS[6] the stream, if not the heartbeat stream (the webhooks' group)
 # ARGV[1] the consumer group
 # ARGV[2] this consumer (never removed)
 # ARGV[3] ms
 # Returns {name, ms idle, ...} of the consumers removed.
 FORGET: Final = """
 local removed = {}
-local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[4], ARGV[1])
+local stream = KEYS[6] or KEYS[4]
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', stream, ARGV[1])
 if not ok then return removed end
 for _, c in ipairs(consumers) do
   local fields = {}
   for i = 1, #c, 2 do fields[c[i]] = c[i + 1] end
   if fields['name'] ~= ARGV[2] and fields['pending'] == 0
       and fields['idle'] >= tonumber(ARGV[3]) then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[4], ARGV[1], fields['name'])
+    redis.call('XGROUP', 'DELCONSUMER', stream, ARGV[1], fields['name'])
     removed[#removed + 1] = fields['name']
     removed[#removed + 1] = fields['idle']
   end
