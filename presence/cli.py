@@ -13,6 +13,7 @@ from typing import NoReturn
 
 from . import __version__, terminal, workers
 from .contract import ID_RULE, ROOM_RULE, is_valid_id
+from .doctor import cli as checkup
 from .errors import PresenceError
 from .serve import serve
 from .settings import Settings
@@ -224,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ROOM",
         help="a room it may join (a name, or a prefix ending in *); repeatable",
     )
+    doctor = commands.add_parser(
+        "doctor", help="check a Redis against what presence needs", description=checkup.DESCRIPTION
+    )
+    _redis_options(doctor)
+    checkup.add_arguments(doctor)
     return parser
 
 
@@ -246,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     client = args.pop("client", None) if command == "status" else None
     if command == "token":
         return _token(args["client"], args["ttl"], args["auth_secret"], args["rooms"])
+    if command == "doctor":
+        return checkup.main(args)
     if room is not None and not is_valid_id(room):
         print(f"presence: error: room {ROOM_RULE}", file=sys.stderr)
         return 2

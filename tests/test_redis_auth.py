@@ -1,4 +1,5 @@
-"""A Redis with a password, over TLS, and with an ACL user holding only the documented commands."""
+"""A Redis with a password, over TLS, and with an ACL user holding only the documented
+commands (on a cluster too)."""
 
 from __future__ import annotations
 
@@ -14,17 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from presence import Presence, PresenceError, PresenceEvent, RedisMisconfigured, Settings
+from presence.doctor.commands import CLUSTER, NEEDED
 
 from .support import Redis, StartRedis, free_port, poll, tracked_online
+from .topology import Cluster, client
 
-#: The commands the README lists for an ACL user, and nothing else.
-DOCUMENTED = (
-    "ping xadd xgroup xreadgroup xack xinfo info time xread xrevrange xrange "
-    "hget hgetall evalsha script|load subscribe zscan config|get config|set zcard xlen "
-    # what the scripts call
-    "set get exists del pttl pexpire zadd zscore zrem zrangebyscore zremrangebyscore hset hdel "
-    "type xpending xclaim xtrim hmget zrange zrevrangebyscore pexpireat persist"
-)
+#: The commands presence needs (the README's list), and nothing else.
+DOCUMENTED = " ".join(c.rule for c in NEEDED)
 
 
 async def test_a_password_protected_redis_works_and_a_wrong_password_fails_at_once(
@@ -69,6 +66,33 @@ async def test_an_acl_user_with_only_the_documented_commands_runs_everything(
             assert isinstance(last, PresenceEvent)
             assert (last.client, last.status) == ("alice", "OFFLINE")
         assert await presence._service.problems() == []
+
+
+async def test_an_acl_user_with_only_the_documented_commands_runs_on_a_cluster(
+    cluster: Cluster, cluster_redis: Redis
+) -> None:
+    # Every node, replicas too: ACLs are per node, and a failover promotes one.
+    rules = ["reset", "on", ">s3cret", "~*", "&*", *(f"+{c.rule}" for c in NEEDED + CLUSTER)]
+    for node in cluster.nodes:
+        with client(node.port) as r:
+            r.execute_command("ACL", "SETUSER", "presence", *rules)
+    url = cluster.url.replace("redis://", "redis://presence:s3cret@")
+    settings = Settings(redis_url=url, server_id="acl", heartbeat_interval=0.4, leave_grace=0.1)
+    try:
+        async with Presence(settings) as presence, presence.changes() as events:
+            async with presence.track("alice", rooms=["lobby"], data={"s": 1}):
+                first = await anext(events)
+                assert isinstance(first, PresenceEvent)
+                assert (first.client, first.status) == ("alice", "ONLINE")
+                assert await presence.set_data("lobby", "alice", {"s": 2}) is True
+            last = await anext(events)
+            assert isinstance(last, PresenceEvent)
+            assert (last.client, last.status) == ("alice", "OFFLINE")
+            assert await presence._service.problems() == []
+    finally:
+        for node in cluster.nodes:
+            with client(node.port) as r:
+                r.execute_command("ACL", "DELUSER", "presence")
 
 
 def _acl(rules: list[str]) -> dict[str, object]:
