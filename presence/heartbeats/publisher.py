@@ -39,6 +39,8 @@ PREPARE_BATCH = 5000
 #: First delay before a tick that failed to reach Redis runs again; it
 #: doubles up to a quarter of the interval.
 RETRY = 0.05
+#: Intervals a tick waits for a shard's calls before it goes on without them.
+SHARD_WAIT = 0.1
 
 
 class HeartbeatPublisher:
@@ -72,6 +74,8 @@ class HeartbeatPublisher:
         self._unsent: list[Member] = []
         #: The memberships of the calls the last ``publish`` could not send.
         self.failed: list[Member] = []
+        #: Each shard's calls that outlasted their tick, until they are back.
+        self._in_flight: dict[int, asyncio.Future[tuple[list[Member], BaseException | None]]] = {}
         self._retry_at = 0.0
         self._retry = RETRY
 
@@ -159,69 +163,110 @@ class HeartbeatPublisher:
 
     async def publish(self, members: list[Member]) -> None:
         """XADD one heartbeat per membership, in script calls of ``PUBLISH_BATCH``
-        sent in one round trip; prepared ``PREPARE_BATCH`` at a time, the event
-        loop running in between. Data taken for heartbeats that were not sent
-        goes with the next ones."""
+        sent in one round trip per shard; prepared ``PREPARE_BATCH`` at a time,
+        the event loop running in between. Data taken for heartbeats that were
+        not sent goes with the next ones.
+
+        A shard whose calls are still waiting after ``SHARD_WAIT`` x interval
+        (its primary paused by a failover) holds back neither this tick nor
+        the other shards: its calls finish in the background, and its
+        memberships skip the ticks until they have (a failure is tried again
+        as any other). Raises the first failure of the shards that answered.
+        """
         take = self._held.take_data
         shards = self._shards
         self.failed = []
+        busy = {shard for shard, task in self._in_flight.items() if not task.done()}
         # Per shard: its lines, the membership of each, and the data in them
         # with its line's index.
         lines: list[list[str]] = [[] for _ in shards.items]
         of_line: list[list[Member]] = [[] for _ in shards.items]
         sent_data: list[list[tuple[int, tuple[str, str, str]]]] = [[] for _ in shards.items]
+        await asyncio.sleep(0)  # after the tick's memberships were listed
+        # On one Redis a membership's heartbeat counts for its client too.
+        # Sharded, the room's shard is seldom the client's: its own goes.
+        in_rooms = set() if shards.sharded else {client for client, room in members if room}
+        for start in range(0, len(members), PREPARE_BATCH):
+            await asyncio.sleep(0)
+            for client, room in members[start : start + PREPARE_BATCH]:
+                shard = shards.of(room or client)
+                if shard in busy or (not room and client in in_rooms):
+                    continue
+                of_line[shard].append((client, room))
+                if not room:
+                    lines[shard].append(client)
+                elif data := take((client, room)):
+                    sent_data[shard].append((len(lines[shard]), (client, room, data)))
+                    # Initial data: it never replaces data set since.
+                    lines[shard].append(f"{client} {room} ?{data}")
+                else:
+                    lines[shard].append(f"{client} {room}")
+        sends = {
+            shard: asyncio.ensure_future(self._send(shard, found, of_line[shard], sent_data[shard]))
+            for shard, found in enumerate(lines)
+            if found
+        }
+        if not sends:
+            return
+        await asyncio.wait(sends.values(), timeout=SHARD_WAIT * self._interval)
+        failure: BaseException | None = None
+        for shard, send in sends.items():
+            if not send.done():
+                self._in_flight[shard] = send
+                send.add_done_callback(self._landed)
+                continue
+            failed, error = send.result()
+            self.failed += failed
+            failure = failure or error
+        if failure is not None:
+            raise failure
+
+    async def _send(
+        self,
+        shard: int,
+        lines: list[str],
+        members: list[Member],
+        data: list[tuple[int, tuple[str, str, str]]],
+    ) -> tuple[list[Member], BaseException | None]:
+        """One shard's calls; the memberships of those that failed, and the
+        first failure. Their data goes again."""
+        calls = range(0, len(lines), PUBLISH_BATCH)
+        target = self._shards[shard]
+
+        def fill(pipe: Pipeline) -> None:
+            for start in calls:
+                batch = "\n".join(lines[start : start + PUBLISH_BATCH])
+                target.publish(pipe, self._server, batch, self._maxlen)
+
         try:
-            await asyncio.sleep(0)  # after the tick's memberships were listed
-            # On one Redis a membership's heartbeat counts for its client too.
-            # Sharded, the room's shard is seldom the client's: its own goes.
-            in_rooms = set() if shards.sharded else {client for client, room in members if room}
-            for start in range(0, len(members), PREPARE_BATCH):
-                await asyncio.sleep(0)
-                for client, room in members[start : start + PREPARE_BATCH]:
-                    if not room:
-                        if client not in in_rooms:
-                            lines[shard := shards.of(client)].append(client)
-                            of_line[shard].append((client, room))
-                        continue
-                    shard = shards.of(room)
-                    of_line[shard].append((client, room))
-                    if data := take((client, room)):
-                        sent_data[shard].append((len(lines[shard]), (client, room, data)))
-                        # Initial data: it never replaces data set since.
-                        lines[shard].append(f"{client} {room} ?{data}")
-                    else:
-                        lines[shard].append(f"{client} {room}")
-            calls = [
-                (shard, start)
-                for shard, found in enumerate(lines)
-                for start in range(0, len(found), PUBLISH_BATCH)
-            ]
-
-            def fill(pipe: Pipeline) -> None:
-                for shard, start in calls:
-                    batch = "\n".join(lines[shard][start : start + PUBLISH_BATCH])
-                    shards[shard].publish(pipe, self._server, batch, self._maxlen)
-
             replies = await self._transitions.execute(fill, partial=True)
-        except BaseException:
+        except Exception as exc:
             # Whether Redis took any of it is unknown: the data goes again.
-            self._held.keep_data(beat for found in sent_data for _, beat in found)
-            raise
-        failed = [n for n, reply in enumerate(replies) if isinstance(reply, Exception)]
-        if failed:
-            # Only the data of the calls Redis failed: what it took may since
-            # have been replaced (a PUT), and must not come back.
-            lost = {calls[n] for n in failed}
-            self._held.keep_data(
-                beat
-                for shard, found in enumerate(sent_data)
-                for index, beat in found
-                if (shard, index - index % PUBLISH_BATCH) in lost
-            )
-            end = PUBLISH_BATCH
-            self.failed = [m for shard, at in sorted(lost) for m in of_line[shard][at : at + end]]
-            raise replies[failed[0]]
-        self.published += sum(map(len, lines))
+            self._held.keep_data(beat for _, beat in data)
+            return members, exc
+        lost = {calls[n] for n, reply in enumerate(replies) if isinstance(reply, Exception)}
+        if not lost:
+            self.published += len(lines)
+            return [], None
+        # Only the data of the calls Redis failed: what it took may since
+        # have been replaced (a PUT), and must not come back.
+        self._held.keep_data(beat for index, beat in data if index - index % PUBLISH_BATCH in lost)
+        failed = [m for at in sorted(lost) for m in members[at : at + PUBLISH_BATCH]]
+        self.published += len(lines) - len(failed)
+        return failed, next(r for r in replies if isinstance(r, Exception))
+
+    def _landed(self, send: asyncio.Future[tuple[list[Member], BaseException | None]]) -> None:
+        """A shard's calls that outlasted their tick came back."""
+        if send.cancelled():
+            return
+        failed, error = send.result()
+        if error is None:
+            return
+        if not isinstance(error, UNREACHABLE):
+            log.warning("heartbeats failed in Redis: %s: %s", type(error).__name__, error)
+        self._unsent = self._unsent + failed
+        self._retry_at = asyncio.get_running_loop().time() + self._retry
+        self._held.wake.set()
 
     async def leave(self, members: list[Member]) -> None:
         shards = self._shards
