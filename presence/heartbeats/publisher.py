@@ -17,6 +17,7 @@ Redis was unreachable, leaves wait one more interval: see
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 
@@ -74,6 +75,8 @@ class HeartbeatPublisher:
         self._unsent: list[Member] = []
         #: The memberships of the calls the last ``publish`` could not send.
         self.failed: list[Member] = []
+        #: Each shard's leaves that outlasted their tick, until they are back.
+        self._leaving: dict[int, asyncio.Future[None]] = {}
         #: Each shard's calls that outlasted their tick, until they are back.
         self._in_flight: dict[int, asyncio.Future[tuple[list[Member], BaseException | None]]] = {}
         self._retry_at = 0.0
@@ -129,12 +132,20 @@ class HeartbeatPublisher:
             elif batch:
                 self._retry = RETRY
             if leaves := self._held.take_leaves():
-                try:
-                    await self.leave(leaves)
-                except BaseException:
+                # Waited for as a shard's heartbeats are: a paused primary's
+                # leaves finish in the background.
+                leaving = asyncio.ensure_future(self.leave(leaves))
+                await asyncio.wait({leaving}, timeout=SHARD_WAIT * self._interval)
+                if not leaving.done():
+                    leaving.add_done_callback(functools.partial(self._left, leaves))
+                    # Their shards' heartbeats wait for them: one sent now
+                    # could reach Redis before the leave, and not count.
+                    for client, room in leaves:
+                        self._leaving[self._shards.of(room or client)] = leaving
+                elif (error := leaving.exception()) is not None:
                     self._held.retry_leaves(leaves)
                     self._held.postpone_leaves(self._interval)
-                    raise
+                    raise error
             if not self._unsent:
                 worker.ok()
             wake_at = min(next_tick, self._retry_at) if self._unsent else next_tick
@@ -177,6 +188,7 @@ class HeartbeatPublisher:
         shards = self._shards
         self.failed = []
         busy = {shard for shard, task in self._in_flight.items() if not task.done()}
+        busy |= {shard for shard, leaving in self._leaving.items() if not leaving.done()}
         # Per shard: its lines, the membership of each, and the data in them
         # with its line's index.
         lines: list[list[str]] = [[] for _ in shards.items]
@@ -254,6 +266,14 @@ class HeartbeatPublisher:
         failed = [m for at in sorted(lost) for m in members[at : at + PUBLISH_BATCH]]
         self.published += len(lines) - len(failed)
         return failed, next(r for r in replies if isinstance(r, Exception))
+
+    def _left(self, leaves: list[Member], leaving: asyncio.Future[None]) -> None:
+        """Leaves that outlasted their tick came back; failed, they go again."""
+        if leaving.cancelled() or (error := leaving.exception()) is None:
+            return
+        log.warning("%d leave(s) failed in Redis, retrying: %s", len(leaves), error)
+        self._held.retry_leaves(leaves)
+        self._held.postpone_leaves(self._interval)
 
     def _landed(self, send: asyncio.Future[tuple[list[Member], BaseException | None]]) -> None:
         """A shard's calls that outlasted their tick came back."""
