@@ -30,9 +30,9 @@ CONSUMER_GROUP: Final = "presence"
 #: stream and on each room stream; shared by every server with a webhook.
 WEBHOOKS_GROUP: Final = "webhooks"
 #: Member of ``rooms.due`` (score +inf: never due) present while webhooks
-#: are on; a room with webhook entries not yet posted is ``#<room>`` there
-#: (``#`` is in no id).
-WEBHOOKS_MARKER: Final = "#webhooks"
+#: are on; a room with webhook entries not yet posted is ``#<room>`` there.
+#: ``#`` is in no id and no id is empty, so no ``#<room>`` is the marker.
+WEBHOOKS_MARKER: Final = "#"
 
 ID_RULE: Final = "must be 1 to 128 letters, digits or ._:@-"
 ROOM_RULE: Final = ID_RULE

@@ -48,7 +48,7 @@ from .updates.room_snapshot import RoomSnapshot, RoomSnapshotReader
 from .updates.scoped import Scope, ScopedSubscriber, Scopes
 from .updates.scoped_start import ScopedSources
 from .updates.snapshot import Snapshot, SnapshotReader
-from .webhooks import Webhooks
+from .webhooks import Webhooks, warn_if_left_on
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,15 @@ class Service:
         ]
         for consumer in self.consumers:
             await consumer.ensure_group()  # fails fast on a key of the wrong type
+        # Before anything below can publish (the keyspace listener's start does):
+        # a group created later, at the stream's end, would miss those entries.
+        rooms_hooked = settings.webhook_url and settings.webhook_events in ("rooms", "all")
+        if settings.webhook_url:
+            labels = [f" of shard {t}" for t in shard_tags(len(shards))] if sharded else [""]
+            self.webhooks = Webhooks(shards, self.shards.items, labels)
+            await self.webhooks.prepare()
+        if not rooms_hooked:
+            await warn_if_left_on(self.shards.items)
         self.positions = positions = Positions(len(shards))
         self.readers = [
             PresenceReader(redis, s, self.deliveries, self.scopes, self.connections, i, positions)
@@ -193,10 +202,8 @@ class Service:
         self.consumer, self.reader = self.consumers[0], self.readers[0]
         self.claimer, self.sweeper = self.claimers[0], self.sweepers[0]
         self.room_reader = self.room_readers[0]
-        if settings.webhook_url:
-            labels = [f" of shard {t}" for t in shard_tags(len(shards))] if sharded else [""]
-            self.webhooks = Webhooks(redis, shards, labels)
-            await self.webhooks.open()
+        if self.webhooks is not None:
+            await self.webhooks.open()  # last: nothing after it can fail and leak it
 
     def _start_workers(self) -> None:
         assert self._snapshots is not None

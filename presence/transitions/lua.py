@@ -150,6 +150,7 @@ local function publish(scope, client, status, server, data)
       'client', client, 'status', status, 'server', server)
   end
   if hooked then
+    -- '#' .. room: never the marker ('#' alone), nor a room (no id has a '#').
     local indexed = redis.call('ZADD', KEYS[5], 'NX', '+inf', '#' .. scope.room)
     if fresh or indexed == 1 then
       -- From this entry on; a group already there (BUSYGROUP) keeps its place.

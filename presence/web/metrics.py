@@ -181,17 +181,19 @@ class PresenceCollector(Collector):
             deliveries = CounterMetricFamily(
                 "presence_webhook_deliveries",
                 "Transitions posted to the webhook (ok), in attempts that failed and are "
-                "retried (retry), trimmed from their stream before they were posted (dropped)",
+                "retried (retry), trimmed from their stream before they were posted "
+                "(dropped), in requests the receiver refused for good, given up (rejected)",
                 labels=["result"],
             )
             deliveries.add_metric(["ok"], hooks.ok)
             deliveries.add_metric(["retry"], hooks.retried)
             deliveries.add_metric(["dropped"], hooks.dropped)
+            deliveries.add_metric(["rejected"], hooks.rejected)
             yield deliveries
             yield GaugeMetricFamily(
                 "presence_webhook_lag_seconds",
-                "Age of the oldest transition this server took and has not posted yet; 0 "
-                "when caught up",
+                "Age of the oldest transition not acknowledged yet that this server's last "
+                "look at each stream found; 0 when every one was caught up",
                 value=hooks.lag,
             )
 

@@ -8,12 +8,16 @@ receiver deduplicates on it (delivery is at least once).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from ..entries import field_map, text
 
 Kind = Literal["global", "room"]
+
+#: A body's bytes around its events, ``time_ms`` at its longest included.
+ENVELOPE: Final = len(b'{"time_ms":%d,"events":[]}' % 2**63)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,28 @@ def event(source: Source, entry_id: bytes | str, fields: list[bytes]) -> dict[st
     return out
 
 
-def body(events: list[dict[str, Any]], time_ms: int) -> bytes:
-    """A request's body: compact JSON, the events in stream order."""
-    return json.dumps({"time_ms": time_ms, "events": events}, separators=(",", ":")).encode()
+def encode(event: dict[str, Any]) -> bytes:
+    """One event as compact JSON, encoded once however often it is sent."""
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+def body(events: Sequence[bytes], time_ms: int) -> bytes:
+    """A request's body: the encoded events, in stream order, and ``time_ms``,
+    when it is sent (a retry gets its own)."""
+    return b'{"time_ms":%d,"events":[%s]}' % (time_ms, b",".join(events))
+
+
+def split(events: Sequence[bytes], limit: int) -> list[range]:
+    """Where to cut ``events`` so that each request's body stays within
+    ``limit`` bytes (an event bigger than that alone goes by itself)."""
+    cuts: list[range] = []
+    start, size = 0, ENVELOPE
+    for i, encoded in enumerate(events):
+        grown = size + len(encoded) + (i > start)
+        if grown > limit and i > start:
+            cuts.append(range(start, i))
+            start, grown = i, ENVELOPE + len(encoded)
+        size = grown
+    if start < len(events):
+        cuts.append(range(start, len(events)))
+    return cuts

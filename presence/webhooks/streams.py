@@ -2,7 +2,8 @@
 
 Every server with a webhook reads the group ``webhooks`` on the ``presence``
 stream and on each room stream in the index (``#<room>`` members of
-``rooms.due``, which the room scripts add, see ``transitions.lua``). What it
+``rooms.due``, which the room scripts add while the marker ``#`` is there,
+see ``transitions.lua``). What it
 does differently from a plain ``XREADGROUP``: a stream has one batch in
 flight across all servers. ``TAKE`` gives a stream's new entries only when
 none is pending; a batch pending with another server is left to it while it
@@ -24,13 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
 from redis.asyncio.client import Pipeline
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 
 from ..contract import EMPTY_ROOM_TTL, WEBHOOKS_GROUP, WEBHOOKS_MARKER
 from ..entries import text
-from ..redis_client import Redis
-from ..redis_cluster import Calls, is_cluster
 from ..settings import Settings
+from ..transitions.scripts import Transitions
 from .payload import Source
 
 #: Seconds a batch pending with another server may go untouched before this
@@ -44,14 +44,17 @@ NOTHING: Final = 0
 BUSY: Final = 2
 GONE: Final = 3
 
-# KEYS[1] the stream   KEYS[2] rooms.due (the index)
+# The shared keys (``transitions.lua``), of which KEYS[5] rooms.due (the index)
+# KEYS[6] the stream
 # ARGV[1] group  ARGV[2] this server  ARGV[3] entries at most
 # ARGV[4] claim after (ms)  ARGV[5] the room ('' for the presence stream)
 # ARGV[6] ms an empty room's stream is kept
-# Returns {state, dropped, entries}: dropped counts the entries trimmed from
-# the stream (its MAXLEN) before they were posted; they are acknowledged.
+# Returns {state, dropped, entries, oldest}: dropped counts the entries
+# trimmed from the stream (its MAXLEN) before they were posted, which are
+# acknowledged; oldest is the id of the oldest entry not acknowledged yet,
+# as far as this call saw ('' for none: caught up).
 TAKE: Final = """
-local stream, index = KEYS[1], KEYS[2]
+local stream, index = KEYS[6], KEYS[5]
 local group, me, room = ARGV[1], ARGV[2], ARGV[5]
 local count, claim = tonumber(ARGV[3]), tonumber(ARGV[4])
 local TAKEN, NOTHING, BUSY, GONE = 1, 0, 2, 3
@@ -64,6 +67,10 @@ local function after(a, b)
   am, bm = tonumber(am), tonumber(bm)
   return am > bm or (am == bm and tonumber(as) > tonumber(bs))
 end
+local function first_id(entries)
+  if #entries > 0 then return entries[1][1] end
+  return ''
+end
 -- A read's entries: {{stream, entries}} from Redis, {stream, entries} from
 -- fakeredis (memory://); nothing new is nil.
 local function read_entries(...)
@@ -74,7 +81,7 @@ local function read_entries(...)
 end
 if redis.call('EXISTS', stream) == 0 then
   unindex()
-  return {GONE, 0, {}}
+  return {GONE, 0, {}, ''}
 end
 -- Behind: an empty room's stream (it expires) is kept while entries wait.
 local function keep()
@@ -84,7 +91,7 @@ local function keep()
 end
 local ok, pending = pcall(redis.call, 'XPENDING', stream, group)
 if not ok then
-  if room == '' then return {GONE, 0, {}} end
+  if room == '' then return {GONE, 0, {}, ''} end
   -- A room stream indexed without the group: every entry is still to post.
   redis.call('XGROUP', 'CREATE', stream, group, '0')
   pending = {0}
@@ -94,7 +101,7 @@ if pending[1] > 0 then
   if oldest[2] ~= me then
     if oldest[3] < claim then
       keep()
-      return {BUSY, 0, {}}
+      return {BUSY, 0, {}, oldest[1]}
     end
     -- Its server stopped: its whole batch is this server's now, in order.
     local ids = {}
@@ -109,7 +116,7 @@ if pending[1] > 0 then
   end
   if #gone > 0 then redis.call('XACK', stream, group, unpack(gone)) end
   keep()
-  return {TAKEN, #gone, kept}
+  return {TAKEN, #gone, kept, first_id(kept)}
 end
 -- Entries trimmed before any server read them: the group's lag (Redis 7)
 -- counts them with those still in the stream, all unread once the first is.
@@ -127,10 +134,10 @@ end
 local new = read_entries('>')
 if #new == 0 then
   unindex()
-  return {NOTHING, dropped, {}}
+  return {NOTHING, dropped, {}, ''}
 end
 keep()
-return {TAKEN, dropped, new}
+return {TAKEN, dropped, new, first_id(new)}
 """
 
 Entry = tuple[bytes, list[bytes]]
@@ -144,45 +151,59 @@ class Taken:
     state: int
     dropped: int = 0
     entries: list[Entry] = field(default_factory=list)
+    #: The stream's oldest entry not acknowledged yet, as TAKE saw it; empty
+    #: when it found none (caught up, or gone).
+    oldest: str = ""
 
 
 class WebhookStreams:
-    """One shard's transition streams, as the webhook group reads them."""
+    """One shard's transition streams, as the webhook group reads them.
 
-    def __init__(self, redis: Redis, settings: Settings, *, rooms: bool, presence: bool) -> None:
-        self._redis = redis
+    Every call goes through the shard's ``Transitions``, which runs TAKE
+    with the other scripts (loaded again after a Redis restart)."""
+
+    def __init__(
+        self, transitions: Transitions, settings: Settings, *, rooms: bool, presence: bool
+    ) -> None:
+        self._transitions = transitions
         self._keys = settings.keys
         self._me = settings.server_id
-        self._script = redis.register_script(TAKE)
+        self.forget_after = settings.forget_after
+        transitions.register(TAKE)
         self.rooms = rooms
         self.presence = presence
         self.global_source = Source(self._keys.presence)
 
     async def prepare(self) -> None:
         """The group on the presence stream (from now on, unless it exists) and
-        the marker that has the room scripts index rooms."""
-        if self.presence:
-            try:
-                await self._redis.xgroup_create(
-                    self._keys.presence, WEBHOOKS_GROUP, id="$", mkstream=True
+        the marker that has the room scripts index rooms, in one round trip."""
+        keys = self._keys
+
+        def fill(pipe: Pipeline) -> None:
+            if self.presence:
+                pipe.execute_command(
+                    "XGROUP", "CREATE", keys.presence, WEBHOOKS_GROUP, "$", "MKSTREAM"
                 )
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-        if self.rooms:
-            await self._redis.zadd(self._keys.rooms_due, {WEBHOOKS_MARKER: "+inf"}, nx=True)
+            if self.rooms:
+                pipe.execute_command("ZADD", keys.rooms_due, "NX", "+inf", WEBHOOKS_MARKER)
+
+        for reply in await self._transitions.execute(fill):
+            if isinstance(reply, ResponseError) and "BUSYGROUP" in str(reply):
+                continue
+            if isinstance(reply, Exception):
+                raise reply
 
     async def indexed(self, start: int, limit: int) -> tuple[list[Source], int]:
         """The rooms among ``limit`` members of the index from ``start`` on, as
         sources, and how many members that read. The marker is put back first
         if it went (a Redis that lost its data)."""
         due = self._keys.rooms_due
-        replies = await self._calls(
-            lambda pipe: [
-                pipe.execute_command("ZADD", due, "NX", "+inf", WEBHOOKS_MARKER),
-                pipe.execute_command("ZRANGEBYSCORE", due, "+inf", "+inf", "LIMIT", start, limit),
-            ]
-        )
+
+        def fill(pipe: Pipeline) -> None:
+            pipe.execute_command("ZADD", due, "NX", "+inf", WEBHOOKS_MARKER)
+            pipe.execute_command("ZRANGEBYSCORE", due, "+inf", "+inf", "LIMIT", start, limit)
+
+        replies = await self._transitions.execute(fill)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
@@ -193,49 +214,74 @@ class WebhookStreams:
         """Each source's batch: new entries, or one taken over; in one round trip."""
         if not sources:
             return []
-        for _ in range(2):
-            results = await self._calls(lambda pipe: self._queue(pipe, sources, count))
-            if not any(isinstance(r, NoScriptError) for r in results):
-                break
-            await self._redis.script_load(TAKE)
+        claim_ms = int(CLAIM_AFTER * 1000)
+
+        def fill(pipe: Pipeline) -> None:
+            for s in sources:
+                self._transitions.call(
+                    pipe, TAKE, WEBHOOKS_GROUP, self._me, count, claim_ms, s.room,
+                    EMPTY_ROOM_TTL * 1000, keys=(s.stream,),
+                )  # fmt: skip
+
         out: list[Taken] = []
-        for source, result in zip(sources, results, strict=True):
+        for source, result in zip(sources, await self._transitions.execute(fill), strict=True):
             if isinstance(result, Exception):
                 raise result
-            state, dropped, entries = cast(list[Any], result)
-            out.append(Taken(source, int(state), int(dropped), list(entries)))
+            state, dropped, entries, oldest = cast(list[Any], result)
+            out.append(Taken(source, int(state), int(dropped), list(entries), text(oldest)))
         return out
-
-    def _queue(self, pipe: Pipeline, sources: Sequence[Source], count: int) -> None:
-        claim_ms = int(CLAIM_AFTER * 1000)
-        for s in sources:
-            pipe.evalsha(
-                self._script.sha, 2, s.stream, self._keys.rooms_due,
-                WEBHOOKS_GROUP, self._me, count, claim_ms, s.room, EMPTY_ROOM_TTL * 1000,
-            )  # fmt: skip
 
     async def touch(self, batch: dict[Source, list[bytes]]) -> None:
         """Keep this server's batch fresh: another server takes over only
         what has been idle for ``CLAIM_AFTER``."""
         group, me = WEBHOOKS_GROUP, self._me
-        await self._calls(
-            lambda pipe: [
+
+        def fill(pipe: Pipeline) -> None:
+            for s, ids in batch.items():
                 pipe.execute_command("XCLAIM", s.stream, group, me, 0, *ids, "JUSTID")
-                for s, ids in batch.items()
-            ]
-        )
+
+        await self._transitions.execute(fill)
 
     async def ack(self, batch: dict[Source, list[bytes]]) -> None:
-        """The batch was posted: done, for every server."""
-        for result in await self._calls(
-            lambda pipe: [pipe.xack(s.stream, WEBHOOKS_GROUP, *ids) for s, ids in batch.items()]
-        ):
+        """The batch was posted (or given up): done, for every server."""
+
+        def fill(pipe: Pipeline) -> None:
+            for s, ids in batch.items():
+                pipe.xack(s.stream, WEBHOOKS_GROUP, *ids)
+
+        for result in await self._transitions.execute(fill):
             if isinstance(result, Exception):
                 raise result
 
-    async def _calls(self, fill: Any) -> list[Any]:
-        r = self._redis
-        pipe = Calls(r) if is_cluster(r) else r.pipeline(transaction=False)
-        fill(cast(Pipeline, pipe))
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
+    async def forget(self, sources: Sequence[Source]) -> list[str]:
+        """Remove the consumers of ``sources``' groups idle for ``forget_after``
+        with nothing pending (servers gone for good), as the heartbeat group's
+        are; returns their names, once each."""
+        idle_ms = round(self.forget_after * 1000)
+
+        def fill(pipe: Pipeline) -> None:
+            for s in sources:
+                self._transitions.forget(
+                    pipe, self._me, idle_ms, group=WEBHOOKS_GROUP, stream=s.stream
+                )
+
+        removed: dict[str, None] = {}
+        for reply in await self._transitions.execute(fill):
+            if isinstance(reply, Exception):
+                raise reply
+            removed.update((text(name), None) for name in reply[::2])
+        return list(removed)
+
+
+async def marked(transitions: Sequence[Transitions]) -> list[str]:
+    """The ``rooms.due`` keys, one a shard, that hold the webhook marker."""
+    found: list[str] = []
+    for t in transitions:
+        due = t.keys.rooms_due
+
+        def fill(pipe: Pipeline, due: str = due) -> None:
+            pipe.execute_command("ZSCORE", due, WEBHOOKS_MARKER)
+
+        if await t.run(fill) is not None:
+            found.append(due)
+    return found
