@@ -28,7 +28,7 @@ test: install ## Run the whole test suite (starts its own redis-server)
 	$(BIN)/python -m pytest $(ARGS)
 
 screenshot: install ## Retake docs/demo.png with the browser test (needs chromium)
-	PRESENCE_DEMO_SCREENSHOT=docs/demo.png $(BIN)/python -m pytest tests/test_browser.py
+	PRESENCE_DEMO_SCREENSHOT=docs/demo.png $(BIN)/python -m pytest tests/test_demo_page.py
 
 bench: install ## Short benchmarks (under 3 minutes; needs redis-server, nginx and nchan)
 	$(BIN)/python -m bench

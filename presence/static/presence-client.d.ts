@@ -67,9 +67,12 @@ export interface PresenceClientOptions {
   data?: MemberData;
   /** A token (JWT) for the client; null, or throwing UnauthorizedError, closes it. */
   getToken?: (request: { reason: TokenReason }) => Promise<string | null>;
-  /** First reconnect delay in ms (default 1000; the server's `retry:` replaces it). */
+  /** Shortest reconnect delay in ms, over 0 (default 500). The n-th
+   * reconnect in a row (n = 1 after a stream that opened) waits a random
+   * delay in [c/2, c], c = min(maxDelay, base * 2^n), never below minDelay;
+   * base is minDelay, or the server's `retry:` when longer. */
   minDelay?: number;
-  /** Longest reconnect delay in ms (default 30000). */
+  /** Longest reconnect delay in ms (default 30000; a 503's Retry-After may wait longer). */
   maxDelay?: number;
   /** Ms without a byte, keep-alive pings included, after which the connection
    * counts as dead (default 45000; 0: never). */
@@ -77,6 +80,8 @@ export interface PresenceClientOptions {
 }
 
 export class PresenceClient {
+  /** Throws a TypeError without a client id, or for a delay that is not a
+   * number of ms up to 2^31 - 1 (over 0 for minDelay and maxDelay). */
   constructor(options: PresenceClientOptions);
   readonly state: State;
   on<K extends keyof PresenceEvents>(
@@ -89,7 +94,8 @@ export class PresenceClient {
   members(room?: string): ReadonlyMap<string, Member>;
   /** The latest occupancy count of a room, undefined before its first. */
   count(room: string): number | undefined;
-  /** PUT .../data: true when the data changed. Rejects with a PresenceError. */
+  /** PUT .../data: true when the data changed. Rejects with a PresenceError.
+   * Once accepted, for one of `rooms`, it is also what a reconnect joins with. */
   setData(room: string, data: MemberData): Promise<boolean>;
 }
 

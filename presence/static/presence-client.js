@@ -6,6 +6,15 @@
 // expired token). It keeps the member lists itself: snapshots replace them, a
 // reset snapshot is diffed into synthetic events, and during a reconnect they
 // stay as they were until the replay or a snapshot arrives.
+//
+// Its parts are modules beside it, imported relatively so that they resolve
+// under any mount prefix: the SSE parser, the order of event ids, members,
+// and the reconnect delay.
+
+import { reconnectDelay } from "./backoff.js";
+import { notAfter } from "./event-ids.js";
+import { member, same } from "./members.js";
+import { EventParser } from "./sse-parser.js";
 
 /** getToken() threw it, or the server refused the token with nobody to ask for another. */
 export class UnauthorizedError extends Error {
@@ -24,7 +33,9 @@ export class PresenceError extends Error {
   }
 }
 
-const DEFAULTS = { minDelay: 1000, maxDelay: 30000, idleTimeout: 45000 };
+const DEFAULTS = { minDelay: 500, maxDelay: 30000, idleTimeout: 45000 };
+// setTimeout() fires at once past this: a longer delay would be a hot loop.
+const LONGEST_TIMER_MS = 2 ** 31 - 1;
 // A token this close to its exp is renewed before a reconnect uses it (clock skew).
 const EXPIRY_MARGIN_MS = 5000;
 // Statuses that no retry can fix: the stream is closed with the error.
@@ -37,7 +48,13 @@ export class PresenceClient {
     if (!options || typeof options.client !== "string" || !options.client) {
       throw new TypeError("PresenceClient needs a client id");
     }
-    this._options = { ...DEFAULTS, ...options };
+    this._options = {
+      ...options,
+      // A delay of 0 would reconnect in a hot loop; an idleTimeout of 0 means never.
+      minDelay: msOption(options, "minDelay", false),
+      maxDelay: msOption(options, "maxDelay", false),
+      idleTimeout: msOption(options, "idleTimeout", true),
+    };
     this._url = String(options.url ?? ".");
     this._client = options.client;
     this._rooms = [...(options.rooms ?? [])];
@@ -108,17 +125,23 @@ export class PresenceClient {
   }
 
   /** Replace this client's data in `room` (PUT .../data): true when it changed.
-   * It also becomes the data a reconnect joins with. */
+   * Once the server took it, and for one of the client's rooms, it also
+   * becomes the data a reconnect joins with. */
   async setData(room, data) {
     const body = JSON.stringify(data);
-    this._joinData = body;
     const path = `rooms/${encodeURIComponent(room)}/clients/${encodeURIComponent(this._client)}/data`;
     let renewed = false;
     // Right after connecting the membership may not be in Redis yet: a 404 is retried a while.
     for (let tries = 0; ; tries += 1) {
       const headers = { "Content-Type": "application/json", ...this._authorization() };
       const response = await fetch(this._endpoint(path), { method: "PUT", headers, body });
-      if (response.ok) return (await response.json()).changed === true;
+      if (response.ok) {
+        const changed = (await response.json()).changed === true;
+        // Only now: data the server refused would make every reconnect a
+        // final 400. And only for a room of this client, which `?data=` joins.
+        if (this._rooms.includes(room)) this._joinData = body;
+        return changed;
+      }
       const error = await errorOf(response);
       if (response.status === 401 && !renewed && this._options.getToken) {
         renewed = true;
@@ -248,13 +271,15 @@ export class PresenceClient {
     return { ended: true };
   }
 
-  // Wait a jittered, exponentially longer delay; `online` or the page
-  // becoming visible cuts it short.
+  // Wait a jittered, exponentially longer delay (backoff.js); `online` or
+  // the page becoming visible cuts it short.
   _backoff(run, atLeast = 0) {
-    const base = this._retry ?? this._options.minDelay;
-    const ceiling = Math.min(this._options.maxDelay, base * 2 ** this._attempts);
+    const { minDelay, maxDelay } = this._options;
+    const attempts = this._attempts;
     this._attempts += 1;
-    const delay = Math.max(atLeast, ceiling / 2 + (Math.random() * ceiling) / 2);
+    const drawn = reconnectDelay({ minDelay, maxDelay, retry: this._retry, attempts });
+    // A 503's Retry-After is a floor; no header may make the timer overflow.
+    const delay = Math.min(LONGEST_TIMER_MS, Math.max(atLeast, drawn));
     return new Promise((resolve) => {
       const timer = setTimeout(done, delay);
       function done() {
@@ -404,57 +429,15 @@ export class PresenceClient {
   }
 }
 
-function member({ client, server, data }) {
-  const m = { client, server };
-  if (data !== undefined && data !== null) m.data = data;
-  return Object.freeze(m);
-}
-
-function same(a, b) {
-  return a.server === b.server && canonical(a.data) === canonical(b.data);
-}
-
-// JSON with sorted keys, as the server compares data.
-function canonical(value) {
-  if (value === undefined) return "";
-  if (Array.isArray(value)) return `[${value.map(canonical).join(",")}]`;
-  if (value !== null && typeof value === "object") {
-    const keys = Object.keys(value).sort();
-    return `{${keys.map((k) => `${JSON.stringify(k)}:${canonical(value[k])}`).join(",")}}`;
+// An option in ms, its default when absent; a TypeError when out of range.
+function msOption(options, name, zero) {
+  const value = options[name] ?? DEFAULTS[name];
+  const least = zero ? value >= 0 : value > 0;
+  if (typeof value !== "number" || !least || value > LONGEST_TIMER_MS) {
+    const range = `${zero ? "0" : "over 0"} to ${LONGEST_TIMER_MS}`;
+    throw new TypeError(`${name} must be a number of ms, ${range}`);
   }
-  return JSON.stringify(value);
-}
-
-// Whether SSE id `a` is at or before `b`, as the server orders them: entry
-// ids `<ms>-<seq>`, one per shard joined by commas on a cluster, and a scoped
-// stream's `<tag>.<part>.<part>`. Ids of different shapes are not comparable
-// (false): the server's resume is gapless anyway.
-function notAfter(a, b) {
-  const x = a.split(".");
-  const y = b.split(".");
-  if (x.length !== y.length || (x.length > 1 && x[0] !== y[0])) return false;
-  const xs = x.slice(x.length > 1 ? 1 : 0).join(",").split(",");
-  const ys = y.slice(y.length > 1 ? 1 : 0).join(",").split(",");
-  if (xs.length !== ys.length) return false;
-  for (let i = 0; i < xs.length; i += 1) {
-    const order = compareEntryIds(xs[i], ys[i]);
-    if (order === null || order > 0) return false;
-  }
-  return true;
-}
-
-function compareEntryIds(a, b) {
-  const x = /^(\d+)-(\d+)$/.exec(a);
-  const y = /^(\d+)-(\d+)$/.exec(b);
-  if (!x || !y) return null;
-  return compareDigits(x[1], y[1]) || compareDigits(x[2], y[2]);
-}
-
-function compareDigits(a, b) {
-  const x = a.replace(/^0+(?=\d)/, "");
-  const y = b.replace(/^0+(?=\d)/, "");
-  if (x.length !== y.length) return x.length < y.length ? -1 : 1;
-  return x < y ? -1 : x > y ? 1 : 0;
+  return value;
 }
 
 // The exp claim of a JWT (Unix seconds), or null for anything else.
@@ -484,67 +467,4 @@ async function errorOf(response, Kind = null) {
 
 function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** A streaming parser of text/event-stream, as the HTML specification reads one. */
-class EventParser {
-  constructor(onEvent) {
-    this._onEvent = onEvent;
-    this._decoder = new TextDecoder("utf-8");
-    this._buffer = "";
-    this._first = true;
-    this._afterCR = false;
-    this._data = [];
-    this._type = "";
-    this._hasId = false;
-    /** The last event ID buffer: kept across events, as Last-Event-ID. */
-    this.lastId = "";
-    /** The last `retry:` value, in ms; null before one. */
-    this.retry = null;
-  }
-
-  push(bytes) {
-    let text = this._decoder.decode(bytes, { stream: true });
-    if (this._first && text) {
-      this._first = false;
-      if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
-    }
-    // A CR ending the last chunk may be half a CRLF.
-    if (!text) return;
-    if (this._afterCR && text.startsWith("\n")) text = text.slice(1);
-    this._afterCR = text.endsWith("\r");
-    this._buffer += text;
-    const lines = this._buffer.split(/\r\n|\r|\n/);
-    this._buffer = lines.pop();
-    for (const line of lines) this._line(line);
-  }
-
-  _line(line) {
-    if (line === "") {
-      this._dispatch();
-      return;
-    }
-    if (line.startsWith(":")) return;
-    const colon = line.indexOf(":");
-    const name = colon === -1 ? line : line.slice(0, colon);
-    let value = colon === -1 ? "" : line.slice(colon + 1);
-    if (value.startsWith(" ")) value = value.slice(1);
-    if (name === "data") this._data.push(value);
-    else if (name === "event") this._type = value;
-    else if (name === "id" && !value.includes("\0")) {
-      this.lastId = value;
-      this._hasId = true;
-    } else if (name === "retry" && /^\d+$/.test(value)) this.retry = Number(value);
-  }
-
-  _dispatch() {
-    const data = this._data;
-    const type = this._type || "message";
-    const hasId = this._hasId;
-    this._data = [];
-    this._type = "";
-    this._hasId = false;
-    if (!data.length) return;
-    this._onEvent({ type, data: data.join("\n"), id: this.lastId, hasId });
-  }
 }

@@ -27,14 +27,21 @@ _ID_PATH = "{client_id:[^/]*}"
 
 
 STATIC = Path(__file__).parent.parent / "static"
-#: The demo page's files and the browser client, with their types: served by
-#: name, nothing else from the directory. Small, so sent from memory (a
-#: sendfile() shows no progress to the guard's watch of unread responses).
+#: The demo page's files and the browser client (its modules and types), with
+#: their types: served by name, nothing else from the directory. Small, so
+#: sent from memory (a sendfile() shows no progress to the guard's watch of
+#: unread responses). The .d.ts is TypeScript, not JavaScript: as text/plain a
+#: browser shows it as text and refuses to import it as a module, and Deno,
+#: which fetches types by URL, reads text/plain by the file's extension.
 _ASSETS = {
     "demo.js": "text/javascript",
     "demo.css": "text/css",
     "presence-client.js": "text/javascript",
-    "presence-client.d.ts": "text/javascript",
+    "sse-parser.js": "text/javascript",
+    "event-ids.js": "text/javascript",
+    "members.js": "text/javascript",
+    "backoff.js": "text/javascript",
+    "presence-client.d.ts": "text/plain",
 }
 
 
