@@ -3,6 +3,8 @@ with nchan, each on a free loopback port of its own; and waiting on them."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import resource
 import shutil
@@ -77,18 +79,24 @@ def presence_server(
     max_connections_per_client: int | None = 20_000,
     log: IO[bytes] | None = None,
     program: Sequence[str] = ("-m", "presence", "serve"),
+    workers: int = 1,
 ) -> Iterator[tuple[int, int]]:
     """(http port, pid) of ``python -m presence serve``, logging warnings and worse
     to ``log`` (discarded without one). ``max_connections_per_client=None`` leaves
     presence's default. ``program`` runs another server taking serve's flags
     (bench/held.py), from the repository's root. ``max_connections`` defaults
-    to all that the hard open-file limit holds."""
+    to all that the hard open-file limit holds (each worker's). With ``workers``
+    other than 1 it is ``serve --workers``: the pid is the supervising parent's
+    (:func:`bench.stats.descendants` finds the workers), and it is ready once
+    every worker has answered ``/healthz``."""
     port = free_port()
     if max_connections is None:
         max_connections = open_files.largest(resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     limits = ["--max-connections", str(max_connections)]
     if max_connections_per_client is not None:
         limits += ["--max-connections-per-client", str(max_connections_per_client)]
+    if workers != 1:
+        limits += ["--workers", str(workers)]
     proc = subprocess.Popen(
         [sys.executable, *program, "--port", str(port), "--redis-url",
          redis_url, "--server-id", "bench", "--log-level", "WARNING", *limits, *flags],
@@ -98,14 +106,22 @@ def presence_server(
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
-        while True:
+        # Each connection reaches one worker (the kernel's choice): new ones
+        # until every worker's server id has answered.
+        expected = workers if workers > 0 else len(os.sched_getaffinity(0))  # 0: per core
+        ready: set[str] = set()
+        while len(ready) < expected:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                    break
+                url = f"http://127.0.0.1:{port}/healthz"
+                with urllib.request.urlopen(url, timeout=1) as answer:
+                    ready.add(json.loads(answer.read())["server"] if expected > 1 else "")
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("presence did not start") from None
                 time.sleep(0.1)
+            else:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {sorted(ready)} of {expected} workers started")
         yield port, proc.pid
     finally:
         proc.terminate()

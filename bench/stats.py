@@ -8,6 +8,7 @@ import platform
 import re
 import subprocess
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,39 @@ def cpu_precise(pid: int) -> float:
         except (OSError, ValueError, IndexError):
             continue  # ended meanwhile
     return total / 1e9
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (its children, theirs, ...), in pid order; read
+    from the threads' ``children`` files where the kernel keeps them
+    (CONFIG_PROC_CHILDREN), else from every process's parent in ``/proc``."""
+    table = None if Path(f"/proc/{pid}/task/{pid}/children").exists() else _children_table()
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        below = _children(parent) if table is None else table.get(parent, [])
+        found += below
+        todo += below
+    return sorted(found)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with suppress(OSError):  # ended meanwhile
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def _children_table() -> dict[int, list[int]]:
+    """Every process's children, from their parents' pids."""
+    found: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with suppress(OSError, IndexError):  # ended meanwhile
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                found.setdefault(parent, []).append(int(entry.name))
+    return found
 
 
 def _status_kb(pid: int, field: str) -> int:
