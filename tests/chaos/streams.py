@@ -286,7 +286,9 @@ class Tape:
                 pipe.xrange(stream, here, here, count=1)
                 pipe.xread({stream: here}, count=1000, block=200)
                 found, reply = await pipe.execute()
-            except (RedisError, OSError):
+            except (RedisError, OSError, AttributeError, TypeError):
+                # AttributeError, TypeError: redis-py's cluster client closes
+                # its connections under commands in flight on a failover.
                 self.failures += 1
                 await asyncio.sleep(0.1)
                 continue
