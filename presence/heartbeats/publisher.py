@@ -75,10 +75,8 @@ class HeartbeatPublisher:
         self._unsent: list[Member] = []
         #: The memberships of the calls the last ``publish`` could not send.
         self.failed: list[Member] = []
-        #: Each shard's leaves that outlasted their tick, until they are back.
-        self._leaving: dict[int, asyncio.Future[None]] = {}
-        #: Each shard's calls that outlasted their tick, until they are back.
-        self._in_flight: dict[int, asyncio.Future[tuple[list[Member], BaseException | None]]] = {}
+        #: Memberships whose leave outlasted its tick, until it is back.
+        self._leaving: dict[Member, asyncio.Future[None]] = {}
         self._retry_at = 0.0
         self._retry = RETRY
 
@@ -138,10 +136,10 @@ class HeartbeatPublisher:
                 await asyncio.wait({leaving}, timeout=SHARD_WAIT * self._interval)
                 if not leaving.done():
                     leaving.add_done_callback(functools.partial(self._left, leaves))
-                    # Their shards' heartbeats wait for them: one sent now
-                    # could reach Redis before the leave, and not count.
-                    for client, room in leaves:
-                        self._leaving[self._shards.of(room or client)] = leaving
+                    # Their heartbeats wait for them (a reconnect's): one sent
+                    # now could reach Redis before the leave, and not count.
+                    for member in leaves:
+                        self._leaving[member] = leaving
                 elif (error := leaving.exception()) is not None:
                     self._held.retry_leaves(leaves)
                     self._held.postpone_leaves(self._interval)
@@ -179,16 +177,18 @@ class HeartbeatPublisher:
         not sent goes with the next ones.
 
         A shard whose calls are still waiting after ``SHARD_WAIT`` x interval
-        (its primary paused by a failover) holds back neither this tick nor
-        the other shards: its calls finish in the background, and its
-        memberships skip the ticks until they have (a failure is tried again
-        as any other). Raises the first failure of the shards that answered.
+        (its primary paused by a failover, or busy) holds back neither this
+        tick nor the other shards: its calls finish in the background (a
+        failure is tried again as any other), and the next tick's go anyway.
+        A membership whose leave is still on its way waits for it. Raises the
+        first failure of the shards that answered.
         """
         take = self._held.take_data
         shards = self._shards
         self.failed = []
-        busy = {shard for shard, task in self._in_flight.items() if not task.done()}
-        busy |= {shard for shard, leaving in self._leaving.items() if not leaving.done()}
+        for member, leaving in list(self._leaving.items()):
+            if leaving.done():
+                del self._leaving[member]
         # Per shard: its lines, the membership of each, and the data in them
         # with its line's index.
         lines: list[list[str]] = [[] for _ in shards.items]
@@ -202,7 +202,7 @@ class HeartbeatPublisher:
             await asyncio.sleep(0)
             for client, room in members[start : start + PREPARE_BATCH]:
                 shard = shards.of(room or client)
-                if shard in busy or (not room and client in in_rooms):
+                if (not room and client in in_rooms) or (client, room) in self._leaving:
                     continue
                 of_line[shard].append((client, room))
                 if not room:
@@ -222,9 +222,8 @@ class HeartbeatPublisher:
             return
         await asyncio.wait(sends.values(), timeout=SHARD_WAIT * self._interval)
         failure: BaseException | None = None
-        for shard, send in sends.items():
+        for send in sends.values():
             if not send.done():
-                self._in_flight[shard] = send
                 send.add_done_callback(self._landed)
                 continue
             failed, error = send.result()
@@ -268,7 +267,15 @@ class HeartbeatPublisher:
         return failed, next(r for r in replies if isinstance(r, Exception))
 
     def _left(self, leaves: list[Member], leaving: asyncio.Future[None]) -> None:
-        """Leaves that outlasted their tick came back; failed, they go again."""
+        """Leaves that outlasted their tick came back; failed, they go again.
+        The heartbeats that waited for them go at once."""
+        for member in leaves:
+            if self._leaving.get(member) is leaving:
+                del self._leaving[member]
+        if back := [m for m in leaves if m in self._held]:
+            self._unsent = self._unsent + back
+            self._retry_at = asyncio.get_running_loop().time()
+            self._held.wake.set()
         if leaving.cancelled() or (error := leaving.exception()) is None:
             return
         log.warning("%d leave(s) failed in Redis, retrying: %s", len(leaves), error)
