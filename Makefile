@@ -25,7 +25,7 @@ serve: install ## Run the server (in-process Redis unless --redis-url); pass fla
 	$(BIN)/python -m presence serve $(ARGS)
 
 test: install ## Run the whole test suite (starts its own redis-server)
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(ARGS)
 
 screenshot: install ## Retake docs/demo.png with the browser test (needs chromium)
 	PRESENCE_DEMO_SCREENSHOT=docs/demo.png $(BIN)/python -m pytest tests/test_demo_page.py

@@ -16,6 +16,23 @@ from .support import Redis, RedisServer, Serve, ServerProcess, StartPresence, St
 from .topology import Cluster, Sentinels, client
 
 
+#: Under pytest-xdist (``make test``), the tests of one expensive session
+#: fixture run on one worker, which starts it once; the soaks, which measure
+#: timing under faults, run one after another on one worker too.
+_GROUPS = {"cluster": "cluster", "cluster_redis": "cluster", "browser": "browser"}
+_SERIAL = ("tests/test_chaos.py", "tests/test_load.py", "tests/test_attack.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        group = next((g for name, g in _GROUPS.items() if name in fixtures), None)
+        if group is None and item.nodeid.startswith(_SERIAL):
+            group = "serial"
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One real redis-server for the session; each test starts from an empty one."""

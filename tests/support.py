@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -33,10 +34,27 @@ Redis = Any
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A port free now, below the kernel's ephemeral range (so no outgoing
+    connection takes it before it is bound) and, under pytest-xdist, in a
+    range of this worker's own (so no other worker picks it meanwhile)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker[2:]) if worker.startswith("gw") else 0
+    width = (_PORTS[1] - _PORTS[0]) // max(1, count)
+    low = _PORTS[0] + index * width
+    while True:
+        port = random.randrange(low, low + width)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
         return port
+
+
+#: Where the tests' servers listen: below 32768, where Linux's ephemeral
+#: ports begin, and with a Redis Cluster node's bus port (+10000) below 65536.
+_PORTS = (12000, 32000)
 
 
 def redis_binary() -> str:
