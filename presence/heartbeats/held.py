@@ -41,6 +41,10 @@ class HeldClients:
         """Room memberships held here."""
         return sum(1 for _, room in self._holds if room)
 
+    def beats(self, member: Member) -> bool:
+        """Whether ``member`` is among ``heartbeated()``."""
+        return member in self._holds or self._leaving.get(member, 0.0) > time.monotonic()
+
     def heartbeated(self) -> list[Member]:
         """Every membership this server heartbeats: held, or in its leave grace;
         in the order they were held, so a client's memberships come side by side.

@@ -77,11 +77,22 @@ class HeartbeatPublisher:
         self.failed: list[Member] = []
         #: Memberships whose leave outlasted its tick, until it is back.
         self._leaving: dict[Member, asyncio.Future[None]] = {}
+        #: Shards whose calls outlasted their tick, and the memberships that
+        #: came up for them since: sent the moment the calls land. One call
+        #: at a time per shard: a paused primary's would otherwise pile up
+        #: and take every turn the cluster client has.
+        self._in_flight: set[int] = set()
+        self._deferred: dict[int, dict[Member, None]] = {}
+        #: Leaves of those shards, sent once the calls land: sent before, a
+        #: leave could reach Redis ahead of a heartbeat it should follow.
+        self._leaves_after: dict[int, list[Member]] = {}
+        self._worker: Worker | None = None
         self._retry_at = 0.0
         self._retry = RETRY
 
     async def run(self, worker: Worker) -> None:
         loop = asyncio.get_running_loop()
+        self._worker = worker
         # A random phase: servers started together do not tick together. After
         # a failure, at once: Redis may have lost every key while it was away.
         phase = 0.0 if self._ran else random.uniform(0, self._interval)
@@ -116,7 +127,7 @@ class HeartbeatPublisher:
             else:
                 batch = self._held.take_fresh()
                 if self._unsent and now >= self._retry_at:
-                    batch += [m for m in self._unsent if m in self._held]
+                    batch += [m for m in self._unsent if self._held.beats(m)]
                     self._unsent = []
             failure = await self._publish(batch) if batch else None
             if failure is not None:
@@ -129,7 +140,7 @@ class HeartbeatPublisher:
                 self._retry = min(self._retry * 2, self._interval / 4)
             elif batch:
                 self._retry = RETRY
-            if leaves := self._held.take_leaves():
+            if leaves := self._after_in_flight(self._held.take_leaves()):
                 # Waited for as a shard's heartbeats are: a paused primary's
                 # leaves finish in the background.
                 leaving = asyncio.ensure_future(self.leave(leaves))
@@ -166,7 +177,7 @@ class HeartbeatPublisher:
         try:
             await self.publish(members)
         except UNREACHABLE as exc:
-            self._unsent = self._unsent + (self.failed or members)
+            self._keep_unsent(self.failed or members)
             return exc
         return None
 
@@ -179,9 +190,10 @@ class HeartbeatPublisher:
         A shard whose calls are still waiting after ``SHARD_WAIT`` x interval
         (its primary paused by a failover, or busy) holds back neither this
         tick nor the other shards: its calls finish in the background (a
-        failure is tried again as any other), and the next tick's go anyway.
-        A membership whose leave is still on its way waits for it. Raises the
-        first failure of the shards that answered.
+        failure is tried again as any other), and what comes up for the shard
+        meanwhile goes the moment they land. A membership whose leave is
+        still on its way waits for it. Raises the first failure of the shards
+        that answered.
         """
         take = self._held.take_data
         shards = self._shards
@@ -204,6 +216,9 @@ class HeartbeatPublisher:
                 shard = shards.of(room or client)
                 if (not room and client in in_rooms) or (client, room) in self._leaving:
                     continue
+                if shard in self._in_flight:
+                    self._deferred.setdefault(shard, {})[(client, room)] = None
+                    continue
                 of_line[shard].append((client, room))
                 if not room:
                     lines[shard].append(client)
@@ -222,9 +237,10 @@ class HeartbeatPublisher:
             return
         await asyncio.wait(sends.values(), timeout=SHARD_WAIT * self._interval)
         failure: BaseException | None = None
-        for send in sends.values():
+        for shard, send in sends.items():
             if not send.done():
-                send.add_done_callback(self._landed)
+                self._in_flight.add(shard)
+                send.add_done_callback(functools.partial(self._landed, shard))
                 continue
             failed, error = send.result()
             self.failed += failed
@@ -272,8 +288,8 @@ class HeartbeatPublisher:
         for member in leaves:
             if self._leaving.get(member) is leaving:
                 del self._leaving[member]
-        if back := [m for m in leaves if m in self._held]:
-            self._unsent = self._unsent + back
+        if back := [m for m in leaves if self._held.beats(m)]:
+            self._keep_unsent(back)
             self._retry_at = asyncio.get_running_loop().time()
             self._held.wake.set()
         if leaving.cancelled() or (error := leaving.exception()) is None:
@@ -282,8 +298,34 @@ class HeartbeatPublisher:
         self._held.retry_leaves(leaves)
         self._held.postpone_leaves(self._interval)
 
-    def _landed(self, send: asyncio.Future[tuple[list[Member], BaseException | None]]) -> None:
-        """A shard's calls that outlasted their tick came back."""
+    def _after_in_flight(self, leaves: list[Member]) -> list[Member]:
+        """The leaves to send now; those of shards with calls on their way
+        wait for them."""
+        now = []
+        for member in leaves:
+            shard = self._shards.of(member[1] or member[0])
+            if shard in self._in_flight:
+                self._leaves_after.setdefault(shard, []).append(member)
+            else:
+                now.append(member)
+        return now
+
+    def _keep_unsent(self, members: list[Member]) -> None:
+        self._unsent = list(dict.fromkeys([*self._unsent, *members]))
+
+    def _landed(
+        self, shard: int, send: asyncio.Future[tuple[list[Member], BaseException | None]]
+    ) -> None:
+        """A shard's calls that outlasted their tick came back: what came up
+        for it meanwhile goes now, and what failed after a while."""
+        self._in_flight.discard(shard)
+        loop = asyncio.get_running_loop()
+        if later := self._leaves_after.pop(shard, None):
+            self._held.retry_leaves(later)  # now after the heartbeats they follow
+        if deferred := [m for m in self._deferred.pop(shard, {}) if self._held.beats(m)]:
+            self._keep_unsent(deferred)
+            self._retry_at = loop.time()
+            self._held.wake.set()
         if send.cancelled():
             return
         failed, error = send.result()
@@ -291,8 +333,11 @@ class HeartbeatPublisher:
             return
         if not isinstance(error, UNREACHABLE):
             log.warning("heartbeats failed in Redis: %s: %s", type(error).__name__, error)
-        self._unsent = self._unsent + failed
-        self._retry_at = asyncio.get_running_loop().time() + self._retry
+        self._keep_unsent(failed)
+        if isinstance(error, UNREACHABLE) and self._worker is not None:
+            self._worker.failed(error)  # in /healthz until a tick gets through
+        if not deferred:
+            self._retry_at = loop.time() + self._retry
         self._held.wake.set()
 
     async def leave(self, members: list[Member]) -> None:

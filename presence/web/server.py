@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 from collections.abc import Callable
 from contextlib import suppress
@@ -93,9 +94,14 @@ async def _serve(
         "lingering_time": LINGERING_TIME,
         "keepalive_timeout": KEEPALIVE_TIMEOUT,
     }
+    # A worker stops on its supervisor's SIGTERM, once: SIGINT (a terminal's
+    # Ctrl-C reaches the whole group) and a second SIGTERM (systemd's to the
+    # group) must not cut its shutdown short.
     runner = web.AppRunner(
-        app, handle_signals=True, shutdown_timeout=SHUTDOWN_TIMEOUT, **handler_args
+        app, handle_signals=not reuse_port, shutdown_timeout=SHUTDOWN_TIMEOUT, **handler_args
     )
+    if reuse_port:
+        _stop_once_on_sigterm()
     await runner.setup()
     try:
         sockets = listen(settings.host, settings.port, reuse_port=reuse_port)
@@ -161,6 +167,16 @@ def listen(host: str, port: int, *, reuse_port: bool = False) -> list[socket.soc
             sock.close()
         raise
     return sockets
+
+
+def _stop_once_on_sigterm() -> None:
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        loop.add_signal_handler(signal.SIGTERM, lambda: None)
+        raise web.GracefulExit()
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
 
 
 def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
