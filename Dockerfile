@@ -7,7 +7,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /src
 RUN pip install "build>=1.2"
-COPY pyproject.toml setup.cfg README.md ./
+COPY pyproject.toml setup.cfg README.md LICENSE ./
 COPY presence ./presence
 RUN python -m build --wheel --outdir /dist .
 

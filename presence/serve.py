@@ -71,9 +71,9 @@ def serve(
         print(f"presence: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # the shared port, or its own
+        where = getattr(exc, "port", settings.port)
         print(
-            f"presence: error: cannot listen on {settings.host}:{settings.port}: "
-            f"{exc.strerror or exc}",
+            f"presence: error: cannot listen on {settings.host}:{where}: {exc.strerror or exc}",
             file=sys.stderr,
         )
         return 1

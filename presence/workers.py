@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import dataclasses
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -23,6 +24,7 @@ import socket
 import time
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 
 from . import logs
@@ -47,8 +49,22 @@ STOP_TIMEOUT = 30.0
 
 
 def worker_count(workers: int) -> int:
-    """``--workers``, with 0 meaning one per core."""
-    return workers if workers > 0 else max(1, len(os.sched_getaffinity(0)))
+    """``--workers``, with 0 meaning one per core this process may use: its
+    CPU set, and a container's CPU limit (cgroup v2 ``cpu.max``) if lower."""
+    if workers > 0:
+        return workers
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path(CPU_MAX).read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit readable: the CPU set it is
+    return max(1, cores)
+
+
+#: A cgroup v2 container's CPU limit: "<quota> <period>" in µs, or "max".
+CPU_MAX = "/sys/fs/cgroup/cpu.max"
 
 
 def worker_id(server_id: str, index: int) -> str:
@@ -63,26 +79,34 @@ def worker_settings(settings: Settings, count: int) -> list[Settings]:
             "--workers needs a shared Redis (memory:// lives in one process): pass --redis-url"
         )
     port = settings.port or _free_port(settings.host)
-    # Refused here, in one line, rather than by every worker in turn: a port
-    # another program holds without SO_REUSEPORT.
+    server_id = settings.server_id
+    if not settings.port and server_id == f"{socket.gethostname()}:0":
+        server_id = f"{socket.gethostname()}:{port}"  # the default, with the port chosen
     alone = [settings.worker_ports + k for k in range(count)] if settings.worker_ports else []
-    for probe, reuse in [(port, True), *((p, False) for p in alone)]:
-        try:
-            for sock in listen(settings.host, probe, reuse_port=reuse):
-                sock.close()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {settings.host}:{probe}: {exc.strerror or exc}"
-            ) from None
+    if alone and alone[-1] > 65535:
+        base = settings.worker_ports
+        raise ConfigError(f"--worker-ports {base} leaves no port for worker {count}")
+    # Refused here, in one line, rather than by every worker in turn: a port
+    # another program holds without SO_REUSEPORT, or one port given twice.
+    held: list[socket.socket] = []
+    try:
+        for probe, reuse in [(port, True), *((p, False) for p in alone)]:
+            try:
+                held += listen(settings.host, probe, reuse_port=reuse)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {settings.host}:{probe}: {exc.strerror or exc}"
+                ) from None
+    finally:
+        for sock in held:
+            sock.close()
     try:
         return [
-            dataclasses.replace(
-                settings, port=port, workers=1, server_id=worker_id(settings.server_id, k)
-            )
+            dataclasses.replace(settings, port=port, workers=1, server_id=worker_id(server_id, k))
             for k in range(1, count + 1)
         ]
     except ConfigError as exc:
-        last = worker_id(settings.server_id, count)
+        last = worker_id(server_id, count)
         raise ConfigError(f"worker server id {last!r}: {exc}") from None
 
 

@@ -18,7 +18,7 @@ CONFIGURATION = ROOT / "docs" / "configuration.md"
 
 _FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 _CODE = re.compile(r"`[^`\n]*`")
-_LINK = re.compile(r"\[(?:[^\]\n]|\](?=[^(]))*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+_LINK = re.compile(r"\[(?:[^\]]|\](?=[^(]))*?\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 _HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 
 
@@ -71,10 +71,10 @@ def test_every_relative_link_and_anchor_resolves() -> None:
 def test_the_link_checker_sees_a_broken_link(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text(
-        "# Title\n\n## Two words\n\n[a](#two-words) [b](#nothing) `[c](#code)`\n"
+        "# Title\n\n## Two words\n\n[a](#two-words) [b](#nothing) `[c](#code)` [two\nlines](#wrapped)\n"
         "```\n[d](#fenced)\n```\n"
     )
-    assert links(page) == ["#two-words", "#nothing"]
+    assert links(page) == ["#two-words", "#nothing", "#wrapped"]
     assert anchors(page) == {"title", "two-words"}
     assert slug("`presence doctor` and the `--json` flag") == "presence-doctor-and-the---json-flag"
 

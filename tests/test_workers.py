@@ -272,6 +272,18 @@ def test_workers_need_a_shared_redis_and_a_free_port(redis_server: RedisServer) 
     done = serve("--workers", "-1")
     assert done.returncode == 2
     assert "workers must be between 0" in done.stderr
+    url = redis_server.url
+    done = serve("--workers", "2", "--redis-url", url, "--worker-ports", "65535")
+    assert (done.returncode, done.stderr) == (
+        2,
+        "presence: error: --worker-ports 65535 leaves no port for worker 2\n",
+    )
+    port = free_port()
+    done = serve(
+        "--workers", "2", "--redis-url", url, "--port", str(port), "--worker-ports", str(port)
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"presence: error: cannot listen on 127.0.0.1:{port}: ")
 
 
 def _two_free_ports() -> int:

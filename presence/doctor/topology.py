@@ -7,6 +7,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from ..entries import text
 from ..redis_client import REDIS_FAILURES, SOCKET_TIMEOUT
 from ..sentinel_url import parse_sentinel_url
 from ..shards import shard_tags
@@ -26,6 +27,13 @@ async def shards(target: Target) -> Check:
     settings = target.settings
     key = f"{settings.namespace}shards"
     recorded = await target.redis.get(key)
+    if recorded is not None and not text(recorded).isdigit():
+        return Check(
+            "shards",
+            PROBLEM,
+            f"{key} holds {text(recorded)!r}, not a shard count: no server starts on it",
+            f"DEL {key} (the first server to start records its --shards again)",
+        )
     if recorded is not None and int(recorded) != settings.shards:
         return Check(
             "shards",

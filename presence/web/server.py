@@ -106,7 +106,11 @@ async def _serve(
     try:
         sockets = listen(settings.host, settings.port, reuse_port=reuse_port)
         if own_port:
-            sockets += listen(settings.host, own_port)
+            try:
+                sockets += listen(settings.host, own_port)
+            except OSError as exc:
+                exc.port = own_port  # type: ignore[attr-defined]  # named in the error
+                raise
         for sock in sockets:
             await GuardedSite(runner, sock, guard, handler_args).start()
         on_listening()
