@@ -15,7 +15,6 @@ from presence.redis_cluster import cluster_of
 from .support import Redis, RedisServer, Serve, ServerProcess, StartPresence, StartRedis
 from .topology import Cluster, Sentinels, client
 
-
 #: Under pytest-xdist (``make test``), the tests of one expensive session
 #: fixture run on one worker, which starts it once; the soaks, which measure
 #: timing under faults, run one after another on one worker too.

@@ -71,8 +71,8 @@ def test_every_relative_link_and_anchor_resolves() -> None:
 def test_the_link_checker_sees_a_broken_link(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text(
-        "# Title\n\n## Two words\n\n[a](#two-words) [b](#nothing) `[c](#code)` [two\nlines](#wrapped)\n"
-        "```\n[d](#fenced)\n```\n"
+        "# Title\n\n## Two words\n\n[a](#two-words) [b](#nothing) `[c](#code)`\n"
+        "[two\nlines](#wrapped)\n```\n[d](#fenced)\n```\n"
     )
     assert links(page) == ["#two-words", "#nothing", "#wrapped"]
     assert anchors(page) == {"title", "two-words"}
