@@ -31,6 +31,8 @@ from ..topology import SHARDS, Cluster
 from .streams import Layout, Tape, User, Watcher, node, position
 
 INTERVAL = 1.0
+#: The TTL's factor on a cluster: a slack of 1.5 s over the interval.
+CLUSTER_TTL_FACTOR = 2.5
 GRACE = 0.5
 KEEPALIVE = 0.5
 #: node-1, the server that is never killed nor frozen.
@@ -127,10 +129,15 @@ class Harness:
         return aioredis.from_url(self.redis.url, decode_responses=True)
 
     def _flags(self, index: int) -> list[str]:
+        # On a cluster, keys outlive the interval by more: a primary's failover
+        # pauses its writes for up to a second or so, and the TTL's slack over
+        # the interval must cover it (2.5 s at the defaults).
+        ttl_factor = CLUSTER_TTL_FACTOR if self.cluster is not None else 1.5
         return [
             "--redis-url", self.redis_url,
             "--server-id", node(index),
             "--heartbeat-interval", str(INTERVAL),
+            "--ttl-factor", str(ttl_factor),
             "--leave-grace", str(GRACE),
             "--keepalive-interval", str(KEEPALIVE),
         ]  # fmt: skip
