@@ -12,19 +12,21 @@ import pytest
 from redis.exceptions import ResponseError
 
 from presence import Settings
+from presence.transitions.ends import (
+    DUE,
+    LEAVE,
+    OFFLINE,
+    ROOM_LEAVE,
+    ROOM_SWEEP,
+    ROOMS_DUE,
+)
 from presence.transitions.scripts import Transitions
 from presence.transitions.sources import (
     CLAIM,
-    DUE,
     FORGET,
     HEARTBEAT,
-    LEAVE,
-    OFFLINE,
     PUBLISH,
-    ROOM_LEAVE,
     ROOM_SNAPSHOT,
-    ROOM_SWEEP,
-    ROOMS_DUE,
     SET_DATA,
     SNAPSHOT,
 )

@@ -24,19 +24,21 @@ from ..events import Member, OnlineClient
 from ..redis_client import Redis
 from ..redis_cluster import Calls, is_cluster
 from ..settings import Settings
+from .ends import (
+    DUE,
+    LEAVE,
+    OFFLINE,
+    ROOM_LEAVE,
+    ROOM_SWEEP,
+    ROOMS_DUE,
+)
 from .lua import CAME_ONLINE, FAILED, KEPT, LEFT, REFRESHED, STALE
 from .sources import (
     CLAIM,
-    DUE,
     FORGET,
     HEARTBEAT,
-    LEAVE,
-    OFFLINE,
     PUBLISH,
-    ROOM_LEAVE,
     ROOM_SNAPSHOT,
-    ROOM_SWEEP,
-    ROOMS_DUE,
     SET_DATA,
     SNAPSHOT,
 )
