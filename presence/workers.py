@@ -255,9 +255,11 @@ class Workers:
                 log.warning("worker %s did not stop in time: killed", proc.name)
                 proc.kill()
                 proc.join()
-        clean = all(p.exitcode == 0 for p in procs)
+        for proc in procs:
+            if proc.exitcode != 0:
+                log.warning("worker %s stopped with exit %s", proc.name, proc.exitcode)
         log.info("all workers stopped")
-        return 0 if clean else 1
+        return 0 if all(p.exitcode == 0 for p in procs) else 1
 
 
 def serve_workers(settings: Settings, count: int, *, explicit_max_connections: bool) -> int:

@@ -177,7 +177,11 @@ def _stop_once_on_sigterm() -> None:
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
-        loop.add_signal_handler(signal.SIGTERM, lambda: None)
+        # Ignored from now on, outside the loop's handlers: closing the loop
+        # would restore the default, and a SIGTERM in the process's last
+        # moments would kill it.
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise web.GracefulExit()
 
     loop.add_signal_handler(signal.SIGTERM, stop)
