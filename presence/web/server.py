@@ -100,8 +100,7 @@ async def _serve(
     runner = web.AppRunner(
         app, handle_signals=not reuse_port, shutdown_timeout=SHUTDOWN_TIMEOUT, **handler_args
     )
-    if reuse_port:
-        _stop_once_on_sigterm()
+    stopped = _stop_once_on_sigterm() if reuse_port else asyncio.Event()
     await runner.setup()
     try:
         sockets = listen(settings.host, settings.port, reuse_port=reuse_port)
@@ -114,7 +113,7 @@ async def _serve(
         for sock in sockets:
             await GuardedSite(runner, sock, guard, handler_args).start()
         on_listening()
-        await asyncio.Event().wait()
+        await stopped.wait()
     finally:
         await runner.cleanup()
 
@@ -173,8 +172,10 @@ def listen(host: str, port: int, *, reuse_port: bool = False) -> list[socket.soc
     return sockets
 
 
-def _stop_once_on_sigterm() -> None:
+def _stop_once_on_sigterm() -> asyncio.Event:
+    """Set on the first SIGTERM; the serving ends, its shutdown as usual."""
     loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
 
     def stop() -> None:
         # Ignored from now on, outside the loop's handlers: closing the loop
@@ -182,9 +183,10 @@ def _stop_once_on_sigterm() -> None:
         # moments would kill it.
         loop.remove_signal_handler(signal.SIGTERM)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise web.GracefulExit()
+        stopped.set()
 
     loop.add_signal_handler(signal.SIGTERM, stop)
+    return stopped
 
 
 def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
