@@ -147,6 +147,11 @@ async def wait_for_redis(redis: Redis, settings: Settings) -> None:
 MIN_VERSION = (6, 2)
 
 
+def version_of(redis_version: str) -> tuple[int, ...]:
+    """``INFO``'s ``redis_version`` ("7.0.15") as (major, minor)."""
+    return tuple(int(p) for p in redis_version.split(".")[:2] if p.isdigit())
+
+
 async def check_version(redis: Redis, settings: Settings) -> None:
     """Raise ``RedisMisconfigured`` on a Redis older than 6.2 (the scripts need
     ZADD GT, XPENDING IDLE and exclusive XRANGE ranges)."""
@@ -154,8 +159,7 @@ async def check_version(redis: Redis, settings: Settings) -> None:
         return
     info = await redis.info("server")
     version = str(info.get("redis_version", "0"))
-    found = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
-    if found < MIN_VERSION:
+    if version_of(version) < MIN_VERSION:
         raise RedisMisconfigured(f"presence needs Redis 6.2 or newer; this server runs {version}")
 
 

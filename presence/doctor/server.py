@@ -14,7 +14,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from ..entries import text
-from ..redis_client import MIN_VERSION
+from ..redis_client import MIN_VERSION, version_of
 from ..transitions.keyspace import (
     KEYSPACE_FLAGS,
     _keyspace_events_arrive,
@@ -33,7 +33,7 @@ CLOCK_SAMPLES = 3
 
 async def version(target: Target) -> Check:
     found = {n: str(i.get("redis_version", "0")) for n, i in await _info(target, "server")}
-    old = [n for n, v in found.items() if _version(v) < MIN_VERSION]
+    old = [n for n, v in found.items() if version_of(v) < MIN_VERSION]
     if old:
         return Check(
             "version",
@@ -43,12 +43,8 @@ async def version(target: Target) -> Check:
             "upgrade Redis to 6.2 or newer (7.0 or newer for exact room resumes)",
         )
     versions = ", ".join(sorted(set(found.values())))
-    note = "" if min(_version(v) for v in found.values()) >= (7, 0) else " (no ACL DRYRUN)"
+    note = "" if min(version_of(v) for v in found.values()) >= (7, 0) else " (no ACL DRYRUN)"
     return Check("version", OK, f"Redis {versions}{note}; presence needs 6.2 or newer")
-
-
-def _version(raw: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in raw.split(".")[:2] if p.isdigit())
 
 
 async def mode(target: Target) -> Check:
