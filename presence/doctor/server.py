@@ -17,8 +17,8 @@ from ..entries import text
 from ..redis_client import MIN_VERSION, version_of
 from ..transitions.keyspace import (
     KEYSPACE_FLAGS,
-    _keyspace_events_arrive,
     has_keyspace_flags,
+    keyspace_events_arrive,
     wanted_flags,
 )
 from .report import OK, PROBLEM, WARN, Check
@@ -117,7 +117,7 @@ async def keyspace_events(target: Target) -> Check:
         )
     if refused and target.cluster is None:
         # The servers' own probe: a key deleted under a subscription.
-        if await _keyspace_events_arrive(target.redis, target.settings):
+        if await keyspace_events_arrive(target.redis, target.settings):
             return Check(name, OK, "CONFIG is refused, but a probe key's del event arrived")
         return Check(
             name,

@@ -159,7 +159,7 @@ async def enable_keyspace_events(redis: Redis, settings: Settings) -> bool:
         reply = await redis.config_get("notify-keyspace-events")
     except ResponseError:
         # CONFIG is disabled (managed Redis): see whether the events come anyway.
-        return await _keyspace_events_arrive(redis, settings)
+        return await keyspace_events_arrive(redis, settings)
     wanted = wanted_flags(text(next(iter(reply.values()), None) or b""))
     if wanted is None:
         return True
@@ -172,7 +172,7 @@ async def enable_keyspace_events(redis: Redis, settings: Settings) -> bool:
     return True
 
 
-async def _keyspace_events_arrive(redis: Redis, settings: Settings, wait: float = 2.0) -> bool:
+async def keyspace_events_arrive(redis: Redis, settings: Settings, wait: float = 2.0) -> bool:
     # "#" is not allowed in client ids, so no listener mistakes the probe for one.
     key = f"{settings.keys.online_prefix}#probe#{settings.server_id}"
     channel = deleted_channel(redis)
