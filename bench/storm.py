@@ -246,7 +246,7 @@ def _storm(
             if kind == "c"
             else Load(port, clients, processes)
         )
-        overflows0 = _listen_overflows()
+        overflows0 = listen_overflows()
         cpu0, redis_cpu0 = cpu_seconds(pid), cpu_seconds(rpid)
         load_cpu0 = sum(cpu_seconds(p) for p in load.pids)
         t0 = time.time()
@@ -275,7 +275,7 @@ def _storm(
         redis_cpu = cpu_seconds(rpid) - redis_cpu0
         peak = peak_rss_kb(pid)
         load_cpu = sum(cpu_seconds(p) for p in load.pids) - load_cpu0
-        overflows = {k: v - overflows0.get(k, 0) for k, v in _listen_overflows().items()}
+        overflows = {k: v - overflows0.get(k, 0) for k, v in listen_overflows().items()}
         r = redis.Redis.from_url(url)
         stream = _presence_stream(r)
         rooms = _room_streams(r, rooms_of(clients, room_size)) if room_size else None
@@ -352,7 +352,7 @@ def _storm(
     }
 
 
-def _listen_overflows() -> dict[str, int]:
+def listen_overflows() -> dict[str, int]:
     """The machine's (network namespace's) ``ListenOverflows`` and ``ListenDrops``."""
     try:
         with open("/proc/net/netstat") as f:

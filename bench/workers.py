@@ -46,7 +46,7 @@ from .fanout import drive, heartbeat_sender
 from .procs import presence_server, redis_server
 from .sse_load import Load
 from .stats import CLK_TCK, cpu_seconds, descendants, header, peak_rss_kb, rss_kb, write_results
-from .storm import C_LOAD_PROCESSES, LOAD_NICENESS, _listen_overflows, limit_for
+from .storm import C_LOAD_PROCESSES, LOAD_NICENESS, limit_for, listen_overflows
 
 WORKERS = (1, 2)
 #: The full run's smaller storm: about 8 s with one worker here.
@@ -270,7 +270,7 @@ def storm(workers: int, clients: int, limit: float) -> dict[str, Any]:
     ):
         server = ServerTree(pid)
         load = CLoad(port, clients, C_LOAD_PROCESSES, niceness=LOAD_NICENESS, spread_ms=0.0)
-        overflows0 = _listen_overflows()
+        overflows0 = listen_overflows()
         cpu0, kernel0, redis_cpu0 = server.cpu(), server.kernel_view(), cpu_seconds(redis_pid)
         load_cpu0 = sum(cpu_seconds(p) for p in load.pids)
         reads0 = sum(_reads(p) for p in load.pids)
@@ -290,7 +290,7 @@ def storm(workers: int, clients: int, limit: float) -> dict[str, Any]:
         load_cpu = sum(cpu_seconds(p) for p in load.pids) - load_cpu0
         reads = sum(_reads(p) for p in load.pids) - reads0
         peak = server.peak_rss_kb()
-        overflows = {k: v - overflows0.get(k, 0) for k, v in _listen_overflows().items()}
+        overflows = {k: v - overflows0.get(k, 0) for k, v in listen_overflows().items()}
         spread = worker_metrics(port, workers)
         stream = _transitions(r)
         final = load.stop()
